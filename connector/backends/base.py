@@ -1,0 +1,28 @@
+"""The one small interface every model runtime implements.
+
+Shaped after ONNX Runtime's session: created once per worker (the expensive load), then called
+many times with a ready input tensor.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+
+try:  # typing.Protocol is 3.8+; runtime code must also import on 3.7 Lambdas
+    from typing import Protocol
+except ImportError:  # pragma: no cover
+    Protocol = object  # type: ignore
+
+
+class Backend(Protocol):
+    name: str  # "dlr" or "onnxruntime"
+    device: str  # "cpu" or "gpu": what the runtime really uses, not what was asked for
+
+    def run(self, tensor: np.ndarray) -> List[np.ndarray]:
+        """Run the model on one prepared input tensor; return its outputs in the model's order."""
+        ...
+
+    def close(self) -> None:
+        """Release the runtime's resources."""
+        ...

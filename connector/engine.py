@@ -1,0 +1,60 @@
+"""The inference engine: image bytes in, prediction document out.
+
+One Engine owns one loaded model (loaded once, called many times). It is what a worker process
+runs; the service layers (Lambda handler, IPC host, supervision) only move bytes to it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from . import imaging, postprocess, preprocess
+from .backends import open_backend
+from .backends.base import Backend
+from .model_dir import ModelDirectory, open_model_directory
+from .params import Parameters
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, model: ModelDirectory, backend: Backend,
+                 max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> None:
+        self.model = model
+        self.backend = backend
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def from_model_dir(cls, path: str, device: str = "cpu",
+                       max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> "Engine":
+        model = open_model_directory(path)
+        started = time.monotonic()
+        backend = open_backend(model, device)
+        log.info("loaded %s model %s with %s on %s in %.2f s", model.kind, model.path,
+                 backend.name, backend.device, time.monotonic() - started)
+        return cls(model, backend, max_pixels)
+
+    @classmethod
+    def from_parameters(cls, params: Parameters, max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> "Engine":
+        return cls.from_model_dir(params.model_path, params.device, max_pixels)
+
+    def detect(self, bgr: np.ndarray) -> list:
+        """Predictions for decoded 8-bit BGR pixels."""
+        outputs = self.backend.run(preprocess.to_tensor(bgr, self.model.metadata))
+        return postprocess.to_predictions(outputs, self.model.metadata)
+
+    def infer(self, data: bytes, content_type: Optional[str] = None) -> Dict[str, Any]:
+        """The prediction document for JPEG/PNG bytes; InvalidImageError for anything else."""
+        if content_type is not None:
+            imaging.check_content_type(content_type)
+        bgr = imaging.decode_bgr(data, self.max_pixels)
+        return postprocess.prediction_document(self.detect(bgr))
+
+    def infer_text(self, data: bytes, content_type: Optional[str] = None) -> str:
+        return postprocess.render(self.infer(data, content_type))
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,126 @@
+"""Connector parameters: the seed's names, patterns and defaults.
+
+Greengrass delivers every value as a string, through environment variables named exactly like the
+parameters. Standalone, the same names can come from a YAML or JSON file whose top-level mapping
+uses them (the ``Parameters`` object of ``aws greengrass create-connector-definition`` works as is).
+Environment variables win over the file, so one file can serve several deployments.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional
+
+import yaml
+
+from .errors import ParameterError
+
+SERVICE_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9-]{1,62}$"
+POSITIVE_INT_PATTERN = r"^[1-9][0-9]*$"
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str
+    required: bool = True
+    default: Optional[str] = None
+    meaning: str = ""
+
+
+# name -> rule; the patterns are the seed's, verbatim.
+RULES: Dict[str, Rule] = {
+    "MLModelDestinationPath": Rule(r".+", meaning="absolute path of the local model directory"),
+    "MLModelResourceId": Rule(r"^[a-zA-Z0-9:_-]+$", meaning="id of the ML resource"),
+    "LocalInferenceServiceName": Rule(SERVICE_NAME_PATTERN,
+                                      meaning="name clients pass as ServiceName"),
+    "LocalInferenceServiceTimeoutSeconds": Rule(POSITIVE_INT_PATTERN, default="10",
+                                                meaning="seconds before a request fails"),
+    "LocalInferenceServiceMemoryLimitKB": Rule(POSITIVE_INT_PATTERN,
+                                               meaning="memory the inference service may use"),
+    # Required only by the Jetson variant; CPU elsewhere.
+    "GPUAcceleration": Rule(r"^(CPU|GPU)$", required=False, default="CPU",
+                            meaning="compute context, CPU or GPU"),
+    "MLFeedbackConnectorConfigId": Rule(r"^$|^[a-zA-Z0-9][a-zA-Z0-9-]{1,62}$", required=False,
+                                        default="", meaning="ML Feedback configuration id"),
+}
+
+
+@dataclass(frozen=True)
+class Parameters:
+    model_path: str
+    model_resource_id: str
+    service_name: str
+    timeout_seconds: int
+    memory_limit_kb: int
+    gpu: bool
+    feedback_config_id: str
+
+    @property
+    def device(self) -> str:
+        return "gpu" if self.gpu else "cpu"
+
+
+def load_parameters(file: Optional[str] = None,
+                    environ: Optional[Mapping[str, str]] = None) -> Parameters:
+    """Read parameters from `file` (YAML/JSON, optional) overlaid by `environ` (default os.environ)."""
+    values: Dict[str, Any] = read_parameter_file(file) if file else {}
+    env = os.environ if environ is None else environ
+    for name in RULES:
+        if name in env:
+            values[name] = env[name]
+    return parse_parameters(values)
+
+
+def read_parameter_file(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ParameterError("cannot read parameter file {!r}: {}".format(path, e.strerror)) from None
+    except yaml.YAMLError as e:
+        raise ParameterError("parameter file {!r} is not valid YAML/JSON: {}".format(path, e)) from None
+    if isinstance(data, dict) and isinstance(data.get("Parameters"), dict):
+        data = data["Parameters"]  # a whole connector entry of create-connector-definition
+    if not isinstance(data, dict):
+        raise ParameterError("parameter file {!r} must hold a mapping of parameter names to values"
+                             .format(path))
+    unknown = sorted(str(k) for k in data if k not in RULES)
+    if unknown:
+        raise ParameterError("parameter file {!r} has unknown parameter(s) {}; known: {}".format(
+            path, ", ".join(unknown), ", ".join(RULES)))
+    return data
+
+
+def parse_parameters(values: Mapping[str, Any]) -> Parameters:
+    """Check every value against its rule; the first failure raises ParameterError naming it."""
+    checked: Dict[str, str] = {}
+    for name, rule in RULES.items():
+        raw = values.get(name)
+        if raw is None:
+            if rule.required and rule.default is None:
+                raise ParameterError("parameter {} is missing; it is required ({}, pattern {})"
+                                     .format(name, rule.meaning, rule.pattern))
+            raw = rule.default
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            raise ParameterError("parameter {}={!r} must be a string matching {}".format(
+                name, raw, rule.pattern))
+        text = str(raw)
+        # fullmatch: with re.match, `$` would also accept a trailing newline
+        if re.fullmatch(rule.pattern, text) is None:
+            raise ParameterError("parameter {}={!r} does not match the rule {} ({})".format(
+                name, text, rule.pattern, rule.meaning))
+        checked[name] = text
+    path = checked["MLModelDestinationPath"]
+    if not os.path.isabs(path):
+        raise ParameterError("parameter MLModelDestinationPath={!r} must be an absolute path".format(path))
+    return Parameters(
+        model_path=path,
+        model_resource_id=checked["MLModelResourceId"],
+        service_name=checked["LocalInferenceServiceName"],
+        timeout_seconds=int(checked["LocalInferenceServiceTimeoutSeconds"]),
+        memory_limit_kb=int(checked["LocalInferenceServiceMemoryLimitKB"]),
+        gpu=checked["GPUAcceleration"] == "GPU",
+        feedback_config_id=checked["MLFeedbackConnectorConfigId"],
+    )
+

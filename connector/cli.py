@@ -1,0 +1,85 @@
+"""Command line: `python -m connector models|infer ...`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from . import __version__, imaging, postprocess
+from .errors import ConnectorError
+from .logs import configure_logging
+from .models import DEFAULT_MODEL, bundled_models, model_path
+
+log = logging.getLogger("connector.cli")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    for name, path in bundled_models().items():
+        print(name, path)
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import cv2
+
+    from .draw import annotate
+    from .engine import Engine
+
+    model_dir = args.model_dir or model_path(DEFAULT_MODEL)
+    try:
+        engine = Engine.from_model_dir(model_dir, device=args.device)
+    except ConnectorError as e:
+        print("error: {}".format(e), file=sys.stderr)
+        return 2
+    if args.draw:
+        os.makedirs(args.draw, exist_ok=True)
+    failed = 0
+    for path in args.images:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            bgr = imaging.decode_bgr(data, engine.max_pixels)
+            predictions = engine.detect(bgr)
+            if args.draw:
+                out = os.path.join(args.draw, os.path.basename(path))
+                # Encode by our own extension choice so a misnamed file still gets written.
+                ext = ".png" if out.lower().endswith(".png") else ".jpg"
+                ok, buf = cv2.imencode(ext, annotate(bgr, predictions, engine.model.labels))
+                with open(os.path.splitext(out)[0] + ext, "wb") as f:
+                    f.write(buf.tobytes())
+            line = {"image": path, "prediction": predictions}
+        except (ConnectorError, OSError) as e:
+            failed += 1
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            print("error: {}: {}".format(path, reason), file=sys.stderr)
+            line = {"image": path, "error": reason}
+        print(postprocess.render(line), flush=True)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m connector",
+                                     description="Edge object-detection inference service.")
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the bundled models: <name> <absolute path>")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("infer", help="detect objects in image files; one JSON line per image")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model-dir", help="model directory (default: the bundled {})".format(DEFAULT_MODEL))
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--draw", metavar="OUTDIR", help="write annotated copies of the images here")
+    p.set_defaults(func=cmd_infer)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging("connector", logging.DEBUG if args.verbose else logging.WARNING)
+    return args.func(args)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv and install this package with the given extras, e.g. `onnx,dlr`.
+# Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-onnx,dlr}"
+python="${PYTHON:-python3}"
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 8))' 2>/dev/null; then
+  echo "error: $python is missing or older than Python 3.8" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv || { echo "error: cannot create .venv (on Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[${extras}]"

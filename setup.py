@@ -1,0 +1,35 @@
+"""Packaging: the connector service and the drop-in greengrass_machine_learning_sdk."""
+from setuptools import find_packages, setup
+
+RUNTIME = {
+    # dlr 1.6.0 is the last x86_64 wheel that carries libdlr.so; elsewhere the pure-Python
+    # releases load the libdlr.so that Neo ships in the model directory.
+    "dlr": ["dlr==1.6.0; platform_machine == 'x86_64'",
+            "dlr>=1.6,<1.11; platform_machine != 'x86_64'"],
+    "onnx": ["onnxruntime>=1.10"],
+    "feedback": ["boto3", "paho-mqtt"],
+}
+DEV = [
+    "pytest>=7", "pytest-timeout", "hypothesis", "pillow", "pycocotools", "vermin", "onnx",
+    "torch==2.13.0",  # training the demo detectors only; the runtime never imports it
+]
+
+setup(
+    name="connector",
+    version="0.1.0",
+    description="Edge object-detection inference service: successor of the Greengrass V1 "
+                "ML Object Detection connector",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.8",
+    packages=find_packages(include=["connector", "connector.*"])
+    + ["greengrass_machine_learning_sdk"],
+    package_dir={"greengrass_machine_learning_sdk": "ml_sdk/greengrass_machine_learning_sdk"},
+    package_data={"connector.models": ["*/*.onnx", "*/labels.txt", "*/model.yaml"]},
+    install_requires=["numpy>=1.16", "opencv-python-headless>=4.2", "pyyaml>=5.1"],
+    extras_require=dict(RUNTIME, dev=DEV,
+                        all=sorted({r for reqs in RUNTIME.values() for r in reqs} | set(DEV))),
+    entry_points={"console_scripts": ["gg-ml-connector=connector.cli:main"]},
+    classifiers=["Programming Language :: Python :: 3", "Operating System :: POSIX :: Linux"],
+)

@@ -1,0 +1,24 @@
+"""Runtime code must run on the Python of Greengrass V1 Lambdas (3.8); vermin checks the syntax and APIs."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VERMIN = [str(Path(sys.executable).with_name("vermin")), "--no-tips", "--violations", "-t=3.8-",
+          "--eval-annotations", "--backport", "dataclasses", "--backport", "typing"]
+
+
+def vermin(*paths, cwd=ROOT):
+    return subprocess.run(VERMIN + list(paths), capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_runtime_code_needs_at_most_python_3_8():
+    out = vermin("connector", "ml_sdk")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_check_catches_newer_code(tmp_path):
+    (tmp_path / "new.py").write_text("def f(s: str) -> str:\n    return s.removeprefix('x')\n")
+    (tmp_path / "walrus_ok.py").write_text("if (n := 1):\n    pass\n")
+    assert vermin("new.py", cwd=tmp_path).returncode != 0
+    assert vermin("walrus_ok.py", cwd=tmp_path).returncode == 0

@@ -18,7 +18,7 @@ def test_runtime_code_needs_at_most_python_3_8():
 
 
 def test_the_check_catches_newer_code(tmp_path):
-    (tmp_path / "new.py").write_text("def f(s: str) -> str:\n    return s.removeprefix('x')\n")
+    (tmp_path / "new.py").write_text("import math\nimport zoneinfo\nprint(math.lcm(2, 3))\n")
     (tmp_path / "walrus_ok.py").write_text("if (n := 1):\n    pass\n")
     assert vermin("new.py", cwd=tmp_path).returncode != 0
     assert vermin("walrus_ok.py", cwd=tmp_path).returncode == 0

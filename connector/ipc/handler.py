@@ -1,0 +1,309 @@
+"""HTTP request handling of the standalone IPC host: parse, authenticate, route, answer.
+
+Status codes (the Greengrass core's clients treat any non-2xx as a failed IPC call, see
+``wrap_urllib_exceptions`` in ``greengrass_ipc_python_sdk/ipc_client.py``; function errors travel
+in a 200 answer with ``X-Amz-Function-Error``, as greengrasssdk ``Lambda.Client.invoke`` documents):
+
+==========================================  =====================================================
+post_work accepted                          202 + X-Amz-InvocationId
+get_work / get_work_result / others ok      200
+missing / wrong Authorization               401 / 403
+unknown path / method on a known path       404 / 405 (+ Allow)
+bad header, bad client context, bad JSON    400
+Content-Length missing / body too large     411 / 413
+ARN nobody serves, unknown invocation id    404
+result for a finished / undelivered item    409
+host shutting down                          503
+function timed out (get_work_result)        200 + X-Amz-Function-Error: Unhandled
+==========================================  =====================================================
+
+Every refusal has a JSON body ``{"errorMessage": ..., "errorType": ...}``; no request can crash
+the server.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import select
+import socket
+from http.server import BaseHTTPRequestHandler
+from typing import Iterable, Optional, Tuple
+
+from . import protocol
+from . import workboard
+
+log = logging.getLogger(__name__)
+
+_ROUTES = {
+    (protocol.ENDPOINT_BASE, "POST"): "_post_work",
+    (protocol.ENDPOINT_BASE, "GET"): "_get_work_result",
+    (protocol.ENDPOINT_WORK, "GET"): "_get_work",
+    (protocol.ENDPOINT_WORK, "POST"): "_post_work_result",
+    (protocol.ENDPOINT_INITIALIZED, "PUT"): "_initialized",
+}
+
+
+class Refusal(Exception):
+    """An answer other than success, raised anywhere below the dispatcher."""
+
+    def __init__(self, status: int, message: str, error_type: str,
+                 headers: Iterable[Tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.headers = list(headers)
+
+
+_BOARD_REFUSALS = {
+    workboard.NotServed: (404, "ResourceNotFoundException"),
+    workboard.UnknownInvocation: (404, "InvocationNotFound"),
+    workboard.NoResultKept: (400, "NoResultKept"),
+    workboard.AlreadyFinished: (409, "InvocationAlreadyFinished"),
+    workboard.NotDelivered: (409, "InvocationNotDelivered"),
+    workboard.Draining: (503, "ServiceUnavailable"),
+}
+
+
+class IPCRequestHandler(BaseHTTPRequestHandler):
+    """One connection of the host; ``self.server.ipc_host`` is the owning IPCHost."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, so a client may reuse its connection
+    server_version = "GreengrassMLIPC/1.0"
+
+    def setup(self) -> None:
+        self.timeout = self.server.ipc_host.idle_timeout_s
+        super().setup()
+        self.server.track_connection(self.connection)
+        self._body_consumed = True
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.untrack_connection(self.connection)
+
+    def __getattr__(self, name: str):
+        # Every method, standard or invented, goes through one dispatcher, so an unknown method
+        # is a JSON 405 like any other wrong method, not http.server's HTML 501.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's signature)
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def send_error(self, code: int, message: Optional[str] = None,
+                   explain: Optional[str] = None) -> None:
+        """http.server's own refusals (bad request line, oversized headers) as JSON too."""
+        self.close_connection = True
+        text = message or explain or self.responses.get(code, ("error",))[0]
+        try:
+            self._send(code, protocol.error_body(text, "BadRequest"), content_type="application/json")
+        except OSError:
+            pass
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        host = self.server.ipc_host
+        host._request_started()
+        try:
+            self._body_consumed = not self._may_have_body()
+            self._route()
+        except Refusal as refusal:
+            self._refuse(refusal)
+        except (ConnectionError, socket.timeout) as exc:
+            log.debug("client connection lost during %s %s: %s", self.command, self.path, exc)
+            self.close_connection = True
+        except Exception:  # a bug here must cost one request, never the server
+            log.exception("internal error handling %s %s", self.command, self.path)
+            self._refuse(Refusal(500, "internal error in the IPC host", "InternalError"))
+        finally:
+            host._request_finished()
+
+    def _route(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == protocol.HEALTH_PATH:
+            if self.command not in ("GET", "HEAD"):
+                raise Refusal(405, "/healthz supports GET", "MethodNotAllowed", [("Allow", "GET")])
+            return self._health()
+        self._authenticate()
+        parsed = protocol.parse_function_path(path)
+        if parsed is None:
+            raise Refusal(404, "unknown path {!r}; expected {}<function-arn>[/work|/initialized]"
+                          .format(path, protocol.FUNCTIONS_PREFIX), "UnknownPath")
+        function_arn, endpoint = parsed
+        route = _ROUTES.get((endpoint, self.command))
+        if route is None:
+            allowed = sorted(m for (e, m) in _ROUTES if e == endpoint)
+            raise Refusal(405, "{} is not supported on {}; use {}".format(
+                self.command, path, " or ".join(allowed)), "MethodNotAllowed",
+                [("Allow", ", ".join(allowed))])
+        body = self._read_body()
+        getattr(self, route)(function_arn, body)
+
+    def _authenticate(self) -> None:
+        given = self.headers.get(protocol.HEADER_AUTH_TOKEN)
+        if given is None:
+            raise Refusal(401, "missing Authorization header (the raw IPC token)", "Unauthorized")
+        expected = self.server.ipc_host.token
+        if not hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("utf-8")):
+            raise Refusal(403, "wrong Authorization token", "Forbidden")
+
+    # -- the protocol's calls -----------------------------------------------------------------
+
+    def _post_work(self, function_arn: str, body: bytes) -> None:
+        client_context = self.headers.get(protocol.HEADER_CLIENT_CONTEXT, "").strip()
+        if not protocol.is_valid_base64(client_context):
+            raise Refusal(400, "{} must be base64".format(protocol.HEADER_CLIENT_CONTEXT),
+                          "InvalidClientContext")
+        invocation_type = self.headers.get(protocol.HEADER_INVOCATION_TYPE, "").strip() \
+            or protocol.INVOCATION_REQUEST_RESPONSE
+        if invocation_type not in protocol.INVOCATION_TYPES:
+            raise Refusal(400, "{} must be one of {}, not {!r}".format(
+                protocol.HEADER_INVOCATION_TYPE, ", ".join(protocol.INVOCATION_TYPES),
+                invocation_type), "InvalidInvocationType")
+        invocation = self._board(lambda b: b.submit(function_arn, body, client_context,
+                                                    invocation_type))
+        self._send(202, headers=[(protocol.HEADER_INVOCATION_ID, invocation.invocation_id)])
+
+    def _get_work(self, function_arn: str, body: bytes) -> None:
+        board = self.server.ipc_host.board
+        invocation = board.take(function_arn, cancelled=self._client_gone)
+        if invocation is None:
+            if board.draining:
+                raise Refusal(503, "the IPC host is shutting down", "ServiceUnavailable")
+            self.close_connection = True  # the poller hung up; nobody to answer
+            return
+        try:
+            self._send(200, invocation.payload, headers=[
+                (protocol.HEADER_INVOCATION_ID, invocation.invocation_id),
+                (protocol.HEADER_CLIENT_CONTEXT, invocation.client_context),
+            ], content_type="application/octet-stream")
+        except OSError:
+            board.requeue(invocation)
+            raise
+
+    def _post_work_result(self, function_arn: str, body: bytes) -> None:
+        invocation_id = self._required_invocation_id()
+        function_error = self.headers.get(protocol.HEADER_FUNCTION_ERROR)
+        if function_error is not None:
+            function_error = function_error.strip()
+            if function_error not in protocol.FUNCTION_ERRORS:
+                raise Refusal(400, "{} must be one of {}, not {!r}".format(
+                    protocol.HEADER_FUNCTION_ERROR, ", ".join(protocol.FUNCTION_ERRORS),
+                    function_error), "InvalidFunctionError")
+        self._board(lambda b: b.complete(function_arn, invocation_id, body, function_error or None))
+        self._send(200)
+
+    def _get_work_result(self, function_arn: str, body: bytes) -> None:
+        invocation_id = self._required_invocation_id()
+        invocation = self._board(lambda b: b.wait_result(function_arn, invocation_id))
+        headers = []
+        if invocation.function_error:
+            headers.append((protocol.HEADER_FUNCTION_ERROR, invocation.function_error))
+        self._send(200, invocation.result, headers=headers,
+                   content_type="application/json" if invocation.function_error
+                   else "application/octet-stream")
+
+    def _initialized(self, function_arn: str, body: bytes) -> None:
+        try:
+            document = json.loads(body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            document = None
+        if not isinstance(document, dict) or not isinstance(document.get("Success"), bool):
+            raise Refusal(400, 'initialized needs a JSON body {"Success": true|false, "Response": "..."}',
+                          "InvalidInitialization")
+        response = document.get("Response", "")
+        self.server.ipc_host.board.note_initialized(
+            function_arn, document["Success"], response if isinstance(response, str) else json.dumps(response))
+        self._send(200)
+
+    def _health(self) -> None:
+        status, document = self.server.ipc_host.health()
+        self._send(status, json.dumps(document).encode("utf-8"), content_type="application/json")
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _board(self, call):
+        try:
+            return call(self.server.ipc_host.board)
+        except workboard.WorkBoardError as exc:
+            status, error_type = _BOARD_REFUSALS[type(exc)]
+            raise Refusal(status, str(exc), error_type)
+
+    def _required_invocation_id(self) -> str:
+        invocation_id = (self.headers.get(protocol.HEADER_INVOCATION_ID) or "").strip()
+        if not invocation_id:
+            raise Refusal(400, "missing {} header".format(protocol.HEADER_INVOCATION_ID),
+                          "MissingInvocationId")
+        return invocation_id
+
+    def _may_have_body(self) -> bool:
+        length = self.headers.get("Content-Length", "0").strip()
+        return bool(self.headers.get("Transfer-Encoding")) or length not in ("", "0")
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            raise Refusal(411, "chunked bodies are not supported; send Content-Length",
+                          "LengthRequired")
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            if self.command in ("POST", "PUT"):
+                raise Refusal(411, "Content-Length is required", "LengthRequired")
+            return b""
+        text = lengths[0].strip()
+        if len(set(v.strip() for v in lengths)) != 1 or not text.isdigit():
+            raise Refusal(400, "Content-Length must be one non-negative integer, not {!r}".format(
+                ", ".join(lengths)), "InvalidContentLength")
+        length = int(text)
+        limit = self.server.ipc_host.max_body_bytes
+        if length > limit:
+            raise Refusal(413, "body of {} bytes is over the limit of {} bytes".format(length, limit),
+                          "PayloadTooLarge")
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            raise Refusal(400, "body ended after {} of {} bytes".format(len(body), length),
+                          "IncompleteBody")
+        self._body_consumed = True
+        return body
+
+    def _client_gone(self) -> bool:
+        """True once the long-polling client closed its end (so its work is not lost on it)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    def _refuse(self, refusal: Refusal) -> None:
+        if not self._body_consumed:
+            # The unread body would be parsed as the next request; end the connection instead.
+            self.close_connection = True
+        if refusal.status >= 500 and refusal.status != 503:
+            self.close_connection = True
+        try:
+            self._send(refusal.status, protocol.error_body(refusal.message, refusal.error_type),
+                       headers=refusal.headers, content_type="application/json")
+        except OSError:
+            self.close_connection = True
+
+    def _send(self, status: int, body: bytes = b"", headers: Iterable[Tuple[str, str]] = (),
+              content_type: Optional[str] = None) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+        self.wfile.flush()
+

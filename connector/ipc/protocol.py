@@ -1,0 +1,137 @@
+"""The Greengrass V1 local IPC protocol: names, paths and the few encodings both ends share.
+
+Header names and casing, the API version and the URL layout are those of the Greengrass core's own
+Python IPC client (``greengrass_ipc_python_sdk/ipc_client.py``, shipped with the core and vendored
+in Lambda packages), so a real core, the Greengrass V2 Lambda launcher and our standalone host are
+interchangeable behind the same client code.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Dict, Optional, Tuple
+from urllib.parse import quote, unquote
+
+API_VERSION = "2016-11-01"
+FUNCTIONS_PREFIX = "/{}/functions/".format(API_VERSION)
+HEALTH_PATH = "/healthz"
+
+HEADER_AUTH_TOKEN = "Authorization"
+HEADER_INVOCATION_ID = "X-Amz-InvocationId"
+HEADER_CLIENT_CONTEXT = "X-Amz-Client-Context"
+HEADER_INVOCATION_TYPE = "X-Amz-Invocation-Type"
+HEADER_FUNCTION_ERROR = "X-Amz-Function-Error"
+
+INVOCATION_REQUEST_RESPONSE = "RequestResponse"
+INVOCATION_EVENT = "Event"
+INVOCATION_TYPES = (INVOCATION_REQUEST_RESPONSE, INVOCATION_EVENT)
+
+# "Handled": the function itself reported the error (post_handler_err). "Unhandled": the core
+# reports it (timeouts, crashes), as documented for greengrasssdk Lambda.Client.invoke.
+FUNCTION_ERROR_HANDLED = "Handled"
+FUNCTION_ERROR_UNHANDLED = "Unhandled"
+FUNCTION_ERRORS = (FUNCTION_ERROR_HANDLED, FUNCTION_ERROR_UNHANDLED)
+
+ENV_AUTH_TOKEN = "AWS_CONTAINER_AUTHORIZATION_TOKEN"
+ENV_DAEMON_PORT = "GG_DAEMON_PORT"
+ENV_FUNCTION_ARN = "MY_FUNCTION_ARN"
+ENV_REGION = "AWS_REGION"
+DEFAULT_DAEMON_PORT = 8000
+
+# ARN characters are path-safe except in exotic qualifiers; quoting the rest keeps http.client
+# (which refuses control characters and spaces) and the host's parser in agreement.
+_ARN_SAFE = ":$@!*'()+,;=-._~"
+
+# Endpoints below the function base path.
+ENDPOINT_BASE = ""
+ENDPOINT_WORK = "work"
+ENDPOINT_INITIALIZED = "initialized"
+
+
+def function_path(function_arn: str, endpoint: str = ENDPOINT_BASE) -> str:
+    """The request path of one endpoint of `function_arn`."""
+    path = FUNCTIONS_PREFIX + quote(function_arn, safe=_ARN_SAFE)
+    return path + "/" + endpoint if endpoint else path
+
+
+def parse_function_path(path: str) -> Optional[Tuple[str, str]]:
+    """Split a request path into (function ARN, endpoint); None when it is not a function path."""
+    path = path.split("?", 1)[0]
+    if not path.startswith(FUNCTIONS_PREFIX):
+        return None
+    rest = path[len(FUNCTIONS_PREFIX):]
+    endpoint = ENDPOINT_BASE
+    for candidate in (ENDPOINT_WORK, ENDPOINT_INITIALIZED):
+        if rest.endswith("/" + candidate):
+            rest = rest[: -len(candidate) - 1]
+            endpoint = candidate
+            break
+    arn = unquote(rest)
+    if not arn or "/" in arn:
+        return None
+    return arn, endpoint
+
+
+def encode_client_context(custom: Dict[str, Any]) -> str:
+    """base64(JSON {"custom": ...}): the X-Amz-Client-Context value Greengrass clients send."""
+    return base64.b64encode(json.dumps({"custom": custom}).encode("utf-8")).decode("ascii")
+
+
+def is_valid_base64(value: str) -> bool:
+    """True for the empty string and for canonical, padded standard base64."""
+    if not value:
+        return True
+    try:
+        base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return False
+    return len(value) % 4 == 0
+
+
+def decode_client_context(value: Optional[str]) -> Dict[str, Any]:
+    """The JSON object inside an X-Amz-Client-Context value ({} when there is none).
+
+    Raises ValueError naming what is wrong, because a handler must not silently run without the
+    metadata (content type, feedback config) its caller sent.
+    """
+    if not value:
+        return {}
+    try:
+        decoded = base64.b64decode(value.encode("ascii"), validate=True)
+        document = json.loads(decoded.decode("utf-8"))
+    except (binascii.Error, ValueError, UnicodeError) as exc:
+        raise ValueError("X-Amz-Client-Context is not base64 of a JSON object: {}".format(exc))
+    if not isinstance(document, dict):
+        raise ValueError("X-Amz-Client-Context is JSON but not an object")
+    return document
+
+
+def error_body(message: str, error_type: Optional[str] = None) -> bytes:
+    """The JSON error document of a function error or an IPC refusal: {"errorMessage", "errorType"}."""
+    document = {"errorMessage": message}  # type: Dict[str, Any]
+    if error_type:
+        document["errorType"] = error_type
+    return json.dumps(document).encode("utf-8")
+
+
+def error_message_of(body: bytes) -> str:
+    """The errorMessage inside an error body, or the body itself as text when it has none."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return body.decode("utf-8", "replace")
+    if isinstance(document, dict) and "errorMessage" in document:
+        return str(document["errorMessage"])
+    return body.decode("utf-8", "replace")
+
+
+def function_name_of(function_arn: str) -> Tuple[str, Optional[str]]:
+    """(name, qualifier) of a Lambda ARN ``arn:aws:lambda:<region>:<account>:function:<name>[:<q>]``.
+
+    Anything not shaped like that is returned whole as the name, so odd ARNs still get a context.
+    """
+    parts = function_arn.split(":")
+    if len(parts) >= 7 and parts[5] == "function":
+        return parts[6], (parts[7] if len(parts) > 7 and parts[7] else None)
+    return function_arn, None

@@ -1,0 +1,313 @@
+"""The host's work board: per-function queues, invocations and their results, no HTTP.
+
+Kept apart from the HTTP layer so the rules (who serves an ARN, when an invocation times out,
+what happens at shutdown) can be read in one place.
+
+Served-ARN rule (post_work for an ARN nobody serves fails at once instead of hanging until the
+timeout): an ARN is served while
+
+* the host's owner registered it (:meth:`WorkBoard.register`), or
+* a get_work long poll for it is open, or
+* a worker for it was seen (get_work, a posted result or error, ``initialized``) within the last
+  ``attach_grace_s`` seconds; this covers the gap while a single-threaded worker runs its handler
+  between two polls.
+
+Every invocation gets a deadline ``result_timeout_s`` after it was posted. A get_work_result still
+waiting then is answered with an ``Unhandled`` function error (what the Greengrass core reports for
+a function timeout); queued work past its deadline is dropped, and a result posted after it is
+refused.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+import uuid
+from typing import Callable, Deque, Dict, Optional
+
+from . import protocol
+
+QUEUED = "queued"
+RUNNING = "running"
+DONE = "done"
+
+
+class WorkBoardError(Exception):
+    """Base of the refusals the HTTP layer turns into 4xx/5xx answers."""
+
+
+class NotServed(WorkBoardError):
+    """No worker serves this function ARN (see the served-ARN rule)."""
+
+
+class Draining(WorkBoardError):
+    """The host is shutting down and takes no new work."""
+
+
+class UnknownInvocation(WorkBoardError):
+    """No invocation with this id exists for this function (never did, or was already answered)."""
+
+
+class NoResultKept(WorkBoardError):
+    """The invocation is an Event invocation: its result is never kept."""
+
+
+class AlreadyFinished(WorkBoardError):
+    """A result was posted for an invocation that is already finished (answered or timed out)."""
+
+
+class NotDelivered(WorkBoardError):
+    """A result was posted for an invocation no worker has taken yet."""
+
+
+class Invocation(object):
+    """One piece of posted work and, once finished, its result."""
+
+    def __init__(self, invocation_id: str, function_arn: str, payload: bytes, client_context: str,
+                 invocation_type: str, deadline: float) -> None:
+        self.invocation_id = invocation_id
+        self.function_arn = function_arn
+        self.payload = payload
+        self.client_context = client_context
+        self.invocation_type = invocation_type
+        self.deadline = deadline
+        self.state = QUEUED
+        self.result = b""
+        self.function_error = None  # type: Optional[str]
+        self.finished_at = 0.0
+        self.done = threading.Event()
+
+    @property
+    def is_event(self) -> bool:
+        return self.invocation_type == protocol.INVOCATION_EVENT
+
+
+class _Function(object):
+    def __init__(self, lock: threading.RLock) -> None:
+        self.queue = collections.deque()  # type: Deque[Invocation]
+        self.work_arrived = threading.Condition(lock)
+        self.open_polls = 0
+        self.last_seen = float("-inf")
+        self.registered = False
+        self.initialization = None  # type: Optional[Dict[str, object]]
+
+
+class WorkBoard(object):
+    """Thread-safe state shared by all request threads of one host."""
+
+    def __init__(self, result_timeout_s: float = 30.0, attach_grace_s: float = 60.0,
+                 result_ttl_s: float = 60.0, poll_slice_s: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.result_timeout_s = float(result_timeout_s)
+        self.attach_grace_s = float(attach_grace_s)
+        # Results nobody fetched (the caller died) are forgotten this long after their deadline.
+        self.result_ttl_s = float(result_ttl_s)
+        self.poll_slice_s = poll_slice_s
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._functions = {}  # type: Dict[str, _Function]
+        self._invocations = {}  # type: Dict[str, Invocation]
+        self._draining = False
+        self._next_sweep = 0.0
+        self._sequence = itertools.count(1)
+
+    # -- who serves what ----------------------------------------------------------------------
+
+    def register(self, function_arn: str) -> None:
+        with self._lock:
+            self._function(function_arn).registered = True
+
+    def unregister(self, function_arn: str) -> None:
+        with self._lock:
+            self._function(function_arn).registered = False
+
+    def is_served(self, function_arn: str) -> bool:
+        with self._lock:
+            fn = self._functions.get(function_arn)
+            if fn is None:
+                return False
+            return (fn.registered or fn.open_polls > 0
+                    or self._clock() - fn.last_seen <= self.attach_grace_s)
+
+    def note_initialized(self, function_arn: str, success: bool, response: str) -> None:
+        with self._lock:
+            fn = self._function(function_arn)
+            fn.initialization = {"Success": success, "Response": response}
+            fn.last_seen = self._clock()
+
+    def initialization(self, function_arn: str) -> Optional[Dict[str, object]]:
+        """What the function reported through ``initialized``, or None if it has not."""
+        with self._lock:
+            fn = self._functions.get(function_arn)
+            return dict(fn.initialization) if fn and fn.initialization else None
+
+    # -- the caller's side --------------------------------------------------------------------
+
+    def submit(self, function_arn: str, payload: bytes, client_context: str,
+               invocation_type: str) -> Invocation:
+        """Queue work for `function_arn`; raises Draining or NotServed instead of queueing."""
+        with self._lock:
+            if self._draining:
+                raise Draining("the IPC host is shutting down and accepts no new work")
+            self._sweep()
+            if not self.is_served(function_arn):
+                raise NotServed("no function serves {} on this host".format(function_arn))
+            now = self._clock()
+            invocation = Invocation(self._new_id(), function_arn, payload, client_context,
+                                    invocation_type, now + self.result_timeout_s)
+            self._invocations[invocation.invocation_id] = invocation
+            fn = self._function(function_arn)
+            fn.queue.append(invocation)
+            fn.work_arrived.notify_all()
+            return invocation
+
+    def wait_result(self, function_arn: str, invocation_id: str) -> Invocation:
+        """Block until the invocation is finished or its deadline passes; then hand it over once."""
+        with self._lock:
+            invocation = self._invocations.get(invocation_id)
+            if invocation is None or invocation.function_arn != function_arn:
+                raise UnknownInvocation(
+                    "no invocation {} for {} (unknown, already answered or expired)".format(
+                        invocation_id, function_arn))
+            if invocation.is_event:
+                raise NoResultKept(
+                    "invocation {} is an Event invocation; no result is kept".format(invocation_id))
+        remaining = invocation.deadline - self._clock()
+        if not invocation.done.wait(max(0.0, remaining)):
+            with self._lock:
+                self._expire(invocation)
+        with self._lock:
+            self._invocations.pop(invocation_id, None)
+        return invocation
+
+    # -- the worker's side --------------------------------------------------------------------
+
+    def take(self, function_arn: str, cancelled: Callable[[], bool] = lambda: False
+             ) -> Optional[Invocation]:
+        """Long poll: the next queued invocation, or None when draining with nothing queued or
+        when `cancelled()` says the poller went away."""
+        with self._lock:
+            fn = self._function(function_arn)
+            fn.open_polls += 1
+            fn.last_seen = self._clock()
+            try:
+                while True:
+                    while fn.queue:
+                        invocation = fn.queue.popleft()
+                        if invocation.done.is_set():
+                            continue
+                        if self._clock() >= invocation.deadline:
+                            self._expire(invocation)
+                            continue
+                        invocation.state = RUNNING
+                        return invocation
+                    if self._draining or cancelled():
+                        return None
+                    fn.work_arrived.wait(self.poll_slice_s)
+            finally:
+                fn.open_polls -= 1
+                fn.last_seen = self._clock()
+
+    def requeue(self, invocation: Invocation) -> None:
+        """Put back work whose delivery failed (the poller vanished), at the head of the queue."""
+        with self._lock:
+            if invocation.state != RUNNING or invocation.done.is_set():
+                return
+            invocation.state = QUEUED
+            fn = self._function(invocation.function_arn)
+            fn.queue.appendleft(invocation)
+            fn.work_arrived.notify_all()
+
+    def complete(self, function_arn: str, invocation_id: str, payload: bytes,
+                 function_error: Optional[str] = None) -> None:
+        """Record the result (or the function error) of an invocation a worker took."""
+        with self._lock:
+            fn = self._function(function_arn)
+            fn.last_seen = self._clock()
+            invocation = self._invocations.get(invocation_id)
+            if invocation is None or invocation.function_arn != function_arn:
+                raise UnknownInvocation("no invocation {} for {}".format(invocation_id, function_arn))
+            if invocation.done.is_set():
+                raise AlreadyFinished(
+                    "invocation {} is already finished (answered or timed out)".format(invocation_id))
+            if invocation.state == QUEUED:
+                raise NotDelivered("invocation {} was not taken by get_work yet".format(invocation_id))
+            self._finish(invocation, payload, function_error)
+            if invocation.is_event:
+                self._invocations.pop(invocation_id, None)
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def start_draining(self) -> None:
+        """Refuse new work; wake every long poll so idle workers are answered at once."""
+        with self._lock:
+            self._draining = True
+            for fn in self._functions.values():
+                fn.work_arrived.notify_all()
+
+    def fail_pending(self, message: str) -> int:
+        """Finish every unfinished invocation with an Unhandled error; return how many."""
+        with self._lock:
+            failed = 0
+            for invocation in list(self._invocations.values()):
+                if not invocation.done.is_set():
+                    self._finish(invocation, protocol.error_body(message, "ServiceUnavailable"),
+                                 protocol.FUNCTION_ERROR_UNHANDLED)
+                    failed += 1
+            for fn in self._functions.values():
+                fn.queue.clear()
+            return failed
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return sum(1 for i in self._invocations.values() if not i.done.is_set())
+
+    # -- internals (call with the lock held) ---------------------------------------------------
+
+    def _function(self, function_arn: str) -> _Function:
+        fn = self._functions.get(function_arn)
+        if fn is None:
+            fn = self._functions[function_arn] = _Function(self._lock)
+        return fn
+
+    def _new_id(self) -> str:
+        # uuid4 like the core's ids; the sequence number only helps reading logs.
+        return "{}-{}".format(uuid.uuid4(), next(self._sequence))
+
+    def _finish(self, invocation: Invocation, payload: bytes, function_error: Optional[str]) -> None:
+        invocation.result = payload
+        invocation.function_error = function_error
+        invocation.state = DONE
+        invocation.finished_at = self._clock()
+        invocation.done.set()
+
+    def _expire(self, invocation: Invocation) -> None:
+        if invocation.done.is_set():
+            return
+        if invocation.state == QUEUED:
+            try:
+                self._function(invocation.function_arn).queue.remove(invocation)
+            except ValueError:
+                pass
+        message = "{} did not answer invocation {} within {:g} s".format(
+            invocation.function_arn, invocation.invocation_id, self.result_timeout_s)
+        self._finish(invocation, protocol.error_body(message, "TimeoutError"),
+                     protocol.FUNCTION_ERROR_UNHANDLED)
+
+    def _sweep(self) -> None:
+        """Expire overdue work and forget results nobody came for; at most once a second."""
+        now = self._clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
+        for invocation in list(self._invocations.values()):
+            if not invocation.done.is_set() and now >= invocation.deadline:
+                self._expire(invocation)
+            if invocation.done.is_set() and (
+                    invocation.is_event or now >= invocation.deadline + self.result_ttl_s):
+                self._invocations.pop(invocation.invocation_id, None)

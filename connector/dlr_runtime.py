@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .errors import BackendError
@@ -173,6 +174,9 @@ class NativeOutput:
         self.messages: List[str] = []  # cleaned, one per native log message
 
 
+_capture_lock = threading.RLock()
+
+
 @contextlib.contextmanager
 def capture_native_stderr() -> Iterator[NativeOutput]:
     """Redirect fd 2 to a temporary file for the duration of the block.
@@ -183,31 +187,32 @@ def capture_native_stderr() -> Iterator[NativeOutput]:
     stderr meanwhile (Python logging, other threads) is written back to the real stderr after.
     """
     out = NativeOutput()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all (daemonised): nothing to capture
-        yield out
-        return
-    try:
-        sink = tempfile.TemporaryFile()
-    except OSError:
-        os.close(saved)
-        yield out
-        return
-    with sink:
-        _flush_python_stderr()
-        os.dup2(sink.fileno(), 2)
+    # fd 2 is process-wide: overlapping captures from two threads would restore it in the wrong
+    # order and leave stderr pointing at a temporary file. Re-entrant for nesting in one thread.
+    with _capture_lock:
+        saved = -1
         try:
+            saved = os.dup(2)
+            sink = tempfile.TemporaryFile()
+        except OSError:  # no stderr at all (daemonised), or no temp space: run uncaptured
+            if saved >= 0:
+                os.close(saved)
             yield out
-        finally:
+            return
+        with sink:
             _flush_python_stderr()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            out.messages, other = split_native_output(sink.read().decode("utf-8", "replace"))
-            if other:
-                with contextlib.suppress(OSError):
-                    os.write(2, other.encode("utf-8", "replace"))
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield out
+            finally:
+                _flush_python_stderr()
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                out.messages, other = split_native_output(sink.read().decode("utf-8", "replace"))
+                if other:
+                    with contextlib.suppress(OSError):
+                        os.write(2, other.encode("utf-8", "replace"))
 
 
 # dmlc/TVM log lines start with "[hh:mm:ss] file:line: "; stack traces follow them.

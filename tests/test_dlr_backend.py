@@ -316,3 +316,36 @@ def test_wrong_input_size_and_closed_backend(model_path):
     b.close()
     with pytest.raises(BackendError, match="closed"):
         b.run(to_tensor(three_boxes()))
+
+
+def test_stderr_written_during_a_load_is_passed_through(model_path, capfd):
+    # The load captures fd 2 to read libdlr's messages; other writers must not lose output.
+    import logging
+
+    class Fd2Handler(logging.Handler):
+        # Straight to fd 2, like native code: pytest's capfd swaps sys.stderr separately.
+        def emit(self, record):
+            os.write(2, (self.format(record) + "\n").encode())
+
+    handler = Fd2Handler()
+    logger = logging.getLogger("connector.backends.dlr_backend")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        load(model_path)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    err = capfd.readouterr().err
+    assert "Could not find libdlr.so in model artifact" in err  # DLR's record, demoted
+    assert "loaded DLR model" in err
+
+
+def test_split_native_output_keeps_other_writers_text():
+    text = ("[21:18:24] /workspace/src/dlr.cc:321: [21:18:24] /x/dso_library.cc:79: Check failed: "
+            "lib_handle_ != nullptr: Failed to load\nStack trace:\n  [bt] (0) libdlr.so(+0x1)\n\n"
+            "INFO other thread says hello\n")
+    native, other = dlr_runtime.split_native_output(text)
+    assert native == ["Check failed: lib_handle_ != nullptr: Failed to load"]
+    assert other == "INFO other thread says hello\n"

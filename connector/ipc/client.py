@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import threading
-from typing import Dict, Optional, Set, Tuple, Union
+from typing import Dict, Mapping, Optional, Set, Tuple, Union
 
 from . import clientfile
 from . import protocol
@@ -58,14 +58,30 @@ class IPCClient(object):
             other end takes, like the core's client).
         :param poll_timeout: socket timeout of the get_work long poll (None: forever).
         """
+        if port is None or token is None:
+            from_env = IPCClient.from_environment()
+            port = from_env.port if port is None else port
+            token = from_env.token if token is None else token
         self.host = host or "localhost"
-        self.port = int(port if port is not None
-                        else os.environ.get(protocol.ENV_DAEMON_PORT) or protocol.DEFAULT_DAEMON_PORT)
-        self.token = token if token is not None else os.environ.get(protocol.ENV_AUTH_TOKEN, "")
+        self.port = int(port)
+        self.token = token
         self.timeout = timeout
         self.poll_timeout = poll_timeout
-        self._polls = set()  # type: Set[http.client.HTTPConnection]
+        self._polls: Set[http.client.HTTPConnection] = set()
         self._open_lock = threading.Lock()
+
+    @classmethod
+    def from_environment(cls, environ: Optional[Mapping[str, str]] = None,
+                         timeout: Optional[float] = None) -> "IPCClient":
+        """A client for the core of this Lambda, from `environ` (default os.environ)."""
+        env = os.environ if environ is None else environ
+        port_text = env.get(protocol.ENV_DAEMON_PORT) or str(protocol.DEFAULT_DAEMON_PORT)
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise IPCError("{}={!r} is not a port number".format(protocol.ENV_DAEMON_PORT, port_text))
+        return cls(host="localhost", port=port, token=env.get(protocol.ENV_AUTH_TOKEN, ""),
+                   timeout=timeout)
 
     @classmethod
     def from_client_file(cls, path: Optional[str] = None, timeout: Optional[float] = None

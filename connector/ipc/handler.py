@@ -98,6 +98,10 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
                    explain: Optional[str] = None) -> None:
         """http.server's own refusals (bad request line, oversized headers) as JSON too."""
         self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            # An unparseable request line leaves http.server assuming HTTP/0.9, which would
+            # suppress the status line and headers; nobody speaks 0.9 to this host.
+            self.request_version = self.protocol_version
         text = message or explain or self.responses.get(code, ("error",))[0]
         try:
             self._send(code, protocol.error_body(text, "BadRequest"), content_type="application/json")
@@ -217,8 +221,9 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
             raise Refusal(400, 'initialized needs a JSON body {"Success": true|false, "Response": "..."}',
                           "InvalidInitialization")
         response = document.get("Response", "")
-        self.server.ipc_host.board.note_initialized(
-            function_arn, document["Success"], response if isinstance(response, str) else json.dumps(response))
+        if not isinstance(response, str):
+            response = json.dumps(response)
+        self.server.ipc_host.board.note_initialized(function_arn, document["Success"], response)
         self._send(200)
 
     def _health(self) -> None:
@@ -306,4 +311,3 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
         if body and self.command != "HEAD":
             self.wfile.write(body)
         self.wfile.flush()
-

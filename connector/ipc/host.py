@@ -45,12 +45,15 @@ HealthCallback = Callable[[], Dict[str, Any]]
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client connection must never keep the process alive
     allow_reuse_address = True
+    # socketserver's default backlog of 5 resets connections as soon as a few dozen clients
+    # (each call is a new connection, as with the core's urllib client) arrive together.
+    request_queue_size = 128
 
     def __init__(self, address: Tuple[str, int], ipc_host: "IPCHost") -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.ipc_host = ipc_host
-        self._connections = set()  # type: Set[socket.socket]
+        self._connections: Set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, IPCRequestHandler)
 
@@ -115,8 +118,8 @@ class IPCHost(object):
         self.board = WorkBoard(result_timeout_s=result_timeout_s, attach_grace_s=attach_grace_s)
         self._health = health
         self._ready = False
-        self._server = None  # type: Optional[_Server]
-        self._thread = None  # type: Optional[threading.Thread]
+        self._server: Optional[_Server] = None
+        self._thread: Optional[threading.Thread] = None
         self._inflight = 0
         self._inflight_changed = threading.Condition()
         self._stopped = False

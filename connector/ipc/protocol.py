@@ -39,6 +39,10 @@ ENV_FUNCTION_ARN = "MY_FUNCTION_ARN"
 ENV_REGION = "AWS_REGION"
 DEFAULT_DAEMON_PORT = 8000
 
+# Addresses of the AWS ML services, as greengrass_machine_learning_sdk builds them.
+INFERENCE_ARN_FORMAT = "arn:aws:lambda:{region}:aws:function:GG-ML-INF-{algo_type}-{service_name}"
+FEEDBACK_ARN_FORMAT = "arn:aws:lambda:{region}:aws:function:MLFeedback"
+
 # ARN characters are path-safe except in exotic qualifiers; quoting the rest keeps http.client
 # (which refuses control characters and spaces) and the host's parser in agreement.
 _ARN_SAFE = ":$@!*'()+,;=-._~"
@@ -47,6 +51,16 @@ _ARN_SAFE = ":$@!*'()+,;=-._~"
 ENDPOINT_BASE = ""
 ENDPOINT_WORK = "work"
 ENDPOINT_INITIALIZED = "initialized"
+
+
+def inference_function_arn(region: str, algo_type: str, service_name: str) -> str:
+    """The address the SDK posts to for ``invoke_inference_service(AlgoType, ServiceName)``."""
+    return INFERENCE_ARN_FORMAT.format(region=region, algo_type=algo_type, service_name=service_name)
+
+
+def feedback_function_arn(region: str) -> str:
+    """The address the SDK's ``client('feedback').publish`` posts to."""
+    return FEEDBACK_ARN_FORMAT.format(region=region)
 
 
 def function_path(function_arn: str, endpoint: str = ENDPOINT_BASE) -> str:
@@ -109,7 +123,7 @@ def decode_client_context(value: Optional[str]) -> Dict[str, Any]:
 
 def error_body(message: str, error_type: Optional[str] = None) -> bytes:
     """The JSON error document of a function error or an IPC refusal: {"errorMessage", "errorType"}."""
-    document = {"errorMessage": message}  # type: Dict[str, Any]
+    document: Dict[str, Any] = {"errorMessage": message}
     if error_type:
         document["errorType"] = error_type
     return json.dumps(document).encode("utf-8")

@@ -138,7 +138,11 @@ def _worker(function_arn: str, handler: Handler, client: IPCClient, stop: thread
         if not work.invocation_id:
             log.warning("get_work for %s returned work without an invocation id; ignored", function_arn)
             continue
-        handle_work(function_arn, handler, client, work)
+        try:
+            handle_work(function_arn, handler, client, work)
+        except Exception:  # a bug must cost one invocation (it times out), not the worker
+            log.exception("unexpected failure handling invocation %s of %s", work.invocation_id,
+                          function_arn)
 
 
 def run_lambda(function_arn: str, handler: Handler, client: Optional[IPCClient] = None,
@@ -157,7 +161,7 @@ def run_lambda(function_arn: str, handler: Handler, client: Optional[IPCClient] 
         raise ValueError("concurrency must be at least 1, not {}".format(concurrency))
     client = client if client is not None else IPCClient()
     stop = stop_event if stop_event is not None else threading.Event()
-    workers = []  # type: List[threading.Thread]
+    workers: List[threading.Thread] = []
     for index in range(concurrency):
         worker = threading.Thread(target=_worker, args=(function_arn, handler, client, stop),
                                   name="lambda-{}-{}".format(protocol.function_name_of(function_arn)[0],

@@ -74,7 +74,7 @@ class Invocation(object):
         self.deadline = deadline
         self.state = QUEUED
         self.result = b""
-        self.function_error = None  # type: Optional[str]
+        self.function_error: Optional[str] = None
         self.finished_at = 0.0
         self.done = threading.Event()
 
@@ -85,12 +85,12 @@ class Invocation(object):
 
 class _Function(object):
     def __init__(self, lock: threading.RLock) -> None:
-        self.queue = collections.deque()  # type: Deque[Invocation]
+        self.queue: Deque[Invocation] = collections.deque()
         self.work_arrived = threading.Condition(lock)
         self.open_polls = 0
         self.last_seen = float("-inf")
         self.registered = False
-        self.initialization = None  # type: Optional[Dict[str, object]]
+        self.initialization: Optional[Dict[str, object]] = None
 
 
 class WorkBoard(object):
@@ -106,8 +106,8 @@ class WorkBoard(object):
         self.poll_slice_s = poll_slice_s
         self._clock = clock
         self._lock = threading.RLock()
-        self._functions = {}  # type: Dict[str, _Function]
-        self._invocations = {}  # type: Dict[str, Invocation]
+        self._functions: Dict[str, _Function] = {}
+        self._invocations: Dict[str, Invocation] = {}
         self._draining = False
         self._next_sweep = 0.0
         self._sequence = itertools.count(1)

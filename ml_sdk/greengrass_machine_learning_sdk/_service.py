@@ -1,0 +1,109 @@
+"""One request-reply call to a local service over the Greengrass IPC: post_work, then
+get_work_result.
+
+The AWS SDK does this through ``greengrass_ipc_python_sdk`` (shipped only inside a Greengrass
+core); this is a self-contained equivalent with the same outcomes:
+
+* no function error          -> ``GreengrassServiceCallOutput(response=..., error_response=None)``
+* function error ``Handled`` -> ``GreengrassServiceCallOutput(response=None, error_response=...)``
+* anything else (unreachable endpoint, non-2xx answer, ``Unhandled`` error such as a timeout)
+  -> :class:`GreengrassRuntimeException`
+"""
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+from typing import Dict, Optional, Tuple
+from urllib.parse import quote
+
+from . import _endpoint
+
+API_VERSION = "2016-11-01"
+HEADER_AUTH_TOKEN = "Authorization"
+HEADER_INVOCATION_ID = "X-Amz-InvocationId"
+HEADER_CLIENT_CONTEXT = "X-Amz-Client-Context"
+HEADER_INVOCATION_TYPE = "X-Amz-Invocation-Type"
+HEADER_FUNCTION_ERROR = "X-Amz-Function-Error"
+
+GreengrassServiceMessage = collections.namedtuple("GreengrassServiceMessage", ["context", "payload"])
+GreengrassServiceCallOutput = collections.namedtuple("GreengrassServiceCallOutput",
+                                                     ["response", "error_response"])
+
+
+class GreengrassRuntimeException(Exception):
+    """The call failed outside the service (mapped to GreengrassDependencyException)."""
+
+
+def error_message_of(payload: bytes) -> str:
+    """The ``errorMessage`` of a function-error payload, or the payload as text."""
+    try:
+        document = json.loads(payload.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return payload.decode("utf-8", "replace")
+    if isinstance(document, dict) and "errorMessage" in document:
+        return str(document["errorMessage"])
+    return payload.decode("utf-8", "replace")
+
+
+def error_type_of(payload: bytes) -> Optional[str]:
+    """The ``errorType`` of a function-error payload, if it names one."""
+    try:
+        document = json.loads(payload.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    error_type = document.get("errorType") if isinstance(document, dict) else None
+    return str(error_type) if error_type else None
+
+
+class GreengrassServiceClient(object):
+    def __init__(self, timeout: Optional[float] = None) -> None:
+        """:param timeout: socket timeout of each IPC request (None: as long as the core takes)."""
+        self.timeout = timeout
+
+    def call(self, address: str, message: GreengrassServiceMessage,
+             endpoint: Optional[_endpoint.Endpoint] = None) -> GreengrassServiceCallOutput:
+        """Invoke the function at `address` with `message` and wait for its answer."""
+        endpoint = endpoint or _endpoint.resolve()
+        context = message.context
+        if isinstance(context, (bytes, bytearray)):
+            context = bytes(context).decode("ascii")
+        path = "/{}/functions/{}".format(API_VERSION, quote(address, safe=":$@!*'()+,;=-._~"))
+        _, headers, _ = self._request(endpoint, "POST", path, message.payload, {
+            HEADER_CLIENT_CONTEXT: context or "",
+            HEADER_INVOCATION_TYPE: "RequestResponse",
+        })
+        invocation_id = headers.get(HEADER_INVOCATION_ID)
+        if not invocation_id:
+            raise GreengrassRuntimeException(
+                "the IPC accepted work for {} without an invocation id".format(address))
+        _, headers, payload = self._request(endpoint, "GET", path, None,
+                                            {HEADER_INVOCATION_ID: invocation_id})
+        function_error = headers.get(HEADER_FUNCTION_ERROR)
+        if not function_error:
+            return GreengrassServiceCallOutput(GreengrassServiceMessage("", payload), None)
+        if function_error == "Handled":
+            return GreengrassServiceCallOutput(None, GreengrassServiceMessage("", payload))
+        raise GreengrassRuntimeException("{} failed with a function error {}: {}".format(
+            address, function_error, error_message_of(payload)))
+
+    def _request(self, endpoint: _endpoint.Endpoint, method: str, path: str,
+                 body: Optional[bytes], headers: Dict[str, str]
+                 ) -> Tuple[int, http.client.HTTPMessage, bytes]:
+        connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
+        headers = dict(headers)
+        headers[HEADER_AUTH_TOKEN] = endpoint.token
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise GreengrassRuntimeException("cannot reach the Greengrass IPC at {}:{} ({}): {}".format(
+                endpoint.host, endpoint.port, endpoint.source, exc or type(exc).__name__))
+        finally:
+            connection.close()
+        if not 200 <= response.status < 300:
+            raise GreengrassRuntimeException("the Greengrass IPC at {}:{} answered {} {} to {} {}: {}".format(
+                endpoint.host, endpoint.port, response.status, response.reason, method, path,
+                error_message_of(data)))
+        return response.status, response.headers, data

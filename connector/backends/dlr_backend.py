@@ -35,7 +35,7 @@ _setup_lock = threading.Lock()
 _dlr_module: Any = None
 
 # libdlr's words for "this build has no CUDA" (TVM: "Device API gpu is not enabled.").
-_NO_GPU_IN_RUNTIME = re.compile(r"Device API (gpu|cuda) is not enabled|CUDA|cuda", re.IGNORECASE)
+_NO_GPU_IN_RUNTIME = re.compile(r"Device API (gpu|cuda) is not enabled|CUDA", re.IGNORECASE)
 
 
 # Explanations for libdlr load errors whose wording points at the wrong thing.

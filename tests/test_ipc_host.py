@@ -283,7 +283,7 @@ def test_post_work_fails_fast_for_an_arn_nobody_serves(host):
 
 
 def test_served_rule_registration_and_grace_period():
-    with IPCHost(write_client_file=False, attach_grace_s=0.3) as h:
+    with IPCHost(write_client_file=False, attach_grace_s=1.0) as h:
         lone = "arn:aws:lambda:us-east-1:aws:function:lone"
         assert not h.board.is_served(lone)
         h.register_function(lone)
@@ -296,7 +296,7 @@ def test_served_rule_registration_and_grace_period():
         post_work(h, b"x", arn=lone)
         worker.join(5)
         assert h.board.is_served(lone)  # seen moments ago: the worker is running its handler
-        time.sleep(0.5)
+        time.sleep(1.2)
         assert not h.board.is_served(lone)  # gone for longer than the grace period
         assert call(h, "POST", protocol.function_path(lone), b"x")[0] == 404
 
@@ -347,6 +347,11 @@ def test_initialized_is_recorded_and_validated(host):
     status, _, _ = call(host, "PUT", INITIALIZED, b'{"Success": false, "Response": "no model"}')
     assert status == 200
     assert host.initialization(ARN) == {"Success": False, "Response": "no model"}
+    # A function that failed to initialize is not served, and callers learn why.
+    status, _, body = call(host, "POST", BASE, b"x")
+    assert status == 404 and "no model" in error_of(body)["errorMessage"]
+    assert call(host, "PUT", INITIALIZED, b'{"Success": true, "Response": ""}')[0] == 200
+    assert call(host, "POST", BASE, b"x")[0] == 202
     for bad in (b"", b"{", b'{"Success": "yes"}', b"[]"):
         status, _, body = call(host, "PUT", INITIALIZED, bad)
         assert status == 400 and error_of(body)["errorType"] == "InvalidInitialization"

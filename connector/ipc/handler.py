@@ -102,9 +102,11 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
             # An unparseable request line leaves http.server assuming HTTP/0.9, which would
             # suppress the status line and headers; nobody speaks 0.9 to this host.
             self.request_version = self.protocol_version
-        text = message or explain or self.responses.get(code, ("error",))[0]
+        phrase = self.responses.get(code, ("Error",))[0]
+        text = message or explain or phrase
         try:
-            self._send(code, protocol.error_body(text, "BadRequest"), content_type="application/json")
+            self._send(code, protocol.error_body(text, "".join(phrase.split())),
+                       content_type="application/json")
         except OSError:
             pass
 

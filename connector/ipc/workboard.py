@@ -10,7 +10,10 @@ timeout): an ARN is served while
 * a get_work long poll for it is open, or
 * a worker for it was seen (get_work, a posted result or error, ``initialized``) within the last
   ``attach_grace_s`` seconds; this covers the gap while a single-threaded worker runs its handler
-  between two polls.
+  between two polls;
+
+and its function did not report a failed initialization (``initialized`` with ``"Success":
+false``; callers then get that reason) since its last successful one.
 
 Every invocation gets a deadline ``result_timeout_s`` after it was posted. A get_work_result still
 waiting then is answered with an ``Unhandled`` function error (what the Greengrass core reports for
@@ -93,6 +96,10 @@ class _Function(object):
         self.initialization: Optional[Dict[str, object]] = None
 
 
+def _failed_initialization(fn: _Function) -> bool:
+    return fn.initialization is not None and fn.initialization.get("Success") is False
+
+
 class WorkBoard(object):
     """Thread-safe state shared by all request threads of one host."""
 
@@ -125,7 +132,7 @@ class WorkBoard(object):
     def is_served(self, function_arn: str) -> bool:
         with self._lock:
             fn = self._functions.get(function_arn)
-            if fn is None:
+            if fn is None or _failed_initialization(fn):
                 return False
             return (fn.registered or fn.open_polls > 0
                     or self._clock() - fn.last_seen <= self.attach_grace_s)
@@ -152,6 +159,10 @@ class WorkBoard(object):
                 raise Draining("the IPC host is shutting down and accepts no new work")
             self._sweep()
             if not self.is_served(function_arn):
+                fn = self._functions.get(function_arn)
+                if fn is not None and _failed_initialization(fn):
+                    raise NotServed("{} reported that it failed to initialize: {}".format(
+                        function_arn, fn.initialization.get("Response") or "(no reason given)"))
                 raise NotServed("no function serves {} on this host".format(function_arn))
             now = self._clock()
             invocation = Invocation(self._new_id(), function_arn, payload, client_context,

@@ -171,6 +171,9 @@ def test_content_length_rules(host):
     invalid = raw(host, b"POST " + BASE.encode() + b" HTTP/1.1\r\nHost: x\r\n" + auth
                   + b"Content-Length: ten\r\n\r\n")
     assert invalid.startswith(b"HTTP/1.1 400 ") and b"Content-Length" in invalid
+    superscript = raw(host, b"POST " + BASE.encode() + b" HTTP/1.1\r\nHost: x\r\n" + auth
+                      + b"Content-Length: \xb2\r\n\r\nab")
+    assert superscript.startswith(b"HTTP/1.1 400 ")
     chunked = raw(host, b"POST " + BASE.encode() + b" HTTP/1.1\r\nHost: x\r\n" + auth
                   + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
     assert chunked.startswith(b"HTTP/1.1 411 ")

@@ -262,7 +262,8 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
                 raise Refusal(411, "Content-Length is required", "LengthRequired")
             return b""
         text = lengths[0].strip()
-        if len(set(v.strip() for v in lengths)) != 1 or not text.isdigit():
+        # isascii: str.isdigit also accepts "²", which int() then refuses.
+        if len(set(v.strip() for v in lengths)) != 1 or not (text.isascii() and text.isdigit()):
             raise Refusal(400, "Content-Length must be one non-negative integer, not {!r}".format(
                 ", ".join(lengths)), "InvalidContentLength")
         length = int(text)

@@ -19,6 +19,7 @@ the one path that needs no token, so that process supervisors can probe it witho
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -227,6 +228,7 @@ class IPCHost(object):
             document = self._health()
             if not isinstance(document, dict):
                 raise TypeError("health callback returned {}, not a dict".format(type(document).__name__))
+            json.dumps(document)  # fail here, with the reason, rather than in the handler
             return 200, document
         except Exception as exc:  # the probe must say why, not drop the connection
             log.exception("health callback failed")

@@ -177,6 +177,8 @@ def test_content_length_rules(host):
     chunked = raw(host, b"POST " + BASE.encode() + b" HTTP/1.1\r\nHost: x\r\n" + auth
                   + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
     assert chunked.startswith(b"HTTP/1.1 411 ")
+    versionless = raw(host, b"GET /healthz\r\n\r\n")
+    assert versionless.startswith(b"HTTP/1.1 400 ")
     garbage = raw(host, b"\x16\x03\x01 definitely not http\r\n\r\n")
     assert garbage.startswith(b"HTTP/1.1 400 ") and b"application/json" in garbage
     assert call(host, "GET", "/healthz", token=None)[0] == 503  # still serving

@@ -117,6 +117,11 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
         host._request_started()
         try:
             self._body_consumed = not self._may_have_body()
+            if self.request_version == "HTTP/0.9":
+                # http.server would answer a version-less request line without status or headers.
+                self.request_version = self.protocol_version
+                self.close_connection = True
+                raise Refusal(400, "the request line needs an HTTP version (HTTP/1.1)", "BadRequest")
             self._route()
         except Refusal as refusal:
             self._refuse(refusal)

@@ -25,6 +25,7 @@ import os
 import secrets
 import socket
 import socketserver
+import sys
 import threading
 import time
 from http.server import ThreadingHTTPServer
@@ -64,6 +65,15 @@ class _Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name = str(self.server_address[0])
         self.server_port = int(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr for any error; a client that resets its
+        # connection is routine, anything else is a bug worth a logged traceback.
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, socket.timeout)):
+            log.debug("connection from %s ended: %s", client_address, error)
+        else:
+            log.exception("error serving %s", client_address)
 
     def track_connection(self, connection: socket.socket) -> None:
         with self._connections_lock:

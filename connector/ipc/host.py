@@ -29,12 +29,15 @@ import sys
 import threading
 import time
 from http.server import ThreadingHTTPServer
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Set, Tuple
 
 from . import clientfile
 from . import protocol
 from .handler import IPCRequestHandler
 from .workboard import WorkBoard
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import IPCClient
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +202,7 @@ class IPCHost(object):
         """``{"Success", "Response"}`` as a worker reported it via ``initialized``, or None."""
         return self.board.initialization(function_arn)
 
-    def client(self, timeout: Optional[float] = None):
+    def client(self, timeout: Optional[float] = None) -> "IPCClient":
         """An :class:`connector.ipc.client.IPCClient` connected to this host."""
         from .client import IPCClient  # the host must not need the client to import
         return IPCClient(host=self.connect_host, port=self.port, token=self.token, timeout=timeout)

@@ -60,6 +60,32 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+    return serve(args.config, args.port, args.bind)
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    from .serve import host_only
+    return host_only(args.port, args.bind)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from .serve import attach
+    return attach(args.config)
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML/JSON file of connector parameters (environment variables win)")
+
+
+def _add_listen(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, help="TCP port (default $GG_DAEMON_PORT, else 8000)")
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="address to listen on (default loopback; the token is the only guard)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m connector",
                                      description="Edge object-detection inference service.")
@@ -76,10 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--draw", metavar="OUTDIR", help="write annotated copies of the images here")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("serve", help="run the local inference service (IPC host + connector)")
+    _add_config(p)
+    _add_listen(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("host", help="run only the Greengrass-compatible IPC host")
+    _add_listen(p)
+    p.set_defaults(func=cmd_host)
+
+    p = sub.add_parser("attach", help="run only the connector, polling a Greengrass core or host")
+    _add_config(p)
+    p.set_defaults(func=cmd_attach)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging("connector", logging.DEBUG if args.verbose else logging.WARNING)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConnectorError as e:  # start-up errors: one clear line, no traceback
+        print("error: {}".format(e), file=sys.stderr)
+        return 2

@@ -1,0 +1,90 @@
+"""The connector as a Greengrass Lambda: `connector.lambda_function.function_handler`.
+
+Greengrass V1 (and V2's Lambda launcher) imports this module once in a pinned, long-lived Lambda
+and then calls `function_handler(event, context)` per request, where `event` is the image bytes
+(EncodingType binary) and `context.client_context.custom` carries the SDK's Content-Type.
+At import the service is started from the connector parameters in the environment, when they are
+there; tools and tests that only import the module stay cheap.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Mapping, Optional
+
+from .errors import ConnectorError, ParameterError
+from .logs import configure_logging
+from .params import load_parameters
+from .service import InferenceService
+
+log = logging.getLogger("connector.lambda")
+
+_service: Optional[InferenceService] = None
+
+
+def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) -> InferenceService:
+    """Load the parameters and the model once; tell the core the outcome where it listens."""
+    global _service
+    env = os.environ if environ is None else environ
+    try:
+        params = load_parameters(environ=env)
+    except ParameterError:
+        configure_logging(env.get("LocalInferenceServiceName") or "connector")
+        log.exception("start-up failed: bad connector parameters")
+        _report_initialized(env, False, "bad connector parameters") if report else None
+        raise
+    configure_logging(params.service_name)
+    try:
+        _service = InferenceService.from_parameters(params)
+    except ConnectorError as e:
+        log.error("start-up failed: %s", e)
+        if report:
+            _report_initialized(env, False, str(e))
+        raise
+    log.info("serving %s (resource %s) from %s", params.service_name, params.model_resource_id,
+             params.model_path)
+    if report:
+        _report_initialized(env, True, "model {} loaded".format(params.model_resource_id))
+    return _service
+
+
+def use_service(service: Optional[InferenceService]) -> None:
+    """Serve requests with an already-started service (the standalone host does this)."""
+    global _service
+    _service = service
+
+
+def function_handler(event: Any, context: Any) -> Dict[str, str]:
+    if _service is None:
+        raise RuntimeError("the inference service is not started: the connector parameters were "
+                           "not found in the environment at import")
+    custom = _custom_context(context)
+    invocation = getattr(context, "invocation_id", None) or getattr(context, "aws_request_id", "-")
+    try:
+        text = _service.infer(event, custom.get("Content-Type"), invocation)
+    except ConnectorError as e:
+        log.warning("invocation %s refused: %s", invocation, e)
+        raise
+    return {"Body": text, "ContentType": "application/json"}
+
+
+def _custom_context(context: Any) -> Dict[str, Any]:
+    client_context = getattr(context, "client_context", None)
+    custom = getattr(client_context, "custom", None)
+    return custom if isinstance(custom, dict) else {}
+
+
+def _report_initialized(env: Mapping[str, str], success: bool, response: str) -> None:
+    """PUT .../initialized where a core (or our host) offers it; absent Greengrass, nothing to do."""
+    arn, token = env.get("MY_FUNCTION_ARN"), env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+    if not arn or not token:
+        return
+    try:
+        from .ipc.client import IPCClient
+        IPCClient.from_environment(env).initialized(arn, success, response)
+    except Exception as e:  # the core may not implement it; serving matters more than reporting
+        log.debug("could not report initialization to the core: %s", e)
+
+
+if "MLModelDestinationPath" in os.environ and os.environ.get("CONNECTOR_NO_BOOTSTRAP") != "1":
+    bootstrap()

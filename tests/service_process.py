@@ -1,0 +1,101 @@
+"""Start `python -m connector serve|host|attach` as real processes for the service tests."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def params_file(path: Path, model_dir: Path, name: str = "objectDetection", timeout: int = 10) -> Path:
+    path.write_text(json.dumps({
+        "MLModelDestinationPath": str(model_dir), "MLModelResourceId": "fixture-model",
+        "LocalInferenceServiceName": name, "LocalInferenceServiceTimeoutSeconds": str(timeout),
+        "LocalInferenceServiceMemoryLimitKB": "500000"}))
+    return path
+
+
+def clean_env(ipc_file: Path, **extra: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "GG_", "MY_FUNCTION", "MLModel", "LocalInference"))}
+    env.update(GG_ML_IPC_FILE=str(ipc_file), PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+class Proc:
+    def __init__(self, args, env: Dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log = open(log, "wb")
+        self.popen = subprocess.Popen([sys.executable, "-m", "connector", *args], env=env, cwd=ROOT,
+                                      stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            raise AssertionError("process did not stop after SIGTERM:\n" + self.log())
+        finally:
+            self._log.close()
+
+
+def wait_for_client_file(path: Path, proc: Proc, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise AssertionError("process exited with {}:\n{}".format(proc.popen.returncode, proc.log()))
+        if path.exists():
+            try:
+                return json.loads(path.read_text())
+            except ValueError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError("no client file after {} s:\n{}".format(timeout, proc.log()))
+
+
+def healthz(port: int) -> "tuple[int, dict]":
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def wait_ready(port: int, proc: Proc, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise AssertionError("process exited with {}:\n{}".format(proc.popen.returncode, proc.log()))
+        try:
+            status, body = healthz(port)
+            if status == 200:
+                return body
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("not ready after {} s:\n{}".format(timeout, proc.log()))
+
+
+def start_serve(tmp: Path, model_dir: Path, env_extra: Optional[Dict[str, str]] = None,
+                timeout: int = 10) -> "tuple[Proc, dict, Dict[str, str]]":
+    ipc = tmp / "ipc.json"
+    env = clean_env(ipc, **(env_extra or {}))
+    cfg = params_file(tmp / "params.json", model_dir, timeout=timeout)
+    proc = Proc(["serve", "--config", str(cfg), "--port", "0"], env, tmp / "serve.log")
+    info = wait_for_client_file(ipc, proc)
+    wait_ready(info["port"], proc)
+    return proc, info, env

@@ -1,0 +1,254 @@
+"""The service end to end: real processes, real HTTP on loopback, the real DLR runtime, the SDK."""
+import ast
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from connector import lambda_function
+from connector.errors import InvalidImageError
+from connector.ipc import IPCClient, IPCError, protocol
+from connector.service import InferenceService
+from connector.engine import Engine
+from tests import images
+from tests.dlr_fixture.build import RED, blank_image, build_dlr_model, draw_box, set_trigger, sleep_pixel
+from tests.service_process import (ROOT, Proc, clean_env, healthz, params_file, start_serve,
+                                   wait_for_client_file, wait_ready)
+
+sys.path.insert(0, str(ROOT / "ml_sdk"))
+import greengrass_machine_learning_sdk as ml  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dlr-model")
+    build_dlr_model(d)
+    return d
+
+
+@pytest.fixture()
+def sdk_env(monkeypatch):
+    """The SDK finds the host through the client file only (no Greengrass variables)."""
+    for k in ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "MY_FUNCTION_ARN", "GG_DAEMON_PORT", "AWS_REGION",
+              "GGC_MAX_INTERFACE_VERSION", "GG_ML_INFERENCE_FUNCTION_ARNS"):
+        monkeypatch.delenv(k, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture()
+def server(tmp_path, model_dir, sdk_env):
+    proc, info, env = start_serve(tmp_path, model_dir)
+    sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
+    yield proc, info, env
+    assert proc.stop() == 0, proc.log()
+
+
+def red_box_png(x0, y0, x1, y1):
+    return images.png(draw_box(blank_image(), RED, x0, y0, x1, y1))
+
+
+def invoke(body, content_type="image/png", service="objectDetection", client=None):
+    client = client or ml.client("inference")
+    resp = client.invoke_inference_service(AlgoType="object-detection", ServiceName=service,
+                                           ContentType=content_type, Body=body)
+    return resp["Body"].read().decode("utf-8")
+
+
+def test_seed_example_lambda_runs_unchanged(server, tmp_path):
+    proc, info, env = server
+    img = blank_image()
+    draw_box(img, RED, 100, 150, 300, 250)
+    jpg = tmp_path / "test.jpg"
+    jpg.write_bytes(images.jpeg(img))
+    out = subprocess.run([sys.executable, str(ROOT / "tests/seed/run_example.py"), str(jpg)],
+                         env=dict(env, PYTHONPATH="{}:{}".format(ROOT / "ml_sdk", ROOT)),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "EXAMPLE_DONE" in out.stdout and "exception" not in out.stdout
+    text = out.stdout.split("predictions: ", 1)[1].splitlines()[0]
+    [[cls, score, x0, y0, x1, y1]] = eval(text)["prediction"]
+    assert cls == 0 and score > 0.9
+    assert [x0, y0, x1, y1] == pytest.approx([100 / 512, 150 / 512, 300 / 512, 250 / 512], abs=3 / 512)
+
+
+def test_answer_is_exact_json_and_python_literal(server):
+    text = invoke(red_box_png(64, 128, 256, 384))
+    assert json.loads(text) == ast.literal_eval(text)
+    assert json.loads(text)["prediction"] == [[0, 1.0, 0.125, 0.25, 0.5, 0.75]]
+
+
+def test_health_reports_ready_with_backend(server):
+    proc, info, env = server
+    status, body = healthz(info["port"])
+    assert status == 200
+    assert body["state"] == "ready" and body["backend"] == "dlr" and body["device"] == "cpu"
+
+
+def test_bad_requests_get_clear_errors_and_service_keeps_serving(server):
+    cases = [
+        (images.jpeg()[:400], "image/jpeg", "truncated"),
+        (b"", "image/png", "empty"),
+        (b"GIF89a" + b"\x00" * 40, "image/gif", "content type"),
+        (images.png(), "text/plain", "content type"),
+        (images.png_bomb(20000), "image/png", "over the limit"),
+    ]
+    for body, ctype, words in cases:
+        with pytest.raises(ml.GreengrassInferenceException) as e:
+            invoke(body, ctype)
+        assert words in str(e.value)
+    with pytest.raises(ValueError):
+        ml.client("inference").invoke_inference_service(AlgoType="object-detection",
+                                                        ServiceName="objectDetection", Body=None)
+    assert json.loads(invoke(red_box_png(10, 10, 50, 50)))["prediction"][0][0] == 0
+
+
+def test_unserved_name_fails_fast_with_dependency_error(server):
+    started = time.monotonic()
+    with pytest.raises(ml.GreengrassDependencyException):
+        invoke(red_box_png(10, 10, 50, 50), service="nobodyHere")
+    assert time.monotonic() - started < 5
+
+
+def test_many_clients_each_get_their_own_answer(server):
+    # Every request draws its own rectangle; a mixed-up answer would show another rectangle.
+    rng = np.random.default_rng(7)
+    jobs = []
+    for _ in range(96):
+        x0, y0 = (int(v) for v in rng.integers(0, 400, 2))
+        w, h = (int(v) for v in rng.integers(20, 100, 2))
+        jobs.append((x0, y0, x0 + w, y0 + h))
+
+    def one(box):
+        doc = json.loads(invoke(red_box_png(*box)))
+        return box, doc["prediction"]
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, jobs, timeout=120))
+    assert len(results) == len(jobs)
+    for box, prediction in results:
+        assert len(prediction) == 1
+        assert prediction[0][2:] == pytest.approx([v / 512 for v in box], abs=1e-6)
+
+
+def test_event_invocation_and_unknown_invocation_id(server):
+    proc, info, env = server
+    client = IPCClient(host="127.0.0.1", port=info["port"], token=info["token"], timeout=10)
+    arn = protocol.inference_function_arn(info["region"], "object-detection", "objectDetection")
+    ctx = protocol.encode_client_context({"Content-Type": "image/png"})
+    invocation = client.post_work(arn, red_box_png(5, 5, 60, 60), ctx, invocation_type="Event")
+    assert invocation
+    with pytest.raises(IPCError) as e:
+        client.get_work_result(arn, "no-such-invocation")
+    assert e.value.status == 404
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path, model_dir, sdk_env):
+    proc, info, env = start_serve(tmp_path, model_dir)
+    sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
+    slow = set_trigger(draw_box(blank_image(), RED, 20, 20, 120, 120), sleep_pixel(15))  # 1.5 s
+    result = {}
+    t = threading.Thread(target=lambda: result.update(text=invoke(images.png(slow))))
+    t.start()
+    time.sleep(0.5)  # the request is in the model now
+    proc.popen.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    with pytest.raises(ml.GreengrassDependencyException):
+        invoke(red_box_png(10, 10, 50, 50))  # refused while draining
+    t.join(30)
+    assert json.loads(result["text"])["prediction"][0][0] == 0
+    assert proc.popen.wait(30) == 0, proc.log()
+    assert not Path(env["GG_ML_IPC_FILE"]).exists()
+
+
+def test_connector_attaches_to_a_host_as_a_separate_lambda_process(tmp_path, model_dir, sdk_env):
+    """One worker, two hosts: the connector polls get_work like a Lambda under a core."""
+    ipc = tmp_path / "ipc.json"
+    host = Proc(["host", "--port", "0"], clean_env(ipc), tmp_path / "host.log")
+    worker = None
+    try:
+        info = wait_for_client_file(ipc, host)
+        wait_ready(info["port"], host)
+        # As a Greengrass core starts a user Lambda: its own ARN, the token and port in the env.
+        user_arn = "arn:aws:lambda:us-east-1:123456789012:function:objectDetection-connector:1"
+        lambda_env = clean_env(ipc, AWS_CONTAINER_AUTHORIZATION_TOKEN=info["token"],
+                               GG_DAEMON_PORT=str(info["port"]), MY_FUNCTION_ARN=user_arn,
+                               AWS_REGION="us-east-1")
+        cfg = params_file(tmp_path / "params.json", model_dir)
+        worker = Proc(["attach", "--config", str(cfg)], lambda_env, tmp_path / "worker.log")
+        sdk_env.setenv("GG_ML_IPC_FILE", str(ipc))
+        sdk_env.setenv("GG_ML_INFERENCE_FUNCTION_ARNS", json.dumps({"objectDetection": user_arn}))
+        deadline = time.monotonic() + 30
+        while True:  # until the worker has loaded its model and polls
+            try:
+                text = invoke(red_box_png(32, 64, 96, 128))
+                break
+            except ml.GreengrassDependencyException:
+                assert time.monotonic() < deadline and worker.popen.poll() is None, worker.log()
+                time.sleep(0.2)
+        assert json.loads(text)["prediction"] == [[0, 1.0, 32 / 512, 64 / 512, 96 / 512, 128 / 512]]
+        with pytest.raises(ml.GreengrassInferenceException, match="truncated"):
+            invoke(images.jpeg()[:300], "image/jpeg")
+    finally:
+        if worker:
+            assert worker.stop() == 0, worker.log()
+        assert host.stop() == 0, host.log()
+
+
+def test_serve_with_bad_parameters_stops_with_one_clear_line(tmp_path):
+    cfg = tmp_path / "p.json"
+    cfg.write_text(json.dumps({"MLModelDestinationPath": "/x", "MLModelResourceId": "r",
+                               "LocalInferenceServiceName": "bad_name",
+                               "LocalInferenceServiceMemoryLimitKB": "1000"}))
+    out = subprocess.run([sys.executable, "-m", "connector", "serve", "--config", str(cfg), "--port", "0"],
+                         env=clean_env(tmp_path / "ipc.json"), cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2
+    assert "LocalInferenceServiceName='bad_name'" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- the Lambda handler in-process -----------------------------------------------------------------
+
+def context(custom):
+    return types.SimpleNamespace(client_context=types.SimpleNamespace(custom=custom),
+                                 invocation_id="test-1")
+
+
+def test_function_handler(model_dir):
+    lambda_function.use_service(InferenceService(Engine.from_model_dir(str(model_dir))))
+    try:
+        out = lambda_function.function_handler(red_box_png(0, 0, 256, 512), context({"Content-Type": "image/png"}))
+        assert out["ContentType"] == "application/json"
+        assert json.loads(out["Body"]) == {"prediction": [[0, 1.0, 0.0, 0.0, 0.5, 1.0]]}
+        with pytest.raises(InvalidImageError, match="no content type"):
+            lambda_function.function_handler(red_box_png(0, 0, 9, 9), context(None))
+        with pytest.raises(TypeError, match="image bytes"):
+            lambda_function.function_handler({"not": "bytes"}, context({"Content-Type": "image/png"}))
+    finally:
+        lambda_function.use_service(None)
+
+
+def test_lambda_module_bootstraps_from_environment_at_import(model_dir, tmp_path):
+    env = clean_env(tmp_path / "ipc.json", MLModelDestinationPath=str(model_dir), MLModelResourceId="m",
+                    LocalInferenceServiceName="objectDetection", LocalInferenceServiceMemoryLimitKB="1000")
+    code = ("import json, types; from connector import lambda_function as lf; from tests import images; "
+            "from tests.dlr_fixture.build import *; "
+            "img = draw_box(blank_image(), RED, 0, 0, 64, 64); "
+            "ctx = types.SimpleNamespace(client_context=types.SimpleNamespace(custom={'Content-Type': 'image/png'})); "
+            "print(json.loads(lf.function_handler(images.png(img), ctx)['Body']))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "[[0, 1.0, 0.0, 0.0, 0.125, 0.125]]" in out.stdout
+    assert "[objectDetection]" in out.stderr  # every log line carries the service name
+    bad = dict(env, LocalInferenceServiceName="x")
+    out = subprocess.run([sys.executable, "-c", "import connector.lambda_function"], env=bad, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "LocalInferenceServiceName='x'" in out.stderr

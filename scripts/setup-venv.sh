@@ -12,5 +12,12 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv || { echo "error: cannot create .venv (on Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[${extras}]"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# pip's and setuptools' chatter goes to a log that is shown only when the install fails.
+if ! { .venv/bin/python -m pip install --quiet --upgrade pip &&
+       .venv/bin/python -m pip install --quiet -e ".[${extras}]"; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "error: installing this package with extras [${extras}] into .venv failed (output above)" >&2
+  exit 1
+fi

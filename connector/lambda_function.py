@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any, Dict, Mapping, Optional
 
 from .errors import ConnectorError, ParameterError
@@ -86,5 +87,13 @@ def _report_initialized(env: Mapping[str, str], success: bool, response: str) ->
         log.debug("could not report initialization to the core: %s", e)
 
 
-if "MLModelDestinationPath" in os.environ and os.environ.get("CONNECTOR_NO_BOOTSTRAP") != "1":
+def _imported_by_a_lambda_runtime() -> bool:
+    # A Greengrass runtime imports this module with the parameters in the environment. Our own
+    # commands (serve, attach) import it too but start the service themselves: loading the model
+    # here as well would load it twice.
+    return ("MLModelDestinationPath" in os.environ and "connector.cli" not in sys.modules
+            and os.environ.get("CONNECTOR_NO_BOOTSTRAP") != "1")
+
+
+if _imported_by_a_lambda_runtime():
     bootstrap()

@@ -178,11 +178,13 @@ def test_connector_attaches_to_a_host_as_a_separate_lambda_process(tmp_path, mod
         wait_ready(info["port"], host)
         # As a Greengrass core starts a user Lambda: its own ARN, the token and port in the env.
         user_arn = "arn:aws:lambda:us-east-1:123456789012:function:objectDetection-connector:1"
+        # The connector parameters come as environment variables too, as Greengrass passes them.
         lambda_env = clean_env(ipc, AWS_CONTAINER_AUTHORIZATION_TOKEN=info["token"],
                                GG_DAEMON_PORT=str(info["port"]), MY_FUNCTION_ARN=user_arn,
-                               AWS_REGION="us-east-1")
-        cfg = params_file(tmp_path / "params.json", model_dir)
-        worker = Proc(["attach", "--config", str(cfg)], lambda_env, tmp_path / "worker.log")
+                               AWS_REGION="us-east-1", MLModelDestinationPath=str(model_dir),
+                               MLModelResourceId="fixture-model", LocalInferenceServiceName="objectDetection",
+                               LocalInferenceServiceMemoryLimitKB="500000")
+        worker = Proc(["attach"], lambda_env, tmp_path / "worker.log")
         sdk_env.setenv("GG_ML_IPC_FILE", str(ipc))
         sdk_env.setenv("GG_ML_INFERENCE_FUNCTION_ARNS", json.dumps({"objectDetection": user_arn}))
         deadline = time.monotonic() + 30
@@ -196,6 +198,7 @@ def test_connector_attaches_to_a_host_as_a_separate_lambda_process(tmp_path, mod
         assert json.loads(text)["prediction"] == [[0, 1.0, 32 / 512, 64 / 512, 96 / 512, 128 / 512]]
         with pytest.raises(ml.GreengrassInferenceException, match="truncated"):
             invoke(images.jpeg()[:300], "image/jpeg")
+        assert worker.log().count("loaded dlr model") == 1  # loaded once, not again at import
     finally:
         if worker:
             assert worker.stop() == 0, worker.log()

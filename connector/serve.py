@@ -44,6 +44,13 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _wait_for(stop: threading.Event) -> None:
+    # Wake up regularly: Python runs signal handlers only in the main thread, and only when it runs
+    # bytecode; a SIGTERM delivered to another thread would never wake a bare `stop.wait()`.
+    while not stop.wait(0.5):
+        pass
+
+
 def _start_host(port: Optional[int], bind: str, env: Mapping[str, str], result_timeout_s: float,
                 health: Any = None) -> IPCHost:
     if port is None:
@@ -81,7 +88,7 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
                  device=service.engine.backend.device, function_arn=arn)
     host.set_ready()
     log.info("serving %s on %s (model %s)", arn, host.url, params.model_path)
-    stop.wait()
+    _wait_for(stop)
     state["state"] = "stopping"
     host.shutdown(grace_s=SHUTDOWN_GRACE_S)
     worker_stop.set()
@@ -97,7 +104,7 @@ def host_only(port: Optional[int] = None, bind: str = "127.0.0.1",
     stop = _stop_on_signals()
     host = _start_host(port, bind, env, result_timeout_s, health=lambda: {"state": "ready"})
     host.set_ready()
-    stop.wait()
+    _wait_for(stop)
     host.shutdown(grace_s=SHUTDOWN_GRACE_S)
     return 0
 

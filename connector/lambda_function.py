@@ -11,19 +11,21 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Union
 
 from .errors import ConnectorError, ParameterError
 from .logs import configure_logging
 from .params import load_parameters
-from .service import InferenceService
+from .service import InferenceService, SupervisedService
+
+Service = Union[InferenceService, SupervisedService]
 
 log = logging.getLogger("connector.lambda")
 
-_service: Optional[InferenceService] = None
+_service: Optional[Service] = None
 
 
-def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) -> InferenceService:
+def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) -> Service:
     """Load the parameters and the model once; tell the core the outcome where it listens."""
     global _service
     env = os.environ if environ is None else environ
@@ -36,7 +38,7 @@ def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) 
         raise
     configure_logging(params.service_name)
     try:
-        _service = InferenceService.from_parameters(params)
+        _service = SupervisedService.from_parameters(params)
     except ConnectorError as e:
         log.error("start-up failed: %s", e)
         if report:
@@ -49,7 +51,7 @@ def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) 
     return _service
 
 
-def use_service(service: Optional[InferenceService]) -> None:
+def use_service(service: Optional[Service]) -> None:
     """Serve requests with an already-started service (the standalone host does this)."""
     global _service
     _service = service

@@ -19,7 +19,7 @@ from .ipc import clientfile, protocol
 from .ipc.host import DEFAULT_REGION
 from .logs import configure_logging
 from .params import Parameters, load_parameters
-from .service import InferenceService
+from .service import SupervisedService
 
 log = logging.getLogger("connector.serve")
 
@@ -73,7 +73,7 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     host = _start_host(port, bind, env, params.timeout_seconds + 1.0, health=lambda: dict(state))
     arn = service_arn(host.region, params)
     try:
-        service = InferenceService.from_parameters(params)
+        service = SupervisedService.from_parameters(params)
     except Exception:
         host.shutdown(grace_s=0)
         raise
@@ -84,8 +84,8 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
                             args=(arn, lambda_function.function_handler, host.client()),
                             kwargs={"stop_event": worker_stop, "concurrency": concurrency})
     loop.start()
-    state.update(state="ready", backend=service.engine.backend.name,
-                 device=service.engine.backend.device, function_arn=arn)
+    state.update(state="ready", function_arn=arn)
+    host.set_health(lambda: dict(state, **service.describe()))
     host.set_ready()
     log.info("serving %s on %s (model %s)", arn, host.url, params.model_path)
     _wait_for(stop)
@@ -128,7 +128,7 @@ def attach(config: Optional[str] = None, environ: Optional[Mapping[str, str]] = 
         client = IPCClient.from_client_file(path)
         region = clientfile.read(path).get("region") or DEFAULT_REGION
     arn = env.get(protocol.ENV_FUNCTION_ARN) or service_arn(region, params)
-    service = InferenceService.from_parameters(params)
+    service = SupervisedService.from_parameters(params)
     lambda_function.use_service(service)
     try:
         client.initialized(arn, True, "model {} loaded".format(params.model_resource_id))

@@ -1,18 +1,23 @@
 """The inference service: what the Lambda handler and the standalone host call per request.
 
-It owns the model for the life of the process and turns (body, content type) into the prediction
-document text. Worker processes and their supervision plug in behind this same `infer` call.
+Both implementations turn (body, content type) into the prediction document text, or raise a
+ConnectorError subclass with a message for the caller:
+
+* SupervisedService (what the connector runs): the model lives in a supervised worker process, so
+  a crash or hang in a native runtime costs one request, not the service;
+* InferenceService: the model in this process (tools, tests, embedding in other programs).
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Optional
+from typing import Any, Dict, Optional
 
-from . import imaging, postprocess
+from . import errors, imaging, postprocess
 from .engine import Engine
 from .params import Parameters
+from .workers import WorkerPool
 
 log = logging.getLogger("connector.service")
 
@@ -28,11 +33,12 @@ class InferenceService:
     def from_parameters(cls, params: Parameters) -> "InferenceService":
         return cls(Engine.from_parameters(params), params)
 
+    def describe(self) -> Dict[str, Any]:
+        return {"backend": self.engine.backend.name, "device": self.engine.backend.device}
+
     def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-") -> str:
         """The prediction document for one request; ConnectorError subclasses for bad requests."""
-        if not isinstance(body, (bytes, bytearray, memoryview)):
-            raise TypeError("the request body must be the image bytes, got {}".format(type(body).__name__))
-        imaging.check_content_type(content_type)
+        check_request(body, content_type)
         started = time.monotonic()
         bgr = imaging.decode_bgr(bytes(body), self.engine.max_pixels)  # outside the lock: decoding is thread-safe
         with self._lock:
@@ -44,3 +50,39 @@ class InferenceService:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def check_request(body: Any, content_type: Optional[str]) -> None:
+    """What can be refused without the model, before anything is sent to a worker."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise TypeError("the request body must be the image bytes, got {}".format(type(body).__name__))
+    imaging.check_content_type(content_type)
+
+
+class SupervisedService:
+    def __init__(self, params: Parameters) -> None:
+        self.params = params
+        self.pool = WorkerPool(params.model_path, params.device, timeout_s=params.timeout_seconds,
+                               service_name=params.service_name)
+
+    @classmethod
+    def from_parameters(cls, params: Parameters) -> "SupervisedService":
+        return cls(params)
+
+    def describe(self) -> Dict[str, Any]:
+        name, device = self.pool.backend
+        return dict(backend=name, device=device, worker=self.pool.state, worker_pid=self.pool.worker_pid(),
+                    **self.pool.counters)
+
+    def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-") -> str:
+        check_request(body, content_type)
+        status, value = self.pool.infer(bytes(body), content_type, invocation_id)
+        if status == "ok":
+            return value
+        kind, message = value
+        error = getattr(errors, kind, None)
+        raise (error if isinstance(error, type) and issubclass(error, errors.ConnectorError)
+               else errors.ConnectorError)(message)
+
+    def close(self) -> None:
+        self.pool.close()

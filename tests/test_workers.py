@@ -1,0 +1,67 @@
+"""Worker supervision with the real DLR runtime: crashes, hangs and kills cost one request only."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from connector.workers import InferenceTimeoutError, WorkerCrashedError, WorkerPool
+from tests import images
+from tests.dlr_fixture.build import (CRASH_PIXEL, ERROR_PIXEL, RED, blank_image, build_dlr_model,
+                                     draw_box, set_trigger, sleep_pixel)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dlr-model")
+    build_dlr_model(d)
+    p = WorkerPool(str(d), timeout_s=2.0, service_name="workers-test")
+    yield p
+    p.close()
+
+
+def red(x0=10, y0=20, x1=110, y1=220):
+    return draw_box(blank_image(), RED, x0, y0, x1, y1)
+
+
+def ok(pool, img):
+    status, text = pool.infer(images.png(img), "image/png")
+    assert status == "ok", text
+    return text
+
+
+def test_answers_and_refusals(pool):
+    assert '"prediction": [[0, 1.0' in ok(pool, red())
+    status, (kind, message) = pool.infer(images.jpeg()[:200], "image/jpeg")
+    assert status == "error" and kind == "InvalidImageError" and "truncated" in message
+    status, (kind, message) = pool.infer(images.png(set_trigger(red(), ERROR_PIXEL)), "image/png")
+    assert status == "error" and kind == "BackendError" and "injected failure" in message
+    assert pool.counters["restarts"] == 0  # refusals and model errors keep the worker
+
+
+def test_native_crash_fails_only_that_request(pool):
+    before, pid = pool.counters["restarts"], pool.worker_pid()
+    with pytest.raises(WorkerCrashedError, match="SIGSEGV"):
+        pool.infer(images.png(set_trigger(red(), CRASH_PIXEL)), "image/png")
+    assert pool.counters["restarts"] == before + 1 and pool.worker_pid() != pid
+    assert '"prediction": [[0, 1.0' in ok(pool, red())
+
+
+def test_hung_model_times_out_and_is_replaced(pool):
+    pid = pool.worker_pid()
+    started = time.monotonic()
+    with pytest.raises(InferenceTimeoutError, match="restarted"):
+        pool.infer(images.png(set_trigger(red(), sleep_pixel(100))), "image/png")  # 10 s > 2 s
+    assert time.monotonic() - started < 8
+    assert pool.worker_pid() != pid and pool.counters["timeouts"] >= 1
+    assert '"prediction": [[0, 1.0' in ok(pool, red())
+
+
+def test_worker_killed_from_outside(pool):
+    slow = set_trigger(red(), sleep_pixel(10))  # 1 s: long enough to be killed mid-request
+    pid = pool.worker_pid()
+    threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
+    with pytest.raises(WorkerCrashedError, match="SIGKILL"):
+        pool.infer(images.png(slow), "image/png")
+    assert '"prediction": [[0, 1.0' in ok(pool, red())

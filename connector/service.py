@@ -64,6 +64,7 @@ class SupervisedService:
         self.params = params
         self.pool = WorkerPool(params.model_path, params.device, timeout_s=params.timeout_seconds,
                                service_name=params.service_name)
+        self.refused = 0  # requests answered with an error about the request itself
 
     @classmethod
     def from_parameters(cls, params: Parameters) -> "SupervisedService":
@@ -72,14 +73,20 @@ class SupervisedService:
     def describe(self) -> Dict[str, Any]:
         name, device = self.pool.backend
         return dict(backend=name, device=device, worker=self.pool.state, worker_pid=self.pool.worker_pid(),
-                    **self.pool.counters)
+                    refused=self.refused, **self.pool.counters)
 
     def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-") -> str:
-        check_request(body, content_type)
+        try:
+            check_request(body, content_type)
+        except (TypeError, errors.ConnectorError):
+            self.refused += 1
+            raise
         status, value = self.pool.infer(bytes(body), content_type, invocation_id)
         if status == "ok":
             return value
         kind, message = value
+        if kind == "InvalidImageError":
+            self.refused += 1
         error = getattr(errors, kind, None)
         raise (error if isinstance(error, type) and issubclass(error, errors.ConnectorError)
                else errors.ConnectorError)(message)

@@ -108,6 +108,8 @@ def test_bad_requests_get_clear_errors_and_service_keeps_serving(server):
         ml.client("inference").invoke_inference_service(AlgoType="object-detection",
                                                         ServiceName="objectDetection", Body=None)
     assert json.loads(invoke(red_box_png(10, 10, 50, 50)))["prediction"][0][0] == 0
+    status, health = healthz(server[1]["port"])
+    assert health["refused"] == len(cases) and health["restarts"] == 0 and health["worker"] == "ready"
 
 
 def test_unserved_name_fails_fast_with_dependency_error(server):

@@ -25,6 +25,8 @@ from .errors import InvalidImageError
 
 ACCEPTED_CONTENT_TYPES = ("image/jpeg", "image/png")
 DEFAULT_MAX_PIXELS = 40_000_000  # about 8K x 5K; the service lowers it from its memory limit
+# Decoding holds the 3-byte BGR image plus the codec's buffers; 8 bytes a pixel leaves room for both.
+BYTES_PER_DECODED_PIXEL = 8
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8\xff"
@@ -36,6 +38,11 @@ _OTHER_FORMATS = (
 )
 # Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def pixel_limit_for_memory(memory_limit_kb: int) -> int:
+    """The largest image (in pixels) whose decoding fits in LocalInferenceServiceMemoryLimitKB."""
+    return max(1, min(DEFAULT_MAX_PIXELS, memory_limit_kb * 1024 // BYTES_PER_DECODED_PIXEL))
 
 
 def check_content_type(content_type: Optional[str]) -> str:

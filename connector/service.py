@@ -62,8 +62,10 @@ def check_request(body: Any, content_type: Optional[str]) -> None:
 class SupervisedService:
     def __init__(self, params: Parameters) -> None:
         self.params = params
-        self.pool = WorkerPool(params.model_path, params.device, timeout_s=params.timeout_seconds,
-                               service_name=params.service_name)
+        # An image that could never fit in the memory limit is refused from its header, unread.
+        self.pool = WorkerPool(params.model_path, params.device,
+                               max_pixels=imaging.pixel_limit_for_memory(params.memory_limit_kb),
+                               timeout_s=params.timeout_seconds, service_name=params.service_name)
         self.refused = 0  # requests answered with an error about the request itself
 
     @classmethod

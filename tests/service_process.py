@@ -14,11 +14,12 @@ from typing import Dict, Optional
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def params_file(path: Path, model_dir: Path, name: str = "objectDetection", timeout: int = 10) -> Path:
+def params_file(path: Path, model_dir: Path, name: str = "objectDetection", timeout: int = 10,
+                memory_limit_kb: int = 500000) -> Path:
     path.write_text(json.dumps({
         "MLModelDestinationPath": str(model_dir), "MLModelResourceId": "fixture-model",
         "LocalInferenceServiceName": name, "LocalInferenceServiceTimeoutSeconds": str(timeout),
-        "LocalInferenceServiceMemoryLimitKB": "500000"}))
+        "LocalInferenceServiceMemoryLimitKB": str(memory_limit_kb)}))
     return path
 
 
@@ -91,10 +92,10 @@ def wait_ready(port: int, proc: Proc, timeout: float = 30.0) -> dict:
 
 
 def start_serve(tmp: Path, model_dir: Path, env_extra: Optional[Dict[str, str]] = None,
-                timeout: int = 10) -> "tuple[Proc, dict, Dict[str, str]]":
+                timeout: int = 10, memory_limit_kb: int = 500000) -> "tuple[Proc, dict, Dict[str, str]]":
     ipc = tmp / "ipc.json"
     env = clean_env(ipc, **(env_extra or {}))
-    cfg = params_file(tmp / "params.json", model_dir, timeout=timeout)
+    cfg = params_file(tmp / "params.json", model_dir, timeout=timeout, memory_limit_kb=memory_limit_kb)
     proc = Proc(["serve", "--config", str(cfg), "--port", "0"], env, tmp / "serve.log")
     info = wait_for_client_file(ipc, proc)
     wait_ready(info["port"], proc)

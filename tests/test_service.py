@@ -207,6 +207,18 @@ def test_connector_attaches_to_a_host_as_a_separate_lambda_process(tmp_path, mod
         assert host.stop() == 0, host.log()
 
 
+def test_pixel_limit_follows_the_memory_limit(tmp_path, model_dir, sdk_env):
+    # 4096 KB allow 4096 * 1024 / 8 = 524288 pixels: a 1024x512 image passes, 1024x513 does not.
+    proc, info, env = start_serve(tmp_path, model_dir, memory_limit_kb=4096)
+    sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
+    try:
+        assert json.loads(invoke(images.png(blank_image(512, 1024))))["prediction"] == []
+        with pytest.raises(ml.GreengrassInferenceException, match="1024x513 = 525312 pixels, over the limit of 524288"):
+            invoke(images.png(blank_image(513, 1024)))
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
 def test_serve_with_bad_parameters_stops_with_one_clear_line(tmp_path):
     cfg = tmp_path / "p.json"
     cfg.write_text(json.dumps({"MLModelDestinationPath": "/x", "MLModelResourceId": "r",
@@ -242,7 +254,7 @@ def test_function_handler(model_dir):
 
 def test_lambda_module_bootstraps_from_environment_at_import(model_dir, tmp_path):
     env = clean_env(tmp_path / "ipc.json", MLModelDestinationPath=str(model_dir), MLModelResourceId="m",
-                    LocalInferenceServiceName="objectDetection", LocalInferenceServiceMemoryLimitKB="1000")
+                    LocalInferenceServiceName="objectDetection", LocalInferenceServiceMemoryLimitKB="100000")
     code = ("import json, types; from connector import lambda_function as lf; from tests import images; "
             "from tests.dlr_fixture.build import *; "
             "img = draw_box(blank_image(), RED, 0, 0, 64, 64); "

@@ -34,7 +34,8 @@ def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) 
     except ParameterError:
         configure_logging(env.get("LocalInferenceServiceName") or "connector")
         log.exception("start-up failed: bad connector parameters")
-        _report_initialized(env, False, "bad connector parameters") if report else None
+        if report:
+            _report_initialized(env, False, "bad connector parameters")
         raise
     configure_logging(params.service_name)
     try:

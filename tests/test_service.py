@@ -20,7 +20,7 @@ from connector.service import InferenceService
 from connector.engine import Engine
 from tests import images
 from tests.dlr_fixture.build import RED, blank_image, build_dlr_model, draw_box, set_trigger, sleep_pixel
-from tests.service_process import (ROOT, Proc, clean_env, healthz, params_file, start_serve,
+from tests.service_process import (ROOT, Proc, clean_env, healthz, start_serve,
                                    wait_for_client_file, wait_ready)
 
 sys.path.insert(0, str(ROOT / "ml_sdk"))

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Dict, Mapping, Optional, Union
 
 from .errors import ConnectorError, ParameterError
+from . import logs
 from .logs import configure_logging
 from .params import load_parameters
 from .service import InferenceService, SupervisedService
@@ -39,7 +40,7 @@ def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) 
         raise
     configure_logging(params.service_name)
     try:
-        _service = SupervisedService.from_parameters(params)
+        _service = SupervisedService.from_parameters(params, env)
     except ConnectorError as e:
         log.error("start-up failed: %s", e)
         if report:
@@ -64,11 +65,12 @@ def function_handler(event: Any, context: Any) -> Dict[str, str]:
                            "not found in the environment at import")
     custom = _custom_context(context)
     invocation = getattr(context, "invocation_id", None) or getattr(context, "aws_request_id", "-")
-    try:
-        text = _service.infer(event, custom.get("Content-Type"), invocation)
-    except ConnectorError as e:
-        log.warning("invocation %s refused: %s", invocation, e)
-        raise
+    with logs.invocation(invocation):
+        try:
+            text = _service.infer(event, custom.get("Content-Type"), invocation)
+        except ConnectorError as e:
+            log.warning("invocation %s refused: %s", invocation, e)
+            raise
     return {"Body": text, "ContentType": "application/json"}
 
 

@@ -1,11 +1,32 @@
-"""Logging: every line carries the LocalInferenceServiceName (the seed's log prefix)."""
+"""Logging: every line carries the LocalInferenceServiceName (the seed's log prefix) and the
+invocation id of the request being handled on that thread ("-" outside any request)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
-FORMAT = "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"
+FORMAT = "%(asctime)s %(service)s inv=%(invocation)s %(levelname)s %(name)s: %(message)s"
+
+# A context variable, not a global: several requests are handled at once on different threads,
+# and each thread starts with its own context.
+_invocation: "contextvars.ContextVar[str]" = contextvars.ContextVar("invocation", default="-")
+
+
+@contextlib.contextmanager
+def invocation(invocation_id: Optional[str]) -> Iterator[None]:
+    """Tag every log line written inside the block (on this thread) with `invocation_id`."""
+    token = _invocation.set(str(invocation_id or "-"))
+    try:
+        yield
+    finally:
+        _invocation.reset(token)
+
+
+def current_invocation() -> str:
+    return _invocation.get()
 
 
 class ServiceNameFilter(logging.Filter):
@@ -15,6 +36,7 @@ class ServiceNameFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = "[{}]".format(self.service)
+        record.invocation = _invocation.get()
         return True
 
 

@@ -44,6 +44,14 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _reload_on_sighup(service: SupervisedService) -> None:
+    """`kill -HUP <pid>` reloads the model in a fresh worker; the old one serves until it is ready."""
+    def handle(_signum: int, _frame: Any) -> None:
+        service.reload("SIGHUP")
+
+    signal.signal(signal.SIGHUP, handle)
+
+
 def _wait_for(stop: threading.Event) -> None:
     # Wake up regularly: Python runs signal handlers only in the main thread, and only when it runs
     # bytecode; a SIGTERM delivered to another thread would never wake a bare `stop.wait()`.
@@ -73,10 +81,11 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     host = _start_host(port, bind, env, params.timeout_seconds + 1.0, health=lambda: dict(state))
     arn = service_arn(host.region, params)
     try:
-        service = SupervisedService.from_parameters(params)
+        service = SupervisedService.from_parameters(params, env)
     except Exception:
         host.shutdown(grace_s=0)
         raise
+    _reload_on_sighup(service)
     lambda_function.use_service(service)
     host.register_function(arn)
     worker_stop = threading.Event()
@@ -128,7 +137,8 @@ def attach(config: Optional[str] = None, environ: Optional[Mapping[str, str]] = 
         client = IPCClient.from_client_file(path)
         region = clientfile.read(path).get("region") or DEFAULT_REGION
     arn = env.get(protocol.ENV_FUNCTION_ARN) or service_arn(region, params)
-    service = SupervisedService.from_parameters(params)
+    service = SupervisedService.from_parameters(params, env)
+    _reload_on_sighup(service)
     lambda_function.use_service(service)
     try:
         client.initialized(arn, True, "model {} loaded".format(params.model_resource_id))

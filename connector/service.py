@@ -10,9 +10,10 @@ ConnectorError subclass with a message for the caller:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from . import errors, imaging, postprocess
 from .engine import Engine
@@ -59,23 +60,52 @@ def check_request(body: Any, content_type: Optional[str]) -> None:
     imaging.check_content_type(content_type)
 
 
+WATCH_ENV = "CONNECTOR_MODEL_WATCH_SECONDS"
+DEFAULT_WATCH_S = 2.0
+
+
+def watch_interval(environ: Optional[Mapping[str, str]] = None) -> Optional[float]:
+    """How often the model directory is checked for a new version; None (0 in the environment)
+    turns watching off."""
+    raw = (os.environ if environ is None else environ).get(WATCH_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_WATCH_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise errors.ParameterError("{} must be a number of seconds (0 turns watching off), got {!r}"
+                                    .format(WATCH_ENV, raw))
+    if not 0 <= seconds <= 3600:
+        raise errors.ParameterError("{} must be between 0 and 3600, got {!r}".format(WATCH_ENV, raw))
+    return seconds or None
+
+
 class SupervisedService:
-    def __init__(self, params: Parameters) -> None:
+    def __init__(self, params: Parameters, watch_interval_s: Optional[float] = DEFAULT_WATCH_S) -> None:
         self.params = params
-        # An image that could never fit in the memory limit is refused from its header, unread.
-        self.pool = WorkerPool(params.model_path, params.device,
-                               max_pixels=imaging.pixel_limit_for_memory(params.memory_limit_kb),
-                               timeout_s=params.timeout_seconds, service_name=params.service_name)
+        # The worker watches its memory against the limit and sizes the decoder's pixel limit from
+        # what the loaded model leaves free of it.
+        self.pool = WorkerPool(params.model_path, params.device, max_pixels=imaging.DEFAULT_MAX_PIXELS,
+                               timeout_s=params.timeout_seconds, service_name=params.service_name,
+                               memory_limit_kb=params.memory_limit_kb, watch_interval_s=watch_interval_s)
         self.refused = 0  # requests answered with an error about the request itself
 
     @classmethod
-    def from_parameters(cls, params: Parameters) -> "SupervisedService":
-        return cls(params)
+    def from_parameters(cls, params: Parameters,
+                        environ: Optional[Mapping[str, str]] = None) -> "SupervisedService":
+        return cls(params, watch_interval(environ))
 
     def describe(self) -> Dict[str, Any]:
         name, device = self.pool.backend
-        return dict(backend=name, device=device, worker=self.pool.state, worker_pid=self.pool.worker_pid(),
-                    refused=self.refused, **self.pool.counters)
+        info = dict(backend=name, device=device, worker=self.pool.state, refused=self.refused,
+                    memory_limit_kb=self.params.memory_limit_kb, **self.pool.worker_info())
+        info.update(self.pool.counters)
+        if self.pool.last_error:
+            info["last_error"] = self.pool.last_error
+        return info
+
+    def reload(self, reason: str = "requested") -> None:
+        self.pool.reload(reason)
 
     def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-") -> str:
         try:

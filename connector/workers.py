@@ -1,10 +1,12 @@
 """Inference worker processes and their supervision (after gunicorn's arbiter).
 
 The model runs in a child process that loads it once and then answers requests. The supervisor
-sends each request's compressed image bytes down a pipe (decoding happens in the worker, so no
-pixel array ever crosses a process boundary), waits for the answer with a deadline, and when the
-worker hangs or dies, kills and reaps it and starts a fresh one. Only the request in flight fails;
-the next one is served by the replacement.
+sends each request's compressed image bytes down a socket (decoding happens in the worker, so no
+pixel array ever crosses a process boundary) and waits for the answer with a deadline, watching
+the worker's resident memory meanwhile. A worker that hangs, dies or outgrows the memory limit is
+killed and reaped at once; only the request in flight fails, and the arbiter thread starts the
+replacement off that request's path. The arbiter also reloads the model, on demand or when the
+model directory changes, in a fresh worker that takes over only once it has loaded.
 """
 from __future__ import annotations
 
@@ -23,6 +25,13 @@ from .errors import ConnectorError
 
 log = logging.getLogger("connector.workers")
 
+# How often the supervisor looks at a busy worker's memory. A spike shorter than this can slip
+# through; the kernel's own limits (or the OOM killer) then end the worker, which is handled as a
+# crash. The decoder's pixel limit keeps the common case, a huge image, from getting that far.
+MEMORY_POLL_S = 0.01
+RESPAWN_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
 class WorkerError(ConnectorError):
     """The worker could not answer: it died, hung past the deadline, or could not start."""
 
@@ -35,30 +44,48 @@ class WorkerCrashedError(WorkerError):
     pass
 
 
+class MemoryLimitError(WorkerError):
+    pass
+
+
 def _worker_main(conn: Connection, model_path: str, device: str, max_pixels: int,
-                 service_name: str) -> None:
+                 memory_limit_kb: int, service_name: str) -> None:
     """Child process: load the model once, then answer (content_type, body) requests forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload signal is for the supervisor
+    from . import imaging
     from .engine import Engine
-    from .logs import configure_logging
+    from .logs import configure_logging, invocation
     configure_logging(service_name)
     try:
         engine = Engine.from_model_dir(model_path, device, max_pixels)
     except ConnectorError as e:
         conn.send(("failed", type(e).__name__, str(e)))
         return
-    conn.send(("ready", engine.backend.name, engine.backend.device))
+    loaded_kb = resident_kb(os.getpid()) or 0
+    if memory_limit_kb:
+        headroom_kb = memory_limit_kb - loaded_kb
+        if headroom_kb <= 0:
+            conn.send(("failed", "MemoryLimitError",
+                       "the worker uses {} KB once the model is loaded, more than "
+                       "LocalInferenceServiceMemoryLimitKB={}; raise the limit".format(loaded_kb, memory_limit_kb)))
+            return
+        # An image whose decoding could not fit in what the model leaves free is refused from its
+        # header, before a byte of it is decoded.
+        engine.max_pixels = min(engine.max_pixels, imaging.pixel_limit_for_memory(headroom_kb))
+    conn.send(("ready", engine.backend.name, engine.backend.device, engine.max_pixels, loaded_kb))
     while True:
         try:
-            content_type = conn.recv()
+            content_type, invocation_id = conn.recv()
             body = conn.recv_bytes()
         except (EOFError, OSError):
             return  # the supervisor went away
-        try:
-            conn.send(("ok", engine.infer_text(body, content_type)))
-        except ConnectorError as e:
-            conn.send(("error", type(e).__name__, str(e)))
+        with invocation(invocation_id):
+            try:
+                conn.send(("ok", engine.infer_text(body, content_type)))
+            except ConnectorError as e:
+                conn.send(("error", type(e).__name__, str(e)))
 
 
 def _child_environment() -> Dict[str, str]:
@@ -70,6 +97,32 @@ def _child_environment() -> Dict[str, str]:
     return env
 
 
+def resident_kb(pid: int) -> Optional[int]:
+    """VmRSS of a process in KiB (Linux /proc), None where it cannot be read."""
+    try:
+        with open("/proc/{}/status".format(pid), "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def model_fingerprint(path: str) -> Optional[Tuple[Any, ...]]:
+    """What changes when a model directory's content is replaced: the directory a symlink points
+    to, and each file's name, inode, size and modification time. None while it cannot be read."""
+    try:
+        real = os.path.realpath(path)
+        entries = []
+        for name in sorted(os.listdir(real)):
+            st = os.stat(os.path.join(real, name))
+            entries.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+        return (real, tuple(entries))
+    except OSError:
+        return None
+
+
 class Worker:
     """One child process and the supervisor's end of a socket pair to it.
 
@@ -78,19 +131,28 @@ class Worker:
     spawn would re-import the host program's __main__ (a Greengrass runtime) in the child.
     """
 
-    def __init__(self, model_path: str, device: str, max_pixels: int, service_name: str) -> None:
+    def __init__(self, model_path: str, device: str, max_pixels: int, memory_limit_kb: int,
+                 service_name: str) -> None:
         ours, theirs = socket.socketpair()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "connector.workers", str(theirs.fileno()), model_path, device,
-             str(max_pixels), service_name],
+             str(max_pixels), str(memory_limit_kb), service_name],
             pass_fds=(theirs.fileno(),), close_fds=True, env=_child_environment())
         theirs.close()
         self.conn = Connection(ours.detach())
         self.backend: Tuple[str, str] = ("", "")
+        self.max_pixels = 0
+        self.loaded_kb = 0
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int:
         return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def resident_kb(self) -> Optional[int]:
+        return resident_kb(self.pid)
 
     def wait_ready(self, timeout_s: float) -> None:
         if not self.conn.poll(timeout_s):
@@ -107,6 +169,11 @@ class Worker:
             self.kill()
             raise WorkerError("the inference worker could not load the model: {}".format(message[2]))
         self.backend = (message[1], message[2])
+        self.max_pixels, self.loaded_kb = message[3], message[4]
+
+    def send(self, content_type: Optional[str], invocation_id: str, body: bytes) -> None:
+        self.conn.send((content_type, invocation_id))
+        self.conn.send_bytes(body)
 
     def exit_reason(self) -> str:
         try:
@@ -124,78 +191,265 @@ class Worker:
         self.conn.close()
 
 
+class _OverMemory(Exception):
+    def __init__(self, kb: int) -> None:
+        super().__init__(kb)
+        self.kb = kb
+
+
 class WorkerPool:
-    """A supervised inference worker: one request at a time, deadline per request, respawn on failure."""
+    """A supervised inference worker: one request at a time, a deadline and a memory limit per
+    request, respawn on failure, and model reloads that never drop a request.
+
+    States (for health): starting, ready, restarting (no worker: the next request waits for the
+    replacement within its own deadline), stopped.
+    """
 
     def __init__(self, model_path: str, device: str = "cpu", max_pixels: int = 40_000_000,
                  timeout_s: float = 10.0, load_timeout_s: float = 120.0,
-                 service_name: str = "connector") -> None:
+                 service_name: str = "connector", memory_limit_kb: Optional[int] = None,
+                 watch_interval_s: Optional[float] = None) -> None:
         self.model_path, self.device, self.max_pixels = model_path, device, max_pixels
         self.timeout_s, self.load_timeout_s, self.service_name = timeout_s, load_timeout_s, service_name
-        self.counters: Dict[str, int] = {"restarts": 0, "timeouts": 0, "crashes": 0}
+        self.memory_limit_kb = memory_limit_kb
+        self.watch_interval_s = watch_interval_s
+        self.counters: Dict[str, int] = {"restarts": 0, "timeouts": 0, "crashes": 0,
+                                         "memory_limit_exceeded": 0, "reloads": 0,
+                                         "reload_failures": 0}
         self.state = "starting"
-        self._lock = threading.Lock()  # one request at a time per worker
+        self.last_error: Optional[str] = None  # why the last start or reload failed
+        self._busy = threading.Lock()  # one request at a time per worker
+        self._cond = threading.Condition(threading.RLock())  # reentrant: reload() runs in signal handlers
         self._worker: Optional[Worker] = None
-        self._start()
-
-    def _start(self) -> None:
-        worker = Worker(self.model_path, self.device, self.max_pixels, self.service_name)
-        worker.wait_ready(self.load_timeout_s)
-        self._worker = worker
+        self._stopping = False
+        self._reload_reason: Optional[str] = None
+        self._spawn_failures = 0
+        # The first load is synchronous: a model that cannot load is a start-up error.
+        self._worker, self._fingerprint = self._spawn()
+        self._failed_fingerprint: Optional[Tuple[Any, ...]] = None
         self.state = "ready"
-        log.info("inference worker %d ready (%s on %s)", worker.pid, *worker.backend)
+        self._arbiter = threading.Thread(target=self._arbiter_loop, name="worker-arbiter", daemon=True)
+        self._arbiter.start()
+
+    # -- starting workers -------------------------------------------------------------------
+
+    def _spawn(self) -> "Tuple[Worker, Optional[Tuple[Any, ...]]]":
+        """A loaded worker and the fingerprint of the model directory it was started from."""
+        fingerprint = model_fingerprint(self.model_path)
+        worker = Worker(self.model_path, self.device, self.max_pixels, self.memory_limit_kb or 0,
+                        self.service_name)
+        worker.wait_ready(self.load_timeout_s)
+        log.info("inference worker %d ready (%s on %s, %d KB resident, images up to %d pixels)",
+                 worker.pid, worker.backend[0], worker.backend[1], worker.loaded_kb, worker.max_pixels)
+        return worker, fingerprint
 
     @property
     def backend(self) -> Tuple[str, str]:
-        return self._worker.backend if self._worker else ("", "")
+        worker = self._worker
+        return worker.backend if worker else ("", "")
 
-    def _replace(self, reason: str) -> None:
-        """Kill and reap the current worker and start another; the caller already failed its request."""
-        self.state = "restarting"
-        if self._worker is not None:
-            self._worker.kill()
-        self._worker = None
-        self.counters["restarts"] += 1
+    def worker_info(self) -> Dict[str, Any]:
+        """For health: the current worker's pid, its memory after loading and its pixel limit."""
+        worker = self._worker
+        if worker is None:
+            return {"worker_pid": None}
+        return {"worker_pid": worker.pid, "worker_loaded_kb": worker.loaded_kb,
+                "max_pixels": worker.max_pixels}
+
+    def worker_pid(self) -> Optional[int]:
+        worker = self._worker
+        return worker.pid if worker else None
+
+    def _retire(self, worker: Worker, reason: str) -> None:
+        """Kill and reap `worker` now; the arbiter starts the replacement. The caller fails its request."""
+        worker.kill()
+        with self._cond:
+            if self._worker is not worker:
+                return  # already replaced (a reload switched over meanwhile)
+            self._worker = None
+            self.state = "restarting"
+            self.counters["restarts"] += 1
+            self._cond.notify_all()
         log.warning("restarting the inference worker: %s", reason)
-        self._start()
+
+    # -- serving requests -------------------------------------------------------------------
 
     def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-") -> Tuple[str, Any]:
         """("ok", text) or ("error", (type name, message)); raises WorkerError when the worker failed."""
         deadline = time.monotonic() + self.timeout_s
-        if not self._lock.acquire(timeout=self.timeout_s):
-            raise InferenceTimeoutError("the request waited {:.0f} s for the inference worker"
-                                        .format(self.timeout_s))
+        if not self._busy.acquire(timeout=self.timeout_s):
+            self.counters["timeouts"] += 1
+            raise InferenceTimeoutError(
+                "no answer within LocalInferenceServiceTimeoutSeconds={:.0f} s: the request waited "
+                "that long behind earlier ones for the inference worker".format(self.timeout_s))
         try:
-            if self._worker is None:
-                self._start()
-            worker = self._worker
+            worker = self._ready_worker(deadline)
             try:
-                worker.conn.send(content_type)
-                worker.conn.send_bytes(body)
-                answered = worker.conn.poll(max(0.0, deadline - time.monotonic()))
-                message = worker.conn.recv() if answered else None
-            except (EOFError, OSError, BrokenPipeError):
+                worker.send(content_type, invocation_id, body)
+                message = self._await_answer(worker, deadline)
+            except (EOFError, OSError):
                 reason = worker.exit_reason()
                 self.counters["crashes"] += 1
-                self._replace("worker {} died during invocation {} ({})".format(worker.pid, invocation_id, reason))
+                self._retire(worker, "worker {} died during invocation {} ({})".format(
+                    worker.pid, invocation_id, reason))
                 raise WorkerCrashedError("the inference worker died while handling this request "
-                                         "({}); it has been restarted".format(reason))
+                                         "({}); it is being restarted".format(reason))
+            except _OverMemory as e:
+                self.counters["memory_limit_exceeded"] += 1
+                self._retire(worker, "worker {} used {} KB during invocation {}, over the limit of {} KB"
+                             .format(worker.pid, e.kb, invocation_id, self.memory_limit_kb))
+                raise MemoryLimitError(
+                    "the inference worker used {} KB on this request, more than "
+                    "LocalInferenceServiceMemoryLimitKB={}; it was stopped and is being restarted"
+                    .format(e.kb, self.memory_limit_kb))
             if message is None:
                 self.counters["timeouts"] += 1
-                self._replace("invocation {} took longer than {:.0f} s".format(invocation_id, self.timeout_s))
+                self._retire(worker, "invocation {} took longer than {:.0f} s".format(
+                    invocation_id, self.timeout_s))
                 raise InferenceTimeoutError("no answer within LocalInferenceServiceTimeoutSeconds={:.0f} s; "
-                                            "the inference worker was restarted".format(self.timeout_s))
+                                            "the inference worker is being restarted".format(self.timeout_s))
+            self._check_memory_after(worker, invocation_id)
             if message[0] == "ok":
                 return "ok", message[1]
             return "error", (message[1], message[2])
         finally:
-            self._lock.release()
+            self._busy.release()
 
-    def worker_pid(self) -> Optional[int]:
-        return self._worker.pid if self._worker else None
+    def _ready_worker(self, deadline: float) -> Worker:
+        with self._cond:
+            while True:
+                worker = self._worker
+                if worker is not None and worker.alive():
+                    return worker
+                if worker is not None:  # died between requests: replace it, do not fail on it
+                    self.counters["crashes"] += 1
+                    self._retire(worker, "worker {} died while idle ({})".format(
+                        worker.pid, worker.exit_reason()))
+                    continue
+                if self._stopping:
+                    raise WorkerError("the inference service is stopping")
+                if self._spawn_failures and self.last_error:
+                    raise WorkerError("the inference worker cannot be started: {}".format(self.last_error))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.counters["timeouts"] += 1
+                    raise InferenceTimeoutError(
+                        "no answer within LocalInferenceServiceTimeoutSeconds={:.0f} s: the inference "
+                        "worker was still restarting".format(self.timeout_s))
+                self._cond.wait(remaining)
+
+    def _await_answer(self, worker: Worker, deadline: float) -> Optional[Any]:
+        """The worker's answer, or None at the deadline; _OverMemory when it outgrows the limit."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if not self.memory_limit_kb:
+                return worker.conn.recv() if worker.conn.poll(remaining) else None
+            if worker.conn.poll(min(remaining, MEMORY_POLL_S)):
+                return worker.conn.recv()
+            kb = worker.resident_kb()
+            if kb is not None and kb > self.memory_limit_kb:
+                raise _OverMemory(kb)
+
+    def _check_memory_after(self, worker: Worker, invocation_id: str) -> None:
+        # Memory a request left behind (a leak, a grown arena) counts too; the answer is good, so it
+        # is still given, and the next request gets a fresh worker.
+        kb = worker.resident_kb() if self.memory_limit_kb else None
+        if kb is not None and self.memory_limit_kb and kb > self.memory_limit_kb:
+            self.counters["memory_limit_exceeded"] += 1
+            self._retire(worker, "worker {} kept {} KB after invocation {}, over the limit of {} KB"
+                         .format(worker.pid, kb, invocation_id, self.memory_limit_kb))
+
+    # -- the arbiter: respawn, watch, reload -------------------------------------------------
+
+    def reload(self, reason: str = "requested") -> None:
+        """Load the model directory again in a fresh worker and switch over once it is ready.
+        Returns at once; safe to call from a signal handler."""
+        with self._cond:
+            self._reload_reason = reason
+            self._cond.notify_all()
+
+    def _arbiter_loop(self) -> None:
+        candidate: Optional[Tuple[Any, ...]] = None
+        while True:
+            with self._cond:
+                tick = min(self.watch_interval_s or 1.0, 1.0)
+                if self._worker is None and self._spawn_failures:
+                    tick = RESPAWN_BACKOFF_S[min(self._spawn_failures, len(RESPAWN_BACKOFF_S)) - 1]
+                    self._cond.wait(tick)  # back off before trying a failing start again
+                else:
+                    self._cond.wait_for(lambda: self._stopping or self._worker is None
+                                        or self._reload_reason is not None, tick)
+                if self._stopping:
+                    return
+                need_worker = self._worker is None
+                reason, self._reload_reason = self._reload_reason, None
+            if need_worker:
+                self._respawn()
+                continue
+            if reason is None and self.watch_interval_s:
+                reason, candidate = self._watch(candidate)
+            if reason is not None:
+                self._reload(reason)
+
+    def _respawn(self) -> None:
+        try:
+            worker, fingerprint = self._spawn()
+        except ConnectorError as e:
+            with self._cond:
+                self._spawn_failures += 1
+                self.last_error = str(e)
+                self._cond.notify_all()  # waiting requests fail now with this reason
+            log.error("could not start an inference worker (attempt %d): %s", self._spawn_failures, e)
+            return
+        with self._cond:
+            if self._stopping:
+                worker.kill()
+                return
+            self._worker, self._fingerprint = worker, fingerprint
+            self._spawn_failures, self.state = 0, "ready"
+            self._cond.notify_all()
+
+    def _watch(self, candidate: Optional[Tuple[Any, ...]]) -> "Tuple[Optional[str], Optional[Tuple[Any, ...]]]":
+        """Reload once a change in the model directory has held still for one interval, so a copy
+        still in progress is not loaded."""
+        now = model_fingerprint(self.model_path)
+        if now is None or now == self._fingerprint or now == self._failed_fingerprint:
+            return None, None
+        if now != candidate:
+            return None, now  # changed: look again next tick
+        return "the model directory {} changed".format(self.model_path), None
+
+    def _reload(self, reason: str) -> None:
+        log.info("reloading the model (%s)", reason)
+        try:
+            worker, fingerprint = self._spawn()
+        except ConnectorError as e:
+            self.counters["reload_failures"] += 1
+            self.last_error = str(e)
+            self._failed_fingerprint = model_fingerprint(self.model_path)
+            log.error("reload failed, the previous model keeps serving: %s", e)
+            return
+        with self._cond:
+            if self._stopping:
+                worker.kill()
+                return
+            old, self._worker, self._fingerprint = self._worker, worker, fingerprint
+            self._failed_fingerprint, self.state, self._spawn_failures = None, "ready", 0
+            self.counters["reloads"] += 1
+            self._cond.notify_all()
+        if old is not None:
+            with self._busy:  # let the request the old worker may be answering finish first
+                old.kill()
+        log.info("switched to the reloaded model (worker %d)", worker.pid)
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._arbiter.join(5.0)  # mid-load, it kills what it started once it sees _stopping
+        with self._busy, self._cond:
             if self._worker is not None:
                 self._worker.kill()
                 self._worker = None
@@ -203,5 +457,5 @@ class WorkerPool:
 
 
 if __name__ == "__main__":
-    _fd, _model, _device, _pixels, _name = sys.argv[1:6]
-    _worker_main(Connection(int(_fd)), _model, _device, int(_pixels), _name)
+    _fd, _model, _device, _pixels, _limit_kb, _name = sys.argv[1:7]
+    _worker_main(Connection(int(_fd)), _model, _device, int(_pixels), int(_limit_kb), _name)

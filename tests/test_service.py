@@ -207,14 +207,25 @@ def test_connector_attaches_to_a_host_as_a_separate_lambda_process(tmp_path, mod
         assert host.stop() == 0, host.log()
 
 
-def test_pixel_limit_follows_the_memory_limit(tmp_path, model_dir, sdk_env):
-    # 4096 KB allow 4096 * 1024 / 8 = 524288 pixels: a 1024x512 image passes, 1024x513 does not.
-    proc, info, env = start_serve(tmp_path, model_dir, memory_limit_kb=4096)
+def test_pixel_limit_follows_the_memory_left_by_the_model(tmp_path, model_dir, sdk_env):
+    # The worker sizes the decoder's limit from what the loaded model leaves free of the limit (8
+    # bytes a pixel); the largest image it accepts must then decode without tripping the memory
+    # watchdog, and one pixel row more is refused from its header.
+    limit_kb = 160000
+    proc, info, env = start_serve(tmp_path, model_dir, memory_limit_kb=limit_kb)
     sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
     try:
-        assert json.loads(invoke(images.png(blank_image(512, 1024))))["prediction"] == []
-        with pytest.raises(ml.GreengrassInferenceException, match="1024x513 = 525312 pixels, over the limit of 524288"):
-            invoke(images.png(blank_image(513, 1024)))
+        health = healthz(info["port"])[1]
+        pixels = health["max_pixels"]
+        assert pixels == (limit_kb - health["worker_loaded_kb"]) * 1024 // 8, health
+        width = 2000
+        assert json.loads(invoke(images.png(blank_image(pixels // width, width))))["prediction"] == []
+        with pytest.raises(ml.GreengrassInferenceException,
+                           match="{}x{} = {} pixels, over the limit of {}".format(
+                               width, pixels // width + 1, width * (pixels // width + 1), pixels)):
+            invoke(images.png(blank_image(pixels // width + 1, width)))
+        health = healthz(info["port"])[1]
+        assert health["memory_limit_exceeded"] == 0 and health["restarts"] == 0, health
     finally:
         assert proc.stop() == 0, proc.log()
 

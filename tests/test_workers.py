@@ -6,17 +6,18 @@ import time
 
 import pytest
 
-from connector.workers import InferenceTimeoutError, WorkerCrashedError, WorkerPool
+from connector.workers import (InferenceTimeoutError, MemoryLimitError, WorkerCrashedError, WorkerError,
+                               WorkerPool)
 from tests import images
 from tests.dlr_fixture.build import (CRASH_PIXEL, ERROR_PIXEL, RED, blank_image, build_dlr_model,
-                                     draw_box, set_trigger, sleep_pixel)
+                                     draw_box, memory_pixel, set_trigger, sleep_pixel)
 
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     d = tmp_path_factory.mktemp("dlr-model")
     build_dlr_model(d)
-    p = WorkerPool(str(d), timeout_s=2.0, service_name="workers-test")
+    p = WorkerPool(str(d), timeout_s=3.0, service_name="workers-test")
     yield p
     p.close()
 
@@ -52,7 +53,7 @@ def test_hung_model_times_out_and_is_replaced(pool):
     pid = pool.worker_pid()
     started = time.monotonic()
     with pytest.raises(InferenceTimeoutError, match="restarted"):
-        pool.infer(images.png(set_trigger(red(), sleep_pixel(100))), "image/png")  # 10 s > 2 s
+        pool.infer(images.png(set_trigger(red(), sleep_pixel(100))), "image/png")  # 10 s > 3 s
     assert time.monotonic() - started < 8
     assert pool.worker_pid() != pid and pool.counters["timeouts"] >= 1
     assert '"prediction": [[0, 1.0' in ok(pool, red())
@@ -65,3 +66,47 @@ def test_worker_killed_from_outside(pool):
     with pytest.raises(WorkerCrashedError, match="SIGKILL"):
         pool.infer(images.png(slow), "image/png")
     assert '"prediction": [[0, 1.0' in ok(pool, red())
+
+
+# --- the memory limit (LocalInferenceServiceMemoryLimitKB) -----------------------------------------
+
+@pytest.fixture(scope="module")
+def limited_pool(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dlr-model-limited")
+    build_dlr_model(d)
+    p = WorkerPool(str(d), timeout_s=10.0, memory_limit_kb=200_000, service_name="workers-test")
+    yield p
+    p.close()
+
+
+def test_memory_under_the_limit_is_fine(limited_pool):
+    assert 20_000 < limited_pool.worker_info()["worker_loaded_kb"] < 150_000
+    ok(limited_pool, set_trigger(red(), memory_pixel(2)))  # 32 MiB more: under 200 MB
+    assert limited_pool.counters["memory_limit_exceeded"] == 0
+
+
+def test_request_over_the_memory_limit_fails_and_the_worker_is_replaced(limited_pool):
+    pid = limited_pool.worker_pid()
+    started = time.monotonic()
+    with pytest.raises(MemoryLimitError, match=r"used \d+ KB on this request, more than "
+                                               r"LocalInferenceServiceMemoryLimitKB=200000"):
+        limited_pool.infer(images.png(set_trigger(red(), memory_pixel(12))), "image/png")  # +192 MiB
+    assert time.monotonic() - started < 1.0  # stopped while allocating, not after its 1 s hold
+    assert limited_pool.counters["memory_limit_exceeded"] == 1
+    assert '"prediction": [[0, 1.0' in ok(limited_pool, red())
+    assert limited_pool.worker_pid() != pid
+
+
+def test_model_that_does_not_fit_the_limit_is_a_clear_start_error(tmp_path):
+    build_dlr_model(tmp_path)
+    with pytest.raises(WorkerError, match=r"uses \d+ KB once the model is loaded, more than "
+                                          r"LocalInferenceServiceMemoryLimitKB=10000; raise the limit"):
+        WorkerPool(str(tmp_path), memory_limit_kb=10_000, service_name="workers-test")
+
+
+def test_worker_that_died_while_idle_is_replaced_without_failing_a_request(pool):
+    pid = pool.worker_pid()
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    assert '"prediction": [[0, 1.0' in ok(pool, red())
+    assert pool.worker_pid() != pid

@@ -17,6 +17,7 @@ import logging
 import threading
 from typing import Any, Callable, Dict, List, Optional
 
+from ..logs import invocation
 from . import protocol
 from .client import IPCClient, IPCError, WorkItem
 
@@ -79,6 +80,11 @@ def encode_result(result: Any) -> bytes:
 
 def handle_work(function_arn: str, handler: Handler, client: IPCClient, work: WorkItem) -> None:
     """Run the handler on one work item and post its outcome; never raises."""
+    with invocation(work.invocation_id):
+        _handle_work(function_arn, handler, client, work)
+
+
+def _handle_work(function_arn: str, handler: Handler, client: IPCClient, work: WorkItem) -> None:
     try:
         context = build_context(function_arn, work)
     except ValueError as exc:

@@ -48,6 +48,11 @@ def sleep_pixel(tenths_of_second: int) -> Tuple[int, int, int]:
     return (7, 7, int(tenths_of_second))
 
 
+def memory_pixel(sixteen_mib: int) -> Tuple[int, int, int]:
+    """Top-left pixel that makes the op allocate and touch `sixteen_mib` * 16 MiB for 1 s."""
+    return (5, 5, int(sixteen_mib))
+
+
 DEFAULT_HIGH, DEFAULT_LOW, DEFAULT_MIN_AREA = 200.0, 60.0, 16.0
 DEFAULT_MAX_DETECTIONS = 16
 OUTPUT_NAMES = ("ids", "scores", "bboxes")

@@ -42,11 +42,14 @@
  *              1,2,3)" and returns -1: a DLR run error; the model stays usable for the next run.
  *   (7, 7, s)  the op sleeps s * 100 ms, then detects normally (a slow / hanging model).
  *   (9, 9, 9)  the op writes through a NULL pointer: a real SIGSEGV that kills the process.
+ *   (5, 5, m)  the op allocates and touches m * 16 MiB, holds it for 1 s, frees it, then detects
+ *              normally (a model whose memory use blows up on some input).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -177,6 +180,17 @@ static int fx_detect(FxValue* args, int* type_codes, int num_args, int nchw) {
     struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0) {
     }
+  }
+
+  if (p0 == 5.0f && p1 == 5.0f && p2 >= 0.0f) {
+    size_t bytes = (size_t)(p2 > 255.0f ? 255.0f : p2) * (size_t)16 * 1024 * 1024;
+    volatile char* hog = (volatile char*)malloc(bytes);
+    if (hog == NULL) return fx_fail("fixture detector: could not allocate the requested memory");
+    for (size_t i = 0; i < bytes; i += 4096) hog[i] = 1; /* touch every page: resident, not just mapped */
+    struct timespec hold = {1, 0};
+    while (nanosleep(&hold, &hold) != 0) {
+    }
+    free((void*)hog);
   }
 
   if (__TVMBackendAllocWorkspace == NULL || __TVMBackendFreeWorkspace == NULL)

@@ -109,13 +109,18 @@ def resident_kb(pid: int) -> Optional[int]:
     return None
 
 
+# What a model directory's loader reads; anything else (model.onnx.partial being written beside
+# the model, editor backups) is not a new version.
+MODEL_FILE_SUFFIXES = (".onnx", ".so", ".json", ".params", ".meta", ".yaml", ".yml", ".txt")
+
+
 def model_fingerprint(path: str) -> Optional[Tuple[Any, ...]]:
     """What changes when a model directory's content is replaced: the directory a symlink points
-    to, and each file's name, inode, size and modification time. None while it cannot be read."""
+    to, and each model file's name, inode, size and modification time. None while unreadable."""
     try:
         real = os.path.realpath(path)
         entries = []
-        for name in sorted(os.listdir(real)):
+        for name in sorted(n for n in os.listdir(real) if n.endswith(MODEL_FILE_SUFFIXES)):
             st = os.stat(os.path.join(real, name))
             entries.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
         return (real, tuple(entries))

@@ -19,7 +19,8 @@ from connector.ipc import IPCClient, IPCError, protocol
 from connector.service import InferenceService
 from connector.engine import Engine
 from tests import images
-from tests.dlr_fixture.build import RED, blank_image, build_dlr_model, draw_box, set_trigger, sleep_pixel
+from tests.dlr_fixture.build import (RED, blank_image, build_dlr_model, draw_box, memory_pixel, set_trigger,
+                                     sleep_pixel)
 from tests.service_process import (ROOT, Proc, clean_env, healthz, start_serve,
                                    wait_for_client_file, wait_ready)
 
@@ -228,6 +229,25 @@ def test_pixel_limit_follows_the_memory_left_by_the_model(tmp_path, model_dir, s
         assert health["memory_limit_exceeded"] == 0 and health["restarts"] == 0, health
     finally:
         assert proc.stop() == 0, proc.log()
+
+
+def test_memory_limit_is_enforced_on_the_worker(tmp_path, model_dir, sdk_env):
+    proc, info, env = start_serve(tmp_path, model_dir, memory_limit_kb=200000)
+    sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
+    box = draw_box(blank_image(), RED, 20, 20, 120, 120)
+    try:
+        with pytest.raises(ml.GreengrassInferenceException,
+                           match="more than LocalInferenceServiceMemoryLimitKB=200000"):
+            invoke(images.png(set_trigger(box.copy(), memory_pixel(12))))  # 192 MiB more
+        assert json.loads(invoke(images.png(box)))["prediction"][0][:2] == [0, 1.0]
+        health = healthz(info["port"])[1]
+        assert health["memory_limit_exceeded"] == 1 and health["restarts"] == 1, health
+    finally:
+        assert proc.stop() == 0, proc.log()
+    log = proc.log()
+    warning = next(line for line in log.splitlines() if "restarting the inference worker" in line)
+    # The error line names the service and the invocation that caused it.
+    assert "[objectDetection] inv=" in warning and "inv=-" not in warning, warning
 
 
 def test_serve_with_bad_parameters_stops_with_one_clear_line(tmp_path):

@@ -110,3 +110,46 @@ def test_worker_that_died_while_idle_is_replaced_without_failing_a_request(pool)
     time.sleep(0.2)
     assert '"prediction": [[0, 1.0' in ok(pool, red())
     assert pool.worker_pid() != pid
+
+
+# --- model loading ---------------------------------------------------------------------------------
+
+def test_model_load_has_its_own_timeout(tmp_path, monkeypatch):
+    build_dlr_model(tmp_path)
+    monkeypatch.setenv("FIXTURE_LOAD_SLEEP_S", "60")  # read by the fixture library when it loads
+    started = time.monotonic()
+    with pytest.raises(WorkerError, match="did not load the model within 2 s"):
+        WorkerPool(str(tmp_path), timeout_s=30.0, load_timeout_s=2.0, service_name="workers-test")
+    assert time.monotonic() - started < 20
+
+
+def test_crash_while_loading_is_a_clear_start_error(tmp_path, monkeypatch):
+    build_dlr_model(tmp_path)
+    monkeypatch.setenv("FIXTURE_LOAD_CRASH", "1")
+    with pytest.raises(WorkerCrashedError, match="died while loading the model .killed by SIGSEGV"):
+        WorkerPool(str(tmp_path), service_name="workers-test")
+
+
+def test_replacement_that_cannot_start_fails_requests_with_the_reason(tmp_path):
+    model = tmp_path / "model"
+    build_dlr_model(model)
+    p = WorkerPool(str(model), timeout_s=5.0, service_name="workers-test", watch_interval_s=None)
+    try:
+        for f in model.iterdir():
+            f.unlink()  # the model is gone: the next worker cannot load it
+        with pytest.raises(WorkerCrashedError):
+            p.infer(images.png(set_trigger(red(), CRASH_PIXEL)), "image/png")
+        with pytest.raises(WorkerError, match="cannot be started: .*model directory"):
+            for _ in range(100):  # until the arbiter's first attempt has failed
+                try:
+                    p.infer(images.png(red()), "image/png")
+                except InferenceTimeoutError:
+                    continue
+        assert p.state == "restarting" and p.last_error
+        build_dlr_model(model)  # back: the backoff retry picks it up
+        deadline = time.monotonic() + 30
+        while p.state != "ready" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert '"prediction": [[0, 1.0' in ok(p, red())
+    finally:
+        p.close()

@@ -42,6 +42,12 @@
  *              1,2,3)" and returns -1: a DLR run error; the model stays usable for the next run.
  *   (7, 7, s)  the op sleeps s * 100 ms, then detects normally (a slow / hanging model).
  *   (9, 9, 9)  the op writes through a NULL pointer: a real SIGSEGV that kills the process.
+ * Load-time faults, for the model-load timeout and crash-at-load tests, from the environment of
+ * the process that loads the model:
+ *   FIXTURE_LOAD_SLEEP_S=n   loading the library sleeps n seconds (a model that hangs loading);
+ *   FIXTURE_LOAD_CRASH=1     loading the library writes through a NULL pointer (SIGSEGV).
+ *
+ * More input triggers:
  *   (5, 5, m)  the op allocates and touches m * 16 MiB, holds it for 1 s, frees it, then detects
  *              normally (a model whose memory use blows up on some input).
  */
@@ -92,6 +98,17 @@ FX_EXPORT int (*__TVMBackendParallelBarrier)(int, void*) = NULL;
 /* Volatile so that the compiler cannot prove the crash trigger writes through NULL and turn it
  * into a trap instruction (SIGILL): the tests want a genuine SIGSEGV. */
 static int* volatile fx_null_pointer = NULL;
+
+__attribute__((constructor)) static void fx_load_faults(void) {
+  const char* sleep_s = getenv("FIXTURE_LOAD_SLEEP_S");
+  if (sleep_s != NULL) {
+    struct timespec ts = {(time_t)atoi(sleep_s), 0};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+  }
+  const char* crash = getenv("FIXTURE_LOAD_CRASH");
+  if (crash != NULL && crash[0] == '1') *fx_null_pointer = 1;
+}
 
 static int fx_fail(const char* message) {
   if (__TVMAPISetLastError != NULL) __TVMAPISetLastError(message);

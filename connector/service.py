@@ -89,6 +89,7 @@ class SupervisedService:
                                timeout_s=params.timeout_seconds, service_name=params.service_name,
                                memory_limit_kb=params.memory_limit_kb, watch_interval_s=watch_interval_s)
         self.refused = 0  # requests answered with an error about the request itself
+        self._refused_lock = threading.Lock()
 
     @classmethod
     def from_parameters(cls, params: Parameters,
@@ -107,18 +108,22 @@ class SupervisedService:
     def reload(self, reason: str = "requested") -> None:
         self.pool.reload(reason)
 
+    def _refuse(self) -> None:
+        with self._refused_lock:
+            self.refused += 1
+
     def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-") -> str:
         try:
             check_request(body, content_type)
         except (TypeError, errors.ConnectorError):
-            self.refused += 1
+            self._refuse()
             raise
         status, value = self.pool.infer(bytes(body), content_type, invocation_id)
         if status == "ok":
             return value
         kind, message = value
         if kind == "InvalidImageError":
-            self.refused += 1
+            self._refuse()
         error = getattr(errors, kind, None)
         raise (error if isinstance(error, type) and issubclass(error, errors.ConnectorError)
                else errors.ConnectorError)(message)

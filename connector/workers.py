@@ -223,6 +223,7 @@ class WorkerPool:
                                          "reload_failures": 0}
         self.state = "starting"
         self.last_error: Optional[str] = None  # why the last start or reload failed
+        self._counter_lock = threading.Lock()
         self._busy = threading.Lock()  # one request at a time per worker
         self._cond = threading.Condition(threading.RLock())  # reentrant: reload() runs in signal handlers
         self._worker: Optional[Worker] = None
@@ -235,6 +236,10 @@ class WorkerPool:
         self.state = "ready"
         self._arbiter = threading.Thread(target=self._arbiter_loop, name="worker-arbiter", daemon=True)
         self._arbiter.start()
+
+    def _count(self, name: str) -> None:
+        with self._counter_lock:  # several request threads and the arbiter count at once
+            self.counters[name] += 1
 
     # -- starting workers -------------------------------------------------------------------
 
@@ -273,7 +278,7 @@ class WorkerPool:
                 return  # already replaced (a reload switched over meanwhile)
             self._worker = None
             self.state = "restarting"
-            self.counters["restarts"] += 1
+            self._count("restarts")
             self._cond.notify_all()
         log.warning("restarting the inference worker: %s", reason)
 
@@ -283,7 +288,7 @@ class WorkerPool:
         """("ok", text) or ("error", (type name, message)); raises WorkerError when the worker failed."""
         deadline = time.monotonic() + self.timeout_s
         if not self._busy.acquire(timeout=self.timeout_s):
-            self.counters["timeouts"] += 1
+            self._count("timeouts")
             raise InferenceTimeoutError(
                 "no answer within LocalInferenceServiceTimeoutSeconds={:.0f} s: the request waited "
                 "that long behind earlier ones for the inference worker".format(self.timeout_s))
@@ -294,13 +299,13 @@ class WorkerPool:
                 message = self._await_answer(worker, deadline)
             except (EOFError, OSError):
                 reason = worker.exit_reason()
-                self.counters["crashes"] += 1
+                self._count("crashes")
                 self._retire(worker, "worker {} died during invocation {} ({})".format(
                     worker.pid, invocation_id, reason))
                 raise WorkerCrashedError("the inference worker died while handling this request "
                                          "({}); it is being restarted".format(reason))
             except _OverMemory as e:
-                self.counters["memory_limit_exceeded"] += 1
+                self._count("memory_limit_exceeded")
                 self._retire(worker, "worker {} used {} KB during invocation {}, over the limit of {} KB"
                              .format(worker.pid, e.kb, invocation_id, self.memory_limit_kb))
                 raise MemoryLimitError(
@@ -308,7 +313,7 @@ class WorkerPool:
                     "LocalInferenceServiceMemoryLimitKB={}; it was stopped and is being restarted"
                     .format(e.kb, self.memory_limit_kb))
             if message is None:
-                self.counters["timeouts"] += 1
+                self._count("timeouts")
                 self._retire(worker, "invocation {} took longer than {:.0f} s".format(
                     invocation_id, self.timeout_s))
                 raise InferenceTimeoutError("no answer within LocalInferenceServiceTimeoutSeconds={:.0f} s; "
@@ -327,7 +332,7 @@ class WorkerPool:
                 if worker is not None and worker.alive():
                     return worker
                 if worker is not None:  # died between requests: replace it, do not fail on it
-                    self.counters["crashes"] += 1
+                    self._count("crashes")
                     self._retire(worker, "worker {} died while idle ({})".format(
                         worker.pid, worker.exit_reason()))
                     continue
@@ -337,7 +342,7 @@ class WorkerPool:
                     raise WorkerError("the inference worker cannot be started: {}".format(self.last_error))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self.counters["timeouts"] += 1
+                    self._count("timeouts")
                     raise InferenceTimeoutError(
                         "no answer within LocalInferenceServiceTimeoutSeconds={:.0f} s: the inference "
                         "worker was still restarting".format(self.timeout_s))
@@ -362,7 +367,7 @@ class WorkerPool:
         # is still given, and the next request gets a fresh worker.
         kb = worker.resident_kb() if self.memory_limit_kb else None
         if kb is not None and self.memory_limit_kb and kb > self.memory_limit_kb:
-            self.counters["memory_limit_exceeded"] += 1
+            self._count("memory_limit_exceeded")
             self._retire(worker, "worker {} kept {} KB after invocation {}, over the limit of {} KB"
                          .format(worker.pid, kb, invocation_id, self.memory_limit_kb))
 
@@ -431,7 +436,7 @@ class WorkerPool:
         try:
             worker, fingerprint = self._spawn()
         except ConnectorError as e:
-            self.counters["reload_failures"] += 1
+            self._count("reload_failures")
             self.last_error = str(e)
             self._failed_fingerprint = model_fingerprint(self.model_path)
             log.error("reload failed, the previous model keeps serving: %s", e)
@@ -442,7 +447,7 @@ class WorkerPool:
                 return
             old, self._worker, self._fingerprint = self._worker, worker, fingerprint
             self._failed_fingerprint, self.state, self._spawn_failures = None, "ready", 0
-            self.counters["reloads"] += 1
+            self._count("reloads")
             self._cond.notify_all()
         if old is not None:
             with self._busy:  # let the request the old worker may be answering finish first

@@ -33,6 +33,11 @@ class OnnxBackend:
         providers = [CUDA] if device == "gpu" else [CPU]
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings from ORT's graph optimiser are noise in a daemon
+        # ORT's thread pool spins for a while after each run, waiting for more work. A service
+        # answers one request at a time and then has to deliver the answer: spinning threads would
+        # take the CPU from exactly that (and burn an edge device's power while idle).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(path, sess_options=options, providers=providers)
         except Exception as e:  # ORT raises its own exception types from C++

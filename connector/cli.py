@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from . import __version__, imaging, postprocess
 from .errors import ConnectorError
+from .ipc.host import DEFAULT_MAX_BODY_BYTES
 from .logs import configure_logging
 from .models import DEFAULT_MODEL, bundled_models, model_path
 
@@ -61,12 +62,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
-    return serve(args.config, args.port, args.bind)
+    return serve(args.config, args.port, args.bind, max_body_bytes=args.max_body_bytes)
 
 
 def cmd_host(args: argparse.Namespace) -> int:
     from .serve import host_only
-    return host_only(args.port, args.bind)
+    return host_only(args.port, args.bind, max_body_bytes=args.max_body_bytes)
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
@@ -83,6 +84,19 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="TCP port (default $GG_DAEMON_PORT, else 8000)")
     p.add_argument("--bind", default="127.0.0.1",
                    help="address to listen on (default loopback; the token is the only guard)")
+    p.add_argument("--max-body-bytes", type=_positive_int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+                   help="refuse request bodies larger than N bytes with 413, unread "
+                        "(default {} = 16 MiB)".format(DEFAULT_MAX_BODY_BYTES))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive whole number, got {!r}".format(text))
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional
 from . import lambda_function
 from .ipc import IPCClient, IPCHost, run_lambda
 from .ipc import clientfile, protocol
-from .ipc.host import DEFAULT_REGION
+from .ipc.host import DEFAULT_MAX_BODY_BYTES, DEFAULT_REGION
 from .logs import configure_logging
 from .params import Parameters, load_parameters
 from .service import SupervisedService
@@ -60,16 +60,17 @@ def _wait_for(stop: threading.Event) -> None:
 
 
 def _start_host(port: Optional[int], bind: str, env: Mapping[str, str], result_timeout_s: float,
-                health: Any = None) -> IPCHost:
+                health: Any = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> IPCHost:
     if port is None:
         port = int(env.get(protocol.ENV_DAEMON_PORT) or protocol.DEFAULT_DAEMON_PORT)
     return IPCHost(host=bind, port=port, token=env.get(protocol.ENV_AUTH_TOKEN),
                    region=env.get(protocol.ENV_REGION), result_timeout_s=result_timeout_s,
-                   health=health).start()
+                   health=health, max_body_bytes=max_body_bytes).start()
 
 
 def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = "127.0.0.1",
-          environ: Optional[Mapping[str, str]] = None, concurrency: int = 2) -> int:
+          environ: Optional[Mapping[str, str]] = None, concurrency: int = 2,
+          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> int:
     """Host and connector in one process until SIGTERM/SIGINT; returns the exit status."""
     env = os.environ if environ is None else environ
     params = load_parameters(config, env)
@@ -78,7 +79,8 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     state: Dict[str, Any] = {"state": "starting", "service": params.service_name,
                              "model": params.model_resource_id}
     # A little longer than the service timeout, so the service's own timeout error wins the race.
-    host = _start_host(port, bind, env, params.timeout_seconds + 1.0, health=lambda: dict(state))
+    host = _start_host(port, bind, env, params.timeout_seconds + 1.0, health=lambda: dict(state),
+                       max_body_bytes=max_body_bytes)
     arn = service_arn(host.region, params)
     try:
         service = SupervisedService.from_parameters(params, env)
@@ -107,11 +109,13 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
 
 
 def host_only(port: Optional[int] = None, bind: str = "127.0.0.1",
-              environ: Optional[Mapping[str, str]] = None, result_timeout_s: float = 30.0) -> int:
+              environ: Optional[Mapping[str, str]] = None, result_timeout_s: float = 30.0,
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> int:
     env = os.environ if environ is None else environ
     configure_logging("ipc-host")
     stop = _stop_on_signals()
-    host = _start_host(port, bind, env, result_timeout_s, health=lambda: {"state": "ready"})
+    host = _start_host(port, bind, env, result_timeout_s, health=lambda: {"state": "ready"},
+                       max_body_bytes=max_body_bytes)
     host.set_ready()
     _wait_for(stop)
     host.shutdown(grace_s=SHUTDOWN_GRACE_S)

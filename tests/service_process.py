@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,11 +92,12 @@ def wait_ready(port: int, proc: Proc, timeout: float = 30.0) -> dict:
 
 
 def start_serve(tmp: Path, model_dir: Path, env_extra: Optional[Dict[str, str]] = None,
-                timeout: int = 10, memory_limit_kb: int = 500000) -> "tuple[Proc, dict, Dict[str, str]]":
+                timeout: int = 10, memory_limit_kb: int = 500000,
+                extra_args: Sequence[str] = ()) -> "tuple[Proc, dict, Dict[str, str]]":
     ipc = tmp / "ipc.json"
     env = clean_env(ipc, **(env_extra or {}))
     cfg = params_file(tmp / "params.json", model_dir, timeout=timeout, memory_limit_kb=memory_limit_kb)
-    proc = Proc(["serve", "--config", str(cfg), "--port", "0"], env, tmp / "serve.log")
+    proc = Proc(["serve", "--config", str(cfg), "--port", "0", *extra_args], env, tmp / "serve.log")
     info = wait_for_client_file(ipc, proc)
     wait_ready(info["port"], proc)
     return proc, info, env

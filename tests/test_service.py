@@ -250,6 +250,21 @@ def test_memory_limit_is_enforced_on_the_worker(tmp_path, model_dir, sdk_env):
     assert "[objectDetection] inv=" in warning and "inv=-" not in warning, warning
 
 
+def test_body_over_the_configured_maximum_is_refused_unread(tmp_path, model_dir, sdk_env):
+    proc, info, env = start_serve(tmp_path, model_dir, extra_args=["--max-body-bytes", "50000"])
+    sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
+    try:
+        small = images.png(draw_box(blank_image(), RED, 20, 20, 120, 120))
+        noisy = images.png(np.random.default_rng(1).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+        assert len(small) < 50000 < len(noisy)
+        with pytest.raises(ml.GreengrassDependencyException, match="413.*50000"):
+            invoke(noisy)
+        assert json.loads(invoke(small))["prediction"][0][:2] == [0, 1.0]
+        assert healthz(info["port"])[1]["restarts"] == 0
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
 def test_serve_with_bad_parameters_stops_with_one_clear_line(tmp_path):
     cfg = tmp_path / "p.json"
     cfg.write_text(json.dumps({"MLModelDestinationPath": "/x", "MLModelResourceId": "r",

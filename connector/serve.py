@@ -17,6 +17,7 @@ from . import lambda_function
 from .ipc import IPCClient, IPCHost, run_lambda
 from .ipc import clientfile, protocol
 from .ipc.host import DEFAULT_MAX_BODY_BYTES, DEFAULT_REGION
+from .ipc.local import BoardClient
 from .logs import configure_logging
 from .params import Parameters, load_parameters
 from .service import SupervisedService
@@ -92,7 +93,7 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     host.register_function(arn)
     worker_stop = threading.Event()
     loop = threading.Thread(target=run_lambda, name="connector",
-                            args=(arn, lambda_function.function_handler, host.client()),
+                            args=(arn, lambda_function.function_handler, BoardClient(host.board)),
                             kwargs={"stop_event": worker_stop, "concurrency": concurrency})
     loop.start()
     state.update(state="ready", function_arn=arn)

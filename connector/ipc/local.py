@@ -1,0 +1,52 @@
+"""The Lambda side of the IPC protocol, answered by a WorkBoard in the same process.
+
+`serve` runs the host and the connector in one process. The connector's get_work / result calls
+would travel over loopback HTTP to a board in that very process: two HTTP exchanges per request
+that cost more than the rest of the service together. BoardClient offers run_lambda the same calls
+as IPCClient, answered by the board directly, with the same outcomes (IPCError on refusal).
+Callers still reach the host over HTTP; a connector attached from another process still polls.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+from . import protocol
+from .client import IPCError, Payload, WorkItem, _as_bytes
+from .workboard import WorkBoard, WorkBoardError
+
+
+class BoardClient:
+    def __init__(self, board: WorkBoard) -> None:
+        self.board = board
+        self._interrupt = threading.Event()
+
+    def __repr__(self) -> str:
+        return "BoardClient(in-process)"
+
+    def get_work(self, function_arn: str) -> WorkItem:
+        """Block until work for `function_arn` arrives; IPCError when interrupted or draining."""
+        invocation = self.board.take(function_arn, cancelled=self._interrupt.is_set)
+        if invocation is None:
+            raise IPCError("no work: the IPC host is shutting down or the poll was interrupted", 503)
+        return WorkItem(invocation_id=invocation.invocation_id, payload=invocation.payload,
+                        client_context=invocation.client_context)
+
+    def post_work_result(self, function_arn: str, invocation_id: str, payload: Payload) -> None:
+        self._complete(function_arn, invocation_id, _as_bytes(payload), None)
+
+    def post_handler_err(self, function_arn: str, invocation_id: str, message: str,
+                         error_type: Optional[str] = None) -> None:
+        self._complete(function_arn, invocation_id, protocol.error_body(message, error_type),
+                       protocol.FUNCTION_ERROR_HANDLED)
+
+    def interrupt_polls(self) -> None:
+        """End the polls in progress and all later ones: run_lambda interrupts only to stop."""
+        self._interrupt.set()
+
+    def _complete(self, function_arn: str, invocation_id: str, payload: bytes,
+                  function_error: Optional[str]) -> None:
+        try:
+            self.board.complete(function_arn, invocation_id, payload, function_error)
+        except WorkBoardError as e:
+            raise IPCError(str(e), 409) from None

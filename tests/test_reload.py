@@ -10,6 +10,8 @@ import time
 import pytest
 
 from connector import models
+from connector.errors import ParameterError
+from connector.service import WATCH_ENV, watch_interval
 from connector.workers import WorkerPool
 from tests import images
 from tests.dlr_fixture.build import RED, blank_image, build_dlr_model, draw_box
@@ -167,3 +169,15 @@ def test_sighup_reloads_the_serving_process(tmp_path, versions):
     finally:
         assert proc.stop() == 0, proc.log()
     assert "reloading the model (SIGHUP)" in proc.log()
+
+
+@pytest.mark.parametrize("raw, expected", [(None, 2.0), ("", 2.0), ("0", None), ("0.5", 0.5), ("3600", 3600.0)])
+def test_watch_interval_from_the_environment(raw, expected):
+    env = {} if raw is None else {WATCH_ENV: raw}
+    assert watch_interval(env) == expected
+
+
+@pytest.mark.parametrize("raw", ["soon", "-1", "3601", "nan"])
+def test_bad_watch_interval_is_a_parameter_error(raw):
+    with pytest.raises(ParameterError, match=WATCH_ENV):
+        watch_interval({WATCH_ENV: raw})

@@ -27,6 +27,7 @@ import json
 import logging
 import select
 import socket
+import time
 from http.server import BaseHTTPRequestHandler
 from typing import Iterable, Optional, Tuple
 
@@ -42,6 +43,17 @@ _ROUTES = {
     (protocol.ENDPOINT_WORK, "POST"): "_post_work_result",
     (protocol.ENDPOINT_INITIALIZED, "PUT"): "_initialized",
 }
+
+
+# RFC 9112 section 2.2: empty lines before a request line are ignored (at most this many).
+_MAX_LEADING_EMPTY_LINES = 8
+# What is read and dropped of a refused request's body before its connection closes (see
+# IPCRequestHandler._discard_body).
+_DISCARD_MAX_BYTES = 64 * 1024 * 1024
+_DISCARD_MAX_S = 2.0
+_DISCARD_IDLE_S = 0.25
+# Linux: poll() reports the peer's shutdown even while unread data is pending.
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 
 
 class Refusal(Exception):
@@ -109,6 +121,25 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
                        content_type="application/json")
         except OSError:
             pass
+
+    def parse_request(self) -> bool:
+        # http.server closes the connection without any answer when the request line is empty;
+        # RFC 9112 section 2.2 says to skip empty lines before it (clients send a stray CRLF
+        # after a body), and a line of blanks is a bad request that deserves an answer.
+        for _ in range(_MAX_LEADING_EMPTY_LINES):
+            if self.raw_requestline not in (b"\r\n", b"\n"):
+                break
+            self.raw_requestline = self.rfile.readline(65537)
+        if not self.raw_requestline:
+            self.close_connection = True  # the client left after a few empty lines
+            return False
+        # Blank as http.server splits it (latin-1 text: \x1c-\x1f, \x85 and \xa0 are blanks too).
+        too_long = len(self.raw_requestline) > 65536
+        if too_long or not str(self.raw_requestline, "iso-8859-1").split():
+            self.requestline, self.command = "", None
+            self.send_error(414 if too_long else 400, None if too_long else "empty request line")
+            return False
+        return super().parse_request()
 
     # -- dispatch -----------------------------------------------------------------------------
 
@@ -286,6 +317,12 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
     def _client_gone(self) -> bool:
         """True once the long-polling client closed its end (so its work is not lost on it)."""
         try:
+            if _POLLRDHUP:
+                # Sees the client's FIN even behind bytes it sent after its request, which the
+                # peek below would return instead, taking the client for present forever.
+                poller = select.poll()
+                poller.register(self.connection, _POLLRDHUP)
+                return bool(poller.poll(0))
             readable, _, _ = select.select([self.connection], [], [], 0)
             if not readable:
                 return False
@@ -304,9 +341,40 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
                        headers=refusal.headers, content_type="application/json")
         except OSError:
             self.close_connection = True
+            return
+        if not self._body_consumed:
+            self._discard_body()
+
+    def _discard_body(self) -> None:
+        """Read and drop what the client still sends of a refused request's body.
+
+        Closing a socket with unread data makes the kernel reset the connection, and a client
+        that sends its whole body before reading (http.client, so the SDK) then fails with a
+        broken pipe instead of reading the refusal (a 413, or a 401 for a large image). Bounded
+        by the declared length, _DISCARD_MAX_BYTES, _DISCARD_MAX_S and _DISCARD_IDLE_S of silence.
+        """
+        text = (self.headers.get("Content-Length") or "").strip()
+        left = int(text) if text.isascii() and text.isdigit() else _DISCARD_MAX_BYTES
+        left = min(left, _DISCARD_MAX_BYTES)
+        deadline = time.monotonic() + _DISCARD_MAX_S
+        try:
+            while left > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.connection.settimeout(min(remaining, _DISCARD_IDLE_S))
+                chunk = self.rfile.read1(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except (OSError, ValueError):
+            pass
 
     def _send(self, status: int, body: bytes = b"", headers: Iterable[Tuple[str, str]] = (),
               content_type: Optional[str] = None) -> None:
+        if not self._body_consumed:
+            # An unread body would be parsed as the next request (GET /healthz with a body).
+            self.close_connection = True
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)

@@ -108,6 +108,13 @@ def _handle_work(function_arn: str, handler: Handler, client: IPCClient, work: W
     try:
         client.post_work_result(function_arn, work.invocation_id, payload)
     except IPCError as exc:
+        if exc.status == 413:
+            # The core refused the result for its size: tell the caller now, instead of letting
+            # it wait for the function timeout.
+            _post_error(client, function_arn, work.invocation_id,
+                        "the handler's result of {} bytes was refused by the IPC endpoint: {}".format(
+                            len(payload), exc), "PayloadTooLarge")
+            return
         # Typically the invocation timed out meanwhile; the caller already has its answer.
         log.warning("could not post the result of invocation %s of %s: %s", work.invocation_id,
                     function_arn, exc)

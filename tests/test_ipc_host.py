@@ -463,3 +463,20 @@ def test_client_file_default_location(tmp_path):
     assert clientfile.default_path({"XDG_RUNTIME_DIR": str(tmp_path / "missing"), "HOME": "/h"}) \
         == "/h/.config/greengrass-ml/ipc.json"
     assert clientfile.default_path(dict(env, GG_ML_IPC_FILE="/x/y.json")) == "/x/y.json"
+
+
+def test_answers_are_sent_without_nagle_delay():
+    # Headers and body leave in separate writes: with Nagle's algorithm the body waits for the
+    # client's delayed ACK (~40 ms a request on a reused connection). The host's end of an open
+    # keep-alive connection must have TCP_NODELAY set.
+    import http.client
+    import socket
+    with IPCHost(write_client_file=False) as host:
+        host.set_ready()
+        conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=10)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read()
+        with host._server._connections_lock:
+            server_ends = list(host._server._connections)
+        assert server_ends and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in server_ends)
+        conn.close()

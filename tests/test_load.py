@@ -21,12 +21,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
-import pytest
 
 from connector.ipc import IPCClient
 from connector.ipc import protocol
 from tests import images
-from tests.dlr_fixture.build import BLUE, GREEN, RED, blank_image, build_dlr_model, draw_box
+from tests.dlr_fixture.build import BLUE, GREEN, RED, blank_image, draw_box
 from tests.service_process import ROOT, healthz, start_serve
 
 sys.path.insert(0, str(ROOT / "ml_sdk"))
@@ -57,22 +56,6 @@ def good_jobs(count: int, seed: int = 20240611) -> "list[tuple[bytes, list]]":
         body = images.png(draw_box(blank_image(), colour, x0, y0, x0 + w, y0 + h))
         jobs.append((body, [[cls, 1.0, x0 / SIDE, y0 / SIDE, (x0 + w) / SIDE, (y0 + h) / SIDE]]))
     return jobs
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("dlr-model")
-    build_dlr_model(d)
-    return d
-
-
-@pytest.fixture()
-def sdk_env(monkeypatch):
-    """The SDK finds the host through the client file only (no Greengrass variables)."""
-    for k in ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "MY_FUNCTION_ARN", "GG_DAEMON_PORT", "AWS_REGION",
-              "GGC_MAX_INTERFACE_VERSION", "GG_ML_INFERENCE_FUNCTION_ARNS"):
-        monkeypatch.delenv(k, raising=False)
-    return monkeypatch
 
 
 def test_many_concurrent_clients_lose_nothing_and_mix_nothing_up(tmp_path, model_dir, sdk_env):

@@ -19,29 +19,13 @@ from connector.ipc import IPCClient, IPCError, protocol
 from connector.service import InferenceService
 from connector.engine import Engine
 from tests import images
-from tests.dlr_fixture.build import (RED, blank_image, build_dlr_model, draw_box, memory_pixel, set_trigger,
+from tests.dlr_fixture.build import (RED, blank_image, draw_box, memory_pixel, set_trigger,
                                      sleep_pixel)
 from tests.service_process import (ROOT, Proc, clean_env, healthz, start_serve,
                                    wait_for_client_file, wait_ready)
 
 sys.path.insert(0, str(ROOT / "ml_sdk"))
 import greengrass_machine_learning_sdk as ml  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("dlr-model")
-    build_dlr_model(d)
-    return d
-
-
-@pytest.fixture()
-def sdk_env(monkeypatch):
-    """The SDK finds the host through the client file only (no Greengrass variables)."""
-    for k in ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "MY_FUNCTION_ARN", "GG_DAEMON_PORT", "AWS_REGION",
-              "GGC_MAX_INTERFACE_VERSION", "GG_ML_INFERENCE_FUNCTION_ARNS"):
-        monkeypatch.delenv(k, raising=False)
-    return monkeypatch
 
 
 @pytest.fixture()

@@ -1,0 +1,21 @@
+"""Fixtures shared by the tests that run the service as a real process."""
+import pytest
+
+from tests.dlr_fixture.build import build_dlr_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A DLR fixture model directory (see tests/dlr_fixture), one per test module."""
+    d = tmp_path_factory.mktemp("dlr-model")
+    build_dlr_model(d)
+    return d
+
+
+@pytest.fixture()
+def sdk_env(monkeypatch):
+    """The SDK finds the host through the client file only (no Greengrass variables)."""
+    for k in ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "MY_FUNCTION_ARN", "GG_DAEMON_PORT", "AWS_REGION",
+              "GGC_MAX_INTERFACE_VERSION", "GG_ML_INFERENCE_FUNCTION_ARNS"):
+        monkeypatch.delenv(k, raising=False)
+    return monkeypatch

@@ -69,7 +69,7 @@ def function_handler(event: Any, context: Any) -> Dict[str, str]:
         try:
             text = _service.infer(event, custom.get("Content-Type"), invocation)
         except ConnectorError as e:
-            log.warning("invocation %s refused: %s", invocation, e)
+            log.warning("invocation %s failed: %s", invocation, e)
             raise
     return {"Body": text, "ContentType": "application/json"}
 

@@ -9,11 +9,13 @@ import logging
 import time
 from typing import Any, Dict, Optional
 
+import cv2
 import numpy as np
 
 from . import imaging, postprocess, preprocess
 from .backends import open_backend
 from .backends.base import Backend
+from .errors import BackendError, ConnectorError
 from .model_dir import ModelDirectory, open_model_directory
 from .params import Parameters
 
@@ -55,6 +57,23 @@ class Engine:
 
     def infer_text(self, data: bytes, content_type: Optional[str] = None) -> str:
         return postprocess.render(self.infer(data, content_type))
+
+    def warm_up(self) -> None:
+        """One inference on a blank image of the model's input size.
+
+        The runtime's first-run allocations (workspaces, thread pools, codec state; ~20 MB for
+        small models) then happen at load time, not in the first request: memory measured
+        afterwards is what serving needs, and a model that cannot run at all fails to load
+        instead of failing its first caller."""
+        meta = self.model.metadata
+        encoded, png = cv2.imencode(".png", np.zeros((meta.height, meta.width, 3), np.uint8))
+        if not encoded:
+            raise RuntimeError("OpenCV could not encode the warm-up image")
+        try:
+            self.infer(png.tobytes(), "image/png")
+        except ConnectorError as e:
+            raise BackendError("the model failed its first inference (a blank {}x{} image): {}"
+                               .format(meta.width, meta.height, e)) from None
 
     def close(self) -> None:
         self.backend.close()

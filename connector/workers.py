@@ -60,6 +60,7 @@ def _worker_main(conn: Connection, model_path: str, device: str, max_pixels: int
     configure_logging(service_name)
     try:
         engine = Engine.from_model_dir(model_path, device, max_pixels)
+        engine.warm_up()  # so that the memory measured next is what serving needs
     except ConnectorError as e:
         conn.send(("failed", type(e).__name__, str(e)))
         return
@@ -74,7 +75,10 @@ def _worker_main(conn: Connection, model_path: str, device: str, max_pixels: int
         # An image whose decoding could not fit in what the model leaves free is refused from its
         # header, before a byte of it is decoded.
         engine.max_pixels = min(engine.max_pixels, imaging.pixel_limit_for_memory(headroom_kb))
-    conn.send(("ready", engine.backend.name, engine.backend.device, engine.max_pixels, loaded_kb))
+    try:
+        conn.send(("ready", engine.backend.name, engine.backend.device, engine.max_pixels, loaded_kb))
+    except OSError:
+        return  # the supervisor went away while the model loaded (it is shutting down)
     while True:
         try:
             content_type, invocation_id = conn.recv()
@@ -86,6 +90,10 @@ def _worker_main(conn: Connection, model_path: str, device: str, max_pixels: int
                 conn.send(("ok", engine.infer_text(body, content_type)))
             except ConnectorError as e:
                 conn.send(("error", type(e).__name__, str(e)))
+            except Exception as e:  # noqa: BLE001 - a bug costs this request, not the loaded model
+                log.exception("unexpected failure in the inference worker")
+                conn.send(("error", "ConnectorError", "internal error in the inference worker ({}: {}); "
+                           "the worker keeps serving".format(type(e).__name__, e)))
 
 
 def _child_environment() -> Dict[str, str]:
@@ -406,7 +414,7 @@ class WorkerPool:
     def _respawn(self) -> None:
         try:
             worker, fingerprint = self._spawn()
-        except ConnectorError as e:
+        except Exception as e:  # noqa: BLE001 - an arbiter that died would leave no worker, ever
             with self._cond:
                 self._spawn_failures += 1
                 self.last_error = str(e)
@@ -435,7 +443,7 @@ class WorkerPool:
         log.info("reloading the model (%s)", reason)
         try:
             worker, fingerprint = self._spawn()
-        except ConnectorError as e:
+        except Exception as e:  # noqa: BLE001 - whatever the new version does, the old one serves on
             self._count("reload_failures")
             self.last_error = str(e)
             self._failed_fingerprint = model_fingerprint(self.model_path)

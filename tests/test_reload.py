@@ -181,3 +181,22 @@ def test_watch_interval_from_the_environment(raw, expected):
 def test_bad_watch_interval_is_a_parameter_error(raw):
     with pytest.raises(ParameterError, match=WATCH_ENV):
         watch_interval({WATCH_ENV: raw})
+
+
+def test_version_that_loads_but_cannot_run_is_refused_at_load(versions, tmp_path):
+    # Its graph wants 256x256 while nothing says so: it loads, but fails its first inference. The
+    # warm-up inference at load finds that, so the reload fails and the old version serves on.
+    from tests.onnx_models import red_detector
+    current, v1, v2, v3 = versions
+    v4 = tmp_path / "v4"
+    v4.mkdir()
+    red_detector(str(v4 / "model.onnx"), size=256)
+    pool = WorkerPool(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
+    try:
+        swap_symlink(current, v4)
+        wait_until(lambda: pool.counters["reload_failures"] == 1, what="the failed reload")
+        assert "failed its first inference" in pool.last_error
+        status, text = pool.infer(red_png(), "image/png")
+        assert status == "ok" and json.loads(text)["prediction"] == [BOX]
+    finally:
+        pool.close()

@@ -196,7 +196,7 @@ def test_pixel_limit_follows_the_memory_left_by_the_model(tmp_path, model_dir, s
     # The worker sizes the decoder's limit from what the loaded model leaves free of the limit (8
     # bytes a pixel); the largest image it accepts must then decode without tripping the memory
     # watchdog, and one pixel row more is refused from its header.
-    limit_kb = 160000
+    limit_kb = 200000
     proc, info, env = start_serve(tmp_path, model_dir, memory_limit_kb=limit_kb)
     sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
     try:
@@ -284,7 +284,7 @@ def test_function_handler(model_dir):
 
 def test_lambda_module_bootstraps_from_environment_at_import(model_dir, tmp_path):
     env = clean_env(tmp_path / "ipc.json", MLModelDestinationPath=str(model_dir), MLModelResourceId="m",
-                    LocalInferenceServiceName="objectDetection", LocalInferenceServiceMemoryLimitKB="100000")
+                    LocalInferenceServiceName="objectDetection", LocalInferenceServiceMemoryLimitKB="300000")
     code = ("import json, types; from connector import lambda_function as lf; from tests import images; "
             "from tests.dlr_fixture.build import *; "
             "img = draw_box(blank_image(), RED, 0, 0, 64, 64); "

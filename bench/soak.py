@@ -139,26 +139,26 @@ def make_images(count: int, seed: int) -> List[Tuple[str, str, bytes]]:
 
 # --------------------------------------------------------------------------- phases
 
-def baseline(model_dir: str, imgs: List[Tuple[str, str, bytes]], rounds: int
-             ) -> Tuple[List[str], List[float], Dict[str, str]]:
-    """Expected answers and the median in-process time (ms) per image: decode + detect + render,
-    the work the service's worker does per request."""
-    engine = Engine.from_model_dir(model_dir)
-    try:
-        expected = [engine.infer_text(body, ctype) for _, ctype, body in imgs]  # also warms up
-        times: List[List[float]] = [[] for _ in imgs]
-        for _ in range(rounds):
-            for i, (_, ctype, body) in enumerate(imgs):
-                t0 = time.perf_counter()
-                text = engine.infer_text(body, ctype)
-                times[i].append((time.perf_counter() - t0) * 1000)
-                if text != expected[i]:
-                    raise SystemExit("the in-process engine is not deterministic on image {}: "
-                                     "{!r} then {!r}".format(i, expected[i], text))
-        info = {"backend": engine.backend.name, "device": engine.backend.device}
-    finally:
-        engine.close()
-    return expected, [float(np.median(t)) for t in times], info
+def timed_raw(engine: Engine, ctype: str, body: bytes) -> Tuple[float, str]:
+    """One in-process inference: (ms, answer) for decode + detect + render, the worker's work."""
+    t0 = time.perf_counter()
+    text = engine.infer_text(body, ctype)
+    return (time.perf_counter() - t0) * 1000, text
+
+
+def baseline(engine: Engine, imgs: List[Tuple[str, str, bytes]], rounds: int
+             ) -> Tuple[List[str], List[float]]:
+    """Expected answers and the median in-process time (ms) per image."""
+    expected = [engine.infer_text(body, ctype) for _, ctype, body in imgs]  # also warms up
+    times: List[List[float]] = [[] for _ in imgs]
+    for _ in range(rounds):
+        for i, (_, ctype, body) in enumerate(imgs):
+            ms, text = timed_raw(engine, ctype, body)
+            times[i].append(ms)
+            if text != expected[i]:
+                raise SystemExit("the in-process engine is not deterministic on image {}: "
+                                 "{!r} then {!r}".format(i, expected[i], text))
+    return expected, [float(np.median(t)) for t in times]
 
 
 class Results:
@@ -279,7 +279,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         model_dir, args.images, args.concurrency, args.duration, os.cpu_count(), sys.version.split()[0]))
 
     imgs = make_images(args.images, args.seed)
-    expected, raw_ms, engine_info = baseline(model_dir, imgs, args.rounds)
+    engine = Engine.from_model_dir(model_dir)
+    engine_info = {"backend": engine.backend.name, "device": engine.backend.device}
+    expected, raw_ms = baseline(engine, imgs, args.rounds)
     print("\n== raw in-process engine ({backend} on {device}; decode + detect + render, median of {r}) =="
           .format(r=args.rounds, **engine_info))
     print("mean {:.1f} ms/image, i.e. {:.1f} images/s on one thread".format(
@@ -309,11 +311,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         warm = Results()
         for i in range(len(imgs)):
             one_request(client, imgs, expected, i, warm)
+        # Raw and service alternate, image by image, so that both see the same machine state (on a
+        # shared machine the load moves within seconds; phases far apart compare different states).
         seq = Results()
         seq_ms: List[List[float]] = [[] for _ in imgs]
+        raw_seq: List[List[float]] = [[] for _ in imgs]
         for _ in range(args.rounds):
-            for i in range(len(imgs)):
+            for i, (_, ctype, body) in enumerate(imgs):
+                raw_seq[i].append(timed_raw(engine, ctype, body)[0])
                 seq_ms[i].append(one_request(client, imgs, expected, i, seq))
+        raw_ms = [float(np.median(t)) for t in raw_seq]
+        engine.close()
         for phase, res in (("warm-up", warm), ("sequential", seq)):
             for what in ("errors", "wrong"):
                 for line in getattr(res, what):

@@ -139,8 +139,9 @@ def _worker(function_arn: str, handler: Handler, client: IPCClient, stop: thread
             if stop.is_set():
                 break
             failures += 1
-            # The first failure is news; a core that stays away should not flood the log.
-            (log.warning if failures == 1 else log.debug)(
+            # The first failure is news; a core that stays away should not flood the log, and a
+            # host that is shutting down (503) is no news at all.
+            (log.warning if failures == 1 and exc.status != 503 else log.debug)(
                 "get_work for %s failed (retrying in %.2f s): %s", function_arn, delay, exc)
             stop.wait(delay)
             delay = min(delay * 2, _BACKOFF_MAX_S)

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from connector.ipc import IPCHost, clientfile, protocol, run_lambda
+from connector.ipc.local import BoardClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "ml_sdk"))
@@ -454,3 +455,70 @@ def test_wire_format_matches_the_original_sdk(tmp_path):
     finally:
         caller.join(5)
         host.shutdown(grace_s=0.5)
+
+
+# -- keep-alive -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def quiet_service(tmp_path):
+    """A host whose function is served in-process (BoardClient), so every HTTP connection the
+    host sees is the SDK's."""
+    host = IPCHost(client_file=str(tmp_path / "ipc.json"), region=REGION).start()
+    host.register_function(ARN)
+    host.set_ready()
+    stop = threading.Event()
+    loop = threading.Thread(target=run_lambda, args=(ARN, echo_handler, BoardClient(host.board)),
+                            kwargs={"stop_event": stop})
+    loop.start()
+    yield host
+    stop.set()
+    loop.join(10)
+    host.shutdown(grace_s=0)
+
+
+def host_connections(host):
+    with host._server._connections_lock:
+        return set(host._server._connections)
+
+
+def echo(client, payload):
+    response = client.invoke_inference_service(**dict(ARGS, Body=payload))
+    return json.loads(response["Body"].read().decode("utf-8"))["text"]
+
+
+def test_client_reuses_its_connection(quiet_service):
+    client = ml.client("inference", timeout=10)
+    assert echo(client, b"abc") == "ABC"
+    first = host_connections(quiet_service)
+    for _ in range(3):
+        assert echo(client, b"abc") == "ABC"
+    # post_work and get_work_result of four calls, all over one connection
+    assert len(first) == 1 and host_connections(quiet_service) == first
+
+
+def test_client_recovers_when_the_host_dropped_its_idle_connection(quiet_service):
+    client = ml.client("inference", timeout=10)
+    assert echo(client, b"one") == "ONE"
+    quiet_service._server.close_connections()  # as a restarting core or an idle timeout would
+    time.sleep(0.1)
+    assert echo(client, b"two") == "TWO"
+
+
+def test_threads_do_not_share_a_connection(quiet_service):
+    client = ml.client("inference", timeout=10)
+    seen = []
+
+    def call(i):
+        for _ in range(5):
+            seen.append(echo(client, "t{}".format(i).encode()))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(seen) == sorted(["T{}".format(i) for i in range(4)] * 5)
+    deadline = time.monotonic() + 5
+    while host_connections(quiet_service) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not host_connections(quiet_service)  # a finished thread's connection is closed with it

@@ -14,6 +14,8 @@ from __future__ import annotations
 import collections
 import http.client
 import json
+import os
+import threading
 from typing import Dict, Optional, Tuple
 from urllib.parse import quote
 
@@ -60,6 +62,7 @@ class GreengrassServiceClient(object):
     def __init__(self, timeout: Optional[float] = None) -> None:
         """:param timeout: socket timeout of each IPC request (None: as long as the core takes)."""
         self.timeout = timeout
+        self._kept = threading.local()  # (host, port) -> this thread's open connection
 
     def call(self, address: str, message: GreengrassServiceMessage,
              endpoint: Optional[_endpoint.Endpoint] = None) -> GreengrassServiceCallOutput:
@@ -90,18 +93,37 @@ class GreengrassServiceClient(object):
     def _request(self, endpoint: _endpoint.Endpoint, method: str, path: str,
                  body: Optional[bytes], headers: Dict[str, str]
                  ) -> Tuple[int, http.client.HTTPMessage, bytes]:
-        connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
         headers = dict(headers)
         headers[HEADER_AUTH_TOKEN] = endpoint.token
+        # Keep-alive: a new connection per call costs a connect and, on the host, a thread start
+        # (about 0.3 ms of the 0.6 ms an exchange takes on loopback). One connection per thread,
+        # since http.client connections must not be shared, and per process: a forked child must
+        # not talk over its parent's socket.
+        key = (os.getpid(), endpoint.host, endpoint.port)
+        kept = self._kept.__dict__.pop(key, None)
+        connection = kept or http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
         try:
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                if kept is None:
+                    raise
+                # The host closed the idle connection before reading this request (it restarted,
+                # or an idle timeout): nothing was processed, so one retry on a fresh one is safe.
+                connection.close()
+                connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
+            connection.close()
             raise GreengrassRuntimeException("cannot reach the Greengrass IPC at {}:{} ({}): {}".format(
                 endpoint.host, endpoint.port, endpoint.source, exc or type(exc).__name__))
-        finally:
+        if response.will_close:
             connection.close()
+        else:
+            self._kept.__dict__[key] = connection
         if not 200 <= response.status < 300:
             raise GreengrassRuntimeException("the Greengrass IPC at {}:{} answered {} {} to {} {}: {}".format(
                 endpoint.host, endpoint.port, response.status, response.reason, method, path,

@@ -36,12 +36,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "ml_sdk"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from connector.engine import Engine  # noqa: E402
 from connector.models import DEFAULT_MODEL, model_path  # noqa: E402
-from shapes_dataset import COMMON_SIZES, make_sample  # noqa: E402
+from shapes_dataset import COMMON_SIZES, encode_mixed, make_sample  # noqa: E402
 from tests.service_process import healthz, start_serve  # noqa: E402
 
 GREENGRASS_VARS = ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "MY_FUNCTION_ARN", "GG_DAEMON_PORT",
@@ -125,15 +124,8 @@ def make_images(count: int, seed: int) -> List[Tuple[str, str, bytes]]:
     for i in range(count):
         w, h = COMMON_SIZES[i % len(COMMON_SIZES)]
         rgb, _ = make_sample(seed + i, w, h)
-        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        if i % 4 == 3:
-            ok, buf = cv2.imencode(".png", bgr)
-            ctype = "image/png"
-        else:
-            ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
-            ctype = "image/jpeg"
-        assert ok
-        out.append(("{}x{}.{}".format(w, h, ctype.split("/")[1]), ctype, buf.tobytes()))
+        data, ctype = encode_mixed(rgb, i)
+        out.append(("{}x{}.{}".format(w, h, ctype.split("/")[1]), ctype, data))
     return out
 
 

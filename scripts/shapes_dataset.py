@@ -335,3 +335,18 @@ if __name__ == "__main__":  # write a few examples with their boxes drawn, for e
             cv2.putText(im, CLASSES[int(cls)][0], (int(x0), int(y0) - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
         cv2.imwrite(os.path.join(out, "{:02d}_{}x{}.jpg".format(k, w, h)), im)
     print(out)
+
+
+def encode_mixed(rgb: np.ndarray, index: int) -> Tuple[bytes, str]:
+    """(bytes, content type) as a camera feed would send them: JPEG quality 90, and every fourth
+    image (index % 4 == 3) PNG, so that evaluation and benchmarks see both formats."""
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if index % 4 == 3:
+        ok, data = cv2.imencode(".png", bgr)
+        kind = "image/png"
+    else:
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        kind = "image/jpeg"
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a sample image")
+    return data.tobytes(), kind

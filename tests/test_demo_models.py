@@ -11,7 +11,6 @@ import io
 import os
 import sys
 
-import cv2
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
@@ -35,15 +34,8 @@ def test_set():
     for i in range(IMAGES):
         w, h = SIZES[i % len(SIZES)]
         rgb, boxes = sd.make_sample(np.random.default_rng([SEED, i]), w, h)
-        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        if i % 4 == 3:
-            ok, data = cv2.imencode(".png", bgr)
-            kind = "image/png"
-        else:
-            ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
-            kind = "image/jpeg"
-        assert ok
-        samples.append((data.tobytes(), kind, w, h, boxes))
+        data, kind = sd.encode_mixed(rgb, i)
+        samples.append((data, kind, w, h, boxes))
     return samples
 
 

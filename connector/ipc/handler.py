@@ -11,6 +11,7 @@ missing / wrong Authorization               401 / 403
 unknown path / method on a known path       404 / 405 (+ Allow)
 bad header, bad client context, bad JSON    400
 Content-Length missing / body too large     411 / 413
+request line too long / HTTP/2+ version     414 / 505
 ARN nobody serves, unknown invocation id    404
 result for a finished / undelivered item    409
 host shutting down                          503

@@ -40,9 +40,10 @@ _OTHER_FORMATS = (
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def pixel_limit_for_memory(memory_limit_kb: int) -> int:
-    """The largest image (in pixels) whose decoding fits in LocalInferenceServiceMemoryLimitKB."""
-    return max(1, min(DEFAULT_MAX_PIXELS, memory_limit_kb * 1024 // BYTES_PER_DECODED_PIXEL))
+def pixel_limit_for_memory(free_kb: int) -> int:
+    """The largest image (in pixels) whose decoding fits in `free_kb` of memory (the worker passes
+    what the loaded model leaves of LocalInferenceServiceMemoryLimitKB)."""
+    return max(1, min(DEFAULT_MAX_PIXELS, free_kb * 1024 // BYTES_PER_DECODED_PIXEL))
 
 
 def check_content_type(content_type: Optional[str]) -> str:

@@ -25,10 +25,6 @@ def invocation(invocation_id: Optional[str]) -> Iterator[None]:
         _invocation.reset(token)
 
 
-def current_invocation() -> str:
-    return _invocation.get()
-
-
 class ServiceNameFilter(logging.Filter):
     def __init__(self, service: str) -> None:
         super().__init__()

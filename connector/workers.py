@@ -296,10 +296,8 @@ class WorkerPool:
         """("ok", text) or ("error", (type name, message)); raises WorkerError when the worker failed."""
         deadline = time.monotonic() + self.timeout_s
         if not self._busy.acquire(timeout=self.timeout_s):
-            self._count("timeouts")
-            raise InferenceTimeoutError(
-                "no answer within LocalInferenceServiceTimeoutSeconds={:.0f} s: the request waited "
-                "that long behind earlier ones for the inference worker".format(self.timeout_s))
+            raise self._timed_out("the request waited that long behind earlier ones for the "
+                                  "inference worker")
         try:
             worker = self._ready_worker(deadline)
             try:
@@ -321,11 +319,9 @@ class WorkerPool:
                     "LocalInferenceServiceMemoryLimitKB={}; it was stopped and is being restarted"
                     .format(e.kb, self.memory_limit_kb))
             if message is None:
-                self._count("timeouts")
                 self._retire(worker, "invocation {} took longer than {:.0f} s".format(
                     invocation_id, self.timeout_s))
-                raise InferenceTimeoutError("no answer within LocalInferenceServiceTimeoutSeconds={:.0f} s; "
-                                            "the inference worker is being restarted".format(self.timeout_s))
+                raise self._timed_out("the inference worker is being restarted")
             self._check_memory_after(worker, invocation_id)
             if message[0] == "ok":
                 return "ok", message[1]
@@ -350,11 +346,20 @@ class WorkerPool:
                     raise WorkerError("the inference worker cannot be started: {}".format(self.last_error))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._count("timeouts")
-                    raise InferenceTimeoutError(
-                        "no answer within LocalInferenceServiceTimeoutSeconds={:.0f} s: the inference "
-                        "worker was still restarting".format(self.timeout_s))
+                    raise self._timed_out("the inference worker was still restarting")
                 self._cond.wait(remaining)
+
+    def _timed_out(self, why: str) -> InferenceTimeoutError:
+        self._count("timeouts")
+        return InferenceTimeoutError("no answer within LocalInferenceServiceTimeoutSeconds={:.0f} s: {}"
+                                     .format(self.timeout_s, why))
+
+    def _over_limit(self, worker: Worker) -> Optional[int]:
+        """The worker's resident KB when it is over the memory limit, else None."""
+        if not self.memory_limit_kb:
+            return None
+        kb = worker.resident_kb()
+        return kb if kb is not None and kb > self.memory_limit_kb else None
 
     def _await_answer(self, worker: Worker, deadline: float) -> Optional[Any]:
         """The worker's answer, or None at the deadline; _OverMemory when it outgrows the limit."""
@@ -366,15 +371,15 @@ class WorkerPool:
                 return worker.conn.recv() if worker.conn.poll(remaining) else None
             if worker.conn.poll(min(remaining, MEMORY_POLL_S)):
                 return worker.conn.recv()
-            kb = worker.resident_kb()
-            if kb is not None and kb > self.memory_limit_kb:
+            kb = self._over_limit(worker)
+            if kb is not None:
                 raise _OverMemory(kb)
 
     def _check_memory_after(self, worker: Worker, invocation_id: str) -> None:
         # Memory a request left behind (a leak, a grown arena) counts too; the answer is good, so it
         # is still given, and the next request gets a fresh worker.
-        kb = worker.resident_kb() if self.memory_limit_kb else None
-        if kb is not None and self.memory_limit_kb and kb > self.memory_limit_kb:
+        kb = self._over_limit(worker)
+        if kb is not None:
             self._count("memory_limit_exceeded")
             self._retire(worker, "worker {} kept {} KB after invocation {}, over the limit of {} KB"
                          .format(worker.pid, kb, invocation_id, self.memory_limit_kb))

@@ -62,7 +62,7 @@ class GreengrassServiceClient(object):
     def __init__(self, timeout: Optional[float] = None) -> None:
         """:param timeout: socket timeout of each IPC request (None: as long as the core takes)."""
         self.timeout = timeout
-        self._kept = threading.local()  # (host, port) -> this thread's open connection
+        self._local = threading.local()  # .connections: (pid, host, port) -> this thread's open one
 
     def call(self, address: str, message: GreengrassServiceMessage,
              endpoint: Optional[_endpoint.Endpoint] = None) -> GreengrassServiceCallOutput:
@@ -100,8 +100,13 @@ class GreengrassServiceClient(object):
         # since http.client connections must not be shared, and per process: a forked child must
         # not talk over its parent's socket.
         key = (os.getpid(), endpoint.host, endpoint.port)
-        kept = self._kept.__dict__.pop(key, None)
-        connection = kept or http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
+        kept_by_key = self._local.__dict__.setdefault("connections", {})
+        kept = kept_by_key.pop(key, None)
+
+        def fresh() -> http.client.HTTPConnection:
+            return http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
+
+        connection = kept or fresh()
         try:
             try:
                 connection.request(method, path, body=body, headers=headers)
@@ -112,7 +117,7 @@ class GreengrassServiceClient(object):
                 # The host closed the idle connection before reading this request (it restarted,
                 # or an idle timeout): nothing was processed, so one retry on a fresh one is safe.
                 connection.close()
-                connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
+                connection = fresh()
                 connection.request(method, path, body=body, headers=headers)
                 response = connection.getresponse()
             data = response.read()
@@ -123,7 +128,7 @@ class GreengrassServiceClient(object):
         if response.will_close:
             connection.close()
         else:
-            self._kept.__dict__[key] = connection
+            kept_by_key[key] = connection
         if not 200 <= response.status < 300:
             raise GreengrassRuntimeException("the Greengrass IPC at {}:{} answered {} {} to {} {}: {}".format(
                 endpoint.host, endpoint.port, response.status, response.reason, method, path,

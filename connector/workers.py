@@ -239,7 +239,9 @@ class WorkerPool:
         self._reload_reason: Optional[str] = None
         self._spawn_failures = 0
         # The first load is synchronous: a model that cannot load is a start-up error.
-        self._worker, self._fingerprint = self._spawn()
+        # Taken before loading: a version that lands during the load differs from it, so it is loaded too.
+        self._fingerprint = model_fingerprint(self.model_path)
+        self._worker = self._spawn()
         self._failed_fingerprint: Optional[Tuple[Any, ...]] = None
         self.state = "ready"
         self._arbiter = threading.Thread(target=self._arbiter_loop, name="worker-arbiter", daemon=True)
@@ -251,15 +253,14 @@ class WorkerPool:
 
     # -- starting workers -------------------------------------------------------------------
 
-    def _spawn(self) -> "Tuple[Worker, Optional[Tuple[Any, ...]]]":
-        """A loaded worker and the fingerprint of the model directory it was started from."""
-        fingerprint = model_fingerprint(self.model_path)
+    def _spawn(self) -> Worker:
+        """A worker that has loaded the model directory as it is now."""
         worker = Worker(self.model_path, self.device, self.max_pixels, self.memory_limit_kb or 0,
                         self.service_name)
         worker.wait_ready(self.load_timeout_s)
         log.info("inference worker %d ready (%s on %s, %d KB resident, images up to %d pixels)",
                  worker.pid, worker.backend[0], worker.backend[1], worker.loaded_kb, worker.max_pixels)
-        return worker, fingerprint
+        return worker
 
     @property
     def backend(self) -> Tuple[str, str]:
@@ -417,8 +418,9 @@ class WorkerPool:
                 self._reload(reason)
 
     def _respawn(self) -> None:
+        fingerprint = model_fingerprint(self.model_path)
         try:
-            worker, fingerprint = self._spawn()
+            worker = self._spawn()
         except Exception as e:  # noqa: BLE001 - an arbiter that died would leave no worker, ever
             with self._cond:
                 self._spawn_failures += 1
@@ -446,12 +448,14 @@ class WorkerPool:
 
     def _reload(self, reason: str) -> None:
         log.info("reloading the model (%s)", reason)
+        fingerprint = model_fingerprint(self.model_path)
         try:
-            worker, fingerprint = self._spawn()
+            worker = self._spawn()
         except Exception as e:  # noqa: BLE001 - whatever the new version does, the old one serves on
             self._count("reload_failures")
             self.last_error = str(e)
-            self._failed_fingerprint = model_fingerprint(self.model_path)
+            # The version that was tried; one written meanwhile differs from it and is tried next.
+            self._failed_fingerprint = fingerprint
             log.error("reload failed, the previous model keeps serving: %s", e)
             return
         with self._cond:

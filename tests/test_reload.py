@@ -12,7 +12,7 @@ import pytest
 from connector import models
 from connector.errors import ParameterError
 from connector.service import WATCH_ENV, watch_interval
-from connector.workers import WorkerPool
+from connector.workers import WorkerError, WorkerPool
 from tests import images
 from tests.dlr_fixture.build import RED, blank_image, build_dlr_model, draw_box
 from tests.service_process import healthz, start_serve
@@ -198,5 +198,24 @@ def test_version_that_loads_but_cannot_run_is_refused_at_load(versions, tmp_path
         assert "failed its first inference" in pool.last_error
         status, text = pool.infer(red_png(), "image/png")
         assert status == "ok" and json.loads(text)["prediction"] == [BOX]
+    finally:
+        pool.close()
+
+
+def test_version_written_while_a_broken_one_loads_is_still_loaded(versions):
+    current, v1, v2, v3 = versions
+    pool = WorkerPool(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
+    real_spawn = pool._spawn
+
+    def load_broken_while_a_fix_lands():
+        pool._spawn = real_spawn  # once
+        swap_symlink(current, v2)  # the fixed version arrives while the broken one is loading
+        raise WorkerError("the broken version failed to load")
+
+    try:
+        pool._spawn = load_broken_while_a_fix_lands
+        swap_symlink(current, v3)
+        wait_until(lambda: pool.counters["reload_failures"] == 1, what="the failed reload")
+        wait_until(lambda: pool.backend[0] == "onnxruntime", what="the version that landed meanwhile")
     finally:
         pool.close()

@@ -193,6 +193,11 @@ def resolve(meta: ModelMetadata, io: ModelIO, default_size: Optional[Tuple[int, 
     if "dtype" in declared and meta.dtype != spec.dtype:
         raise contradiction("dtype", meta.dtype, spec.dtype)
     changes["dtype"] = spec.dtype
+    if spec.dtype == "uint8" and meta.normalises:
+        if {"mean", "std"} & declared:
+            raise ModelDirectoryError("model.yaml gives mean/std but {}: a uint8 input takes the "
+                                      "pixels as they are; remove mean and std".format(expects))
+        changes["mean"], changes["std"] = (0.0,) * 3, (1.0,) * 3  # a format's 0..1 default
     shape = spec.shape
     if shape is None or len(shape) not in (3, 4) or (len(shape) == 4 and shape[0] not in (1, None)):
         raise ModelDirectoryError("{}; an image input is (1, H, W, 3), (1, 3, H, W) or an "

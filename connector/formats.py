@@ -100,7 +100,7 @@ def decode_torchvision(outputs: Sequence[np.ndarray], meta: ModelMetadata) -> De
     scores = _flat(by_role["scores"], 1, "scores")
     boxes = _flat(by_role["boxes"], 4, "boxes")
     _same_length(labels=labels, scores=scores, boxes=boxes)
-    keep = (labels >= 0) & (scores >= meta.score_threshold)
+    keep = labels >= 0  # like GluonCV's, these exports have filtered and suppressed already
     return labels[keep].astype(np.int64), scores[keep], boxes[keep]
 
 
@@ -245,7 +245,28 @@ def recognise(outputs: Sequence[TensorSpec], meta: ModelMetadata, source: str) -
         raise ModelDirectoryError(
             "model.yaml says format: {} ({} output{}) but the model ({}) has {}: {}".format(
                 name, expected, "" if expected == 1 else "s", source, len(outputs), described))
+    if not fmt.roles and not _fits_single(name, outputs[0].shape):
+        raise ModelDirectoryError(
+            "model.yaml says format: {} but the model's ({}) output is {}; a {} output is {}"
+            .format(name, source, described, name, _SINGLE_SHAPES[name]))
     return fmt
+
+
+_SINGLE_SHAPES = {"yolov8": "(1, 4+classes, anchors)", "yolov5": "(1, anchors, 5+classes)",
+                  "yolo-nms": "(1, N, 6)"}
+
+
+def _fits_single(name: str, shape: Optional[Tuple[Optional[int], ...]]) -> bool:
+    if shape is None:
+        return True
+    if len(shape) != 3 or shape[0] not in (1, None):
+        return False
+    a, b = shape[1], shape[2]
+    if name == "yolov8":
+        return a is None or a >= 5
+    if name == "yolov5":
+        return b is None or b >= 6
+    return b in (6, None)
 
 
 def configure(outputs: Sequence[TensorSpec], meta: ModelMetadata, source: str

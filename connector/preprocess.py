@@ -56,10 +56,12 @@ def to_tensor(bgr: np.ndarray, meta: ModelMetadata) -> Tuple[np.ndarray, Frame]:
     pixels, frame = (_letterbox if meta.resize == "letterbox" else _stretch)(bgr, meta)
     if meta.color == "RGB":
         pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-    tensor = pixels.astype(np.float32 if meta.dtype == "float32" else np.uint8)
-    if meta.normalises:
-        tensor = (tensor - np.asarray(meta.mean, np.float32)) / np.asarray(meta.std, np.float32)
-        tensor = tensor.astype(np.float32 if meta.dtype == "float32" else np.uint8)
+    if meta.dtype == "uint8":
+        tensor = pixels  # the contract allows no mean/std with uint8 (contract.resolve)
+    else:
+        tensor = pixels.astype(np.float32)
+        if meta.normalises:
+            tensor = (tensor - np.asarray(meta.mean, np.float32)) / np.asarray(meta.std, np.float32)
     if meta.layout == "NCHW":
         tensor = tensor.transpose(2, 0, 1)
     return np.ascontiguousarray(tensor[np.newaxis] if meta.batch_axis else tensor), frame

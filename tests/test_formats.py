@@ -173,3 +173,51 @@ def test_raw_yolo_rows_with_non_finite_values_are_dropped():
     classes, scores, boxes = formats.decode_yolov8([out], meta)
     assert classes.tolist() == [0] and scores.tolist() == pytest.approx([0.9])
     assert boxes.tolist() == [[40, 40, 60, 60]]
+
+
+# ---- served ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("build,expected", [
+    (lambda p: ultralytics_detector(p, "yolov8"), [1, 2]),
+    (lambda p: ultralytics_detector(p, "yolov5"), [1, 2]),
+    (lambda p: ultralytics_detector(p, "nms"), [1, 2]),
+    (torchvision_detector, [1, 1, 2, 0]),
+], ids=["yolov8", "yolov5", "yolo-nms", "torchvision"])
+def test_each_format_answers_the_same_document_through_the_service(tmp_path, sdk_env, build, expected):
+    import ast
+    import json
+    import sys
+
+    from tests.service_process import ROOT, start_serve
+    sys.path.insert(0, str(ROOT / "ml_sdk"))
+    import greengrass_machine_learning_sdk as ml
+
+    d = tmp_path / "model"
+    d.mkdir()
+    build(str(d / "model.onnx"))
+    (d / "labels.txt").write_text("circle\nsquare\ntriangle\n")
+    proc, info, env = start_serve(tmp_path, d)
+    try:
+        sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
+        client = ml.client("inference")
+        resp = client.invoke_inference_service(AlgoType="object-detection",
+                                               ServiceName="objectDetection",
+                                               ContentType="image/jpeg",
+                                               Body=images.jpeg(landscape()))
+        text = resp["Body"].read().decode("utf-8")
+        doc = json.loads(text)
+        assert doc == ast.literal_eval(text) and list(doc) == ["prediction"]
+        assert [r[0] for r in doc["prediction"]] == expected
+        for cls, score, *box in doc["prediction"]:
+            assert type(cls) is int and 0 <= score <= 1 and all(0 <= v <= 1 for v in box)
+        # A bad request is refused and the next one is served.
+        with pytest.raises(ml.GreengrassInferenceException):
+            client.invoke_inference_service(AlgoType="object-detection",
+                                            ServiceName="objectDetection",
+                                            ContentType="image/png", Body=b"not an image")
+        again = client.invoke_inference_service(AlgoType="object-detection",
+                                                ServiceName="objectDetection",
+                                                ContentType="image/png", Body=images.png(landscape()))
+        assert [r[0] for r in json.loads(again["Body"].read())["prediction"]] == expected
+    finally:
+        assert proc.stop() == 0, proc.log()

@@ -56,6 +56,21 @@ def test_stock_neo_output_with_auxiliary_json_and_stray_files_loads(tmp_path):
     assert rows == [[0, 1.0, 100 / 512, 50 / 512, 200 / 512, 120 / 512]]  # DLR skipped them too
 
 
+@needs_dlr
+def test_neo_file_names_and_meta_from_a_jetson_compile(tmp_path):
+    # Neo's names, an NCHW input as compiled for a Jetson, model-shapes.json beside it.
+    d = build_dlr_model(tmp_path / "neo", name="compiled", graph_name="compiled_model.json",
+                        layout="NCHW", input_size=(512, 512))
+    touch(d, "model-shapes.json", text='[{"shape": [1, 3, 512, 512], "name": "data"}]')
+    engine = Engine.from_model_dir(d)
+    assert sorted(os.path.basename(p) for p in engine.model.files.values()) == [
+        "compiled.meta", "compiled.params", "compiled.so", "compiled_model.json"]
+    assert engine.model.metadata.contract_source == "compiled_model.json and compiled.meta"
+    assert engine.model.metadata.layout == "NCHW"
+    img = draw_box(blank_image(), GREEN, 256, 0, 512, 128)
+    assert engine.infer(rgb_png(img))["prediction"] == [[1, 1.0, 0.5, 0.0, 1.0, 0.25]]
+
+
 def test_stray_json_beside_an_onnx_model_is_ignored(tmp_path):
     red_detector(str(tmp_path / "model.onnx"))
     touch(tmp_path, "notes.json", "config.json", "README", "model.onnx.partial")

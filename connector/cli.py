@@ -1,4 +1,4 @@
-"""Command line: `python -m connector models|infer ...`."""
+"""Command line: `python -m connector models|infer|check-model|serve|host|attach ...`."""
 from __future__ import annotations
 
 import argparse
@@ -60,6 +60,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_check_model(args: argparse.Namespace) -> int:
+    from .check import main as check_main
+    return check_main(args.model_dir, args.device, args.runs)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
     return serve(args.config, args.port, args.bind, max_body_bytes=args.max_body_bytes)
@@ -115,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--draw", metavar="OUTDIR", help="write annotated copies of the images here")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("check-model", help="check a model directory before deploying it: what "
+                       "is recognised, the input contract, one inference, time per inference")
+    p.add_argument("model_dir", metavar="DIR")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--runs", type=_positive_int, default=10, metavar="N",
+                   help="inferences to time (default 10)")
+    p.set_defaults(func=cmd_check_model)
 
     p = sub.add_parser("serve", help="run the local inference service (IPC host + connector)")
     _add_config(p)

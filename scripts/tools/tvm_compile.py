@@ -17,7 +17,7 @@ OUT_DIR then holds what a Neo compilation job leaves in its output tarball:
   model-shapes.json    Neo's record of the input shapes it was given (DLR skips it)
   hyperparams.json     Neo's record of the framework settings (DLR skips it)
 and, for the test suite, reference.npz: the outputs of TVM's own graph executor on the
-deterministic picture `pattern_image()`, read back from the files above (x86_64 only).
+deterministic picture `pattern.pattern_image()`, read back from the files above (x86_64 only).
 
 The demo ONNX detectors end in ONNX NonMaxSuppression, whose output shape depends on the data;
 TVM's graph executor cannot allocate that ("Cannot allocate memory symbolic tensor shape
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Dict, List, Tuple
 
@@ -45,6 +46,9 @@ import tvm  # noqa: E402
 from tvm import relay
 from tvm.contrib import cc, graph_executor
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pattern import pattern_image  # noqa: E402
+
 TARGETS = {
     # (LLVM target, C compiler for export_library); hhb-tvm's default llvm target is RISC-V
     "x86_64": ("llvm -mtriple=x86_64-linux-gnu -mcpu=x86-64", "gcc"),
@@ -55,21 +59,6 @@ NEO_DEVICE = {"x86_64": "ml_c5", "aarch64": "jetson_nano", "armv7": "rasp3b"}
 OUTPUT_NAMES = ("ids", "scores", "bboxes")
 # the demo detectors' post-processing (scripts/train_demo_detectors.py: MAX_DETS, NMS_IOU, SCORE_MIN)
 DEMO_MAX_DETS, DEMO_NMS_IOU, DEMO_SCORE_MIN = 100, 0.45, 0.05
-
-
-def pattern_image(shape: Tuple[int, ...]) -> np.ndarray:
-    """A deterministic busy picture, pixel values 0..255, in the layout of `shape` (1,H,W,3 or 1,3,H,W).
-
-    Integer arithmetic only, so every numpy version on every machine produces the same bytes:
-    the tests rebuild it instead of shipping it.
-    """
-    nchw = shape[1] == 3 and shape[3] != 3
-    h, w = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
-    y, x, c = np.meshgrid(np.arange(h, dtype=np.int64), np.arange(w, dtype=np.int64),
-                          np.arange(3, dtype=np.int64), indexing="ij")
-    img = (x * x + 3 * y * y + 17 * c * x * y + 5 * (x // 37) * (y // 23)) // 7 % 256
-    img = img.astype(np.float32)[None]
-    return np.ascontiguousarray(img.transpose(0, 3, 1, 2)) if nchw else img
 
 
 # --------------------------------------------------------------------------- front ends

@@ -28,7 +28,10 @@ setup(
     packages=find_packages(include=["connector", "connector.*"])
     + ["greengrass_machine_learning_sdk"],
     package_dir={"greengrass_machine_learning_sdk": "ml_sdk/greengrass_machine_learning_sdk"},
-    package_data={"connector.models": ["*/*.onnx", "*/labels.txt", "*/model.yaml"]},
+    package_data={"connector.models": ["*/*.onnx", "*/labels.txt", "*/model.yaml",
+                                       # the Neo-compiled demos (scripts/tools/make_test_models.sh --demos)
+                                       "*/compiled.*", "*/compiled_model.json", "*/model-shapes.json",
+                                       "*/hyperparams.json", "*/MANIFEST"]},
     install_requires=["numpy>=1.16", "opencv-python-headless>=4.2", "pyyaml>=5.1"],
     extras_require=dict(RUNTIME, dev=DEV,
                         all=sorted({r for reqs in RUNTIME.values() for r in reqs} | set(DEV))),

@@ -23,10 +23,11 @@ def test_models_lists_bundled_models_with_absolute_paths():
     out = cli("models")
     assert out.returncode == 0, out.stderr
     lines = [line.split(" ", 1) for line in out.stdout.splitlines()]
-    assert [name for name, _ in lines] == ["demo-ssd", "demo-yolov3"]
+    assert [name for name, _ in lines] == ["demo-ssd", "demo-ssd-neo", "demo-yolov3", "demo-yolov3-neo"]
     for name, path in lines:
         assert os.path.isabs(path) and os.path.isdir(path)
-        assert os.path.isfile(os.path.join(path, "model.onnx"))
+        model_file = "compiled.so" if name.endswith("-neo") else "model.onnx"  # Neo/DLR or ONNX
+        assert os.path.isfile(os.path.join(path, model_file))
     assert dict(lines) == bundled_models()
 
 

@@ -7,7 +7,6 @@ optimiser off and says so in one log line; nothing of ORT's own logging reaches 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

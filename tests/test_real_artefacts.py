@@ -5,6 +5,8 @@
   time in reference.npz, and re-run live when the TVM tool venv (.tools/tvm) is present.
 * The GluonCV ONNX export and the Neo compile of the same export agree on the best detection
   (ONNX Runtime vs DLR), the YOLOv3 one through the ORT constant-folding retry.
+* Ultralytics YOLOv8/YOLO11/YOLOv5u ONNX exports are recognised, letterboxed, and the raw export
+  decoded here answers as the same network exported with Ultralytics' own NMS.
 * Every artefact directory is what its MANIFEST says, and the Neo metadata is in the format DLR reads.
 """
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _dirs(pred) -> list:
 ALL = _dirs(lambda n: True)
 NEO_X86 = _dirs(lambda n: n.startswith("neo-") and not n.endswith(("-aarch64", "-armv7")))
 NEO_CROSS = _dirs(lambda n: n.endswith(("-aarch64", "-armv7")))
-ONNX = _dirs(lambda n: n.endswith("-onnx"))
+ONNX = _dirs(lambda n: n.endswith("-onnx"))  # GluonCV exports through mx.onnx
 
 
 def _dlr():
@@ -65,8 +67,9 @@ def test_the_artefact_set_covers_layouts_sizes_and_cpus():
     assert {s[1] for s in shapes if s[3] == 3} >= {300, 416} and {s[2] for s in shapes if s[1] == 3} >= {320, 512}
     assert {n.rsplit("-", 1)[1] for n in NEO_CROSS} == {"aarch64", "armv7"}
     assert {"gluoncv-ssd-300-onnx", "gluoncv-yolo3-416-onnx"} <= set(ONNX)
+    assert {n.split("-")[1] for n in ALL if n.startswith("ultralytics-")} == {"yolov8n", "yolo11n", "yolov5nu"}
     total = sum(os.path.getsize(os.path.join(MODELS, d, f)) for d in ALL for f in os.listdir(os.path.join(MODELS, d)))
-    assert total < 8 << 20, "committed test artefacts grew to {:.1f} MB".format(total / 2**20)
+    assert total < 14 << 20, "committed test artefacts grew to {:.1f} MB".format(total / 2**20)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -181,3 +184,42 @@ def test_each_artefact_serves_a_picture_through_the_engine(name):
     for c, s, x0, y0, x1, y1 in rows:
         assert c in (0, 1, 2) and 0 < s <= 1 and 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1
     assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
+
+
+# ---- Ultralytics (scripts/tools/ultralytics_export.py) -------------------------------------------
+
+ULTRALYTICS = _dirs(lambda n: n.startswith("ultralytics-"))
+PICTURE_SIZES = ((640, 480), (480, 640), (512, 512), (1280, 720))  # letterboxing both ways
+
+
+@pytest.mark.parametrize("name", ULTRALYTICS)
+def test_ultralytics_export_is_recognised_and_letterboxed(name):
+    engine = Engine.from_model_dir(os.path.join(MODELS, name))
+    try:
+        assert engine.format.name == ("yolo-nms" if name.endswith("-nms") else "yolov8")
+        meta = engine.model.metadata
+        assert (meta.layout, meta.height, meta.width, meta.resize) == ("NCHW", 256, 256, "letterbox")
+        assert engine.model.labels == tuple(sd.CLASSES)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("arch", sorted({n.split("-")[1] for n in ULTRALYTICS if n.endswith("-nms")}))
+def test_ultralytics_raw_export_decoded_here_answers_as_its_nms_export(arch):
+    """One network exported twice: decoding + NMS on our side (raw) vs Ultralytics' in-graph NMS."""
+    raw = Engine.from_model_dir(os.path.join(MODELS, "ultralytics-{}-256-raw".format(arch)))
+    nms = Engine.from_model_dir(os.path.join(MODELS, "ultralytics-{}-256-nms".format(arch)))
+    rows = 0
+    try:
+        for i in range(12):
+            w, h = PICTURE_SIZES[i % len(PICTURE_SIZES)]
+            data = images.png(sd.make_sample(np.random.default_rng([5, i]), w, h)[0])
+            a, b = raw.infer(data, "image/png")["prediction"], nms.infer(data, "image/png")["prediction"]
+            assert len(a) == len(b), "picture {}: raw {} rows, nms {} rows".format(i, len(a), len(b))
+            lonely = [r for r in a if not any(q[0] == r[0] and np.allclose(q[1:], r[1:], atol=1e-4) for q in b)]
+            assert not lonely, "picture {}: {}".format(i, lonely[:3])
+            rows += len(a)
+    finally:
+        raw.close()
+        nms.close()
+    assert rows >= 20, "the exports should find something ({} rows)".format(rows)

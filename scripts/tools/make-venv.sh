@@ -19,7 +19,7 @@ case "$name" in
   ultralytics)
     # torch comes from the local wheel (pip finds it via /opt/wheels); torchvision must match it.
     python="$pyroot/3.11.7/bin/python"
-    reqs=(torch==2.13.0 "torchvision<=0.29.1" ultralytics onnx onnxslim) ;;
+    reqs=(torch==2.13.0 "torchvision<=0.29.1" ultralytics onnx onnxslim onnxruntime) ;;
   *) echo "error: unknown tool venv '$name' (gluoncv, tvm or ultralytics)" >&2; exit 2 ;;
 esac
 [ -x "$python" ] || { echo "error: $python not found (pyenv install ${python#$pyroot/})" >&2; exit 1; }

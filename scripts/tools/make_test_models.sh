@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Regenerate the committed GluonCV/Neo test artefacts under tests/models/ (and the bundled DLR demos
-# with --demos). Needs the tool venvs (scripts/tools/make-venv.sh gluoncv tvm); CI never runs this,
+# Regenerate the committed test artefacts under tests/models/ and the bundled Neo demos.
+# Needs the tool venvs (scripts/tools/make-venv.sh gluoncv|tvm|ultralytics); CI never runs this,
 # it uses the committed files. Deterministic: fixed seeds, fixed compile settings.
-#   scripts/tools/make_test_models.sh [--demos]
+#   scripts/tools/make_test_models.sh [gluoncv] [ultralytics] [demos]   (default: all three)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GLUON=.tools/gluoncv/bin/python
 TVM=.tools/tvm/bin/python
-for py in "$GLUON" "$TVM"; do
-  [ -x "$py" ] || { echo "error: $py missing: run scripts/tools/make-venv.sh gluoncv and tvm first" >&2; exit 1; }
-done
+ULTRA=.tools/ultralytics/bin/python
+parts="${*:-gluoncv ultralytics demos}"
+want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+need() {
+  [ -x "$1" ] || { echo "error: $1 missing: run scripts/tools/make-venv.sh $2 first" >&2; exit 1; }
+}
+want gluoncv && { need "$GLUON" gluoncv; need "$TVM" tvm; }
+want demos && need "$TVM" tvm
+want ultralytics && need "$ULTRA" ultralytics
 work=.tools/work
 mkdir -p "$work"
 versions() { "$1" -m pip list --format=freeze 2>/dev/null | grep -iE "^($2)==" | tr '\n' ' '; }
-GV=$(versions "$GLUON" "mxnet|gluoncv|numpy|onnx")
-TV=$(versions "$TVM" "hhb-tvm|mxnet|numpy|onnx")
+GV=$(want gluoncv && versions "$GLUON" "mxnet|gluoncv|numpy|onnx" || true)
+TV=$(versions "$TVM" "hhb-tvm|mxnet|numpy|onnx" 2>/dev/null || true)
+UV=$(want ultralytics && versions "$ULTRA" "ultralytics|torch|torchvision|onnx|onnxslim" || true)
 SEED=0
 quiet() { grep -v "not in feed graph\|value_info\|warnings.warn\|^WARNING:root:box_nms" || true; }
 
@@ -42,6 +49,7 @@ onnx_one() {  # arch size layout name
     --made-by "gluoncv_export.py --arch $1 --size $2 --layout $3 --seed $SEED --onnx (mx.onnx.export_model)" >/dev/null
 }
 
+if want gluoncv; then
 export_one ssd 300 HWC
 export_one yolo3 416 HWC
 export_one ssd 512 CHW
@@ -56,8 +64,25 @@ if command -v aarch64-linux-gnu-gcc >/dev/null; then neo_one ssd 300 HWC aarch64
 else echo "skipped aarch64 (apt-get install gcc-aarch64-linux-gnu)" >&2; fi
 if command -v arm-linux-gnueabihf-gcc >/dev/null; then neo_one ssd 300 HWC armv7 neo-ssd-300-nhwc-armv7
 else echo "skipped armv7 (apt-get install gcc-arm-linux-gnueabihf)" >&2; fi
+fi
 
-if [ "${1:-}" = --demos ]; then
+if want ultralytics; then
+  for m in yolov8n yolo11n yolov5nu; do
+    YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$work/ultralytics-config" \
+      "$ULTRA" scripts/tools/ultralytics_export.py --model $m --imgsz 256 --seed $SEED --out "$work/$m" >/dev/null
+    kinds="raw nms"
+    [ $m = yolov5nu ] && kinds=raw  # the same anchor-free head as v8: its NMS export adds nothing new
+    for k in $kinds; do
+      out="tests/models/ultralytics-$m-256-$k"
+      rm -rf "$out"; mkdir -p "$out"
+      cp "$work/$m/$k/model.onnx" "$work/$m/$k/labels.txt" "$out/"
+      python3 scripts/tools/manifest.py "$out" --seed $SEED --tools "$UV" \
+        --made-by "ultralytics_export.py --model $m --imgsz 256 --seed $SEED ($k: export(format='onnx'$([ $k = nms ] && echo ", nms=True, conf=0.25, iou=0.45")))" >/dev/null
+    done
+  done
+fi
+
+if want demos; then
   for m in demo-ssd demo-yolov3; do
     out="connector/models/$m-neo"
     rm -rf "$out"

@@ -1,4 +1,4 @@
-"""Command line: `python -m connector models|infer|check-model|serve|host|attach ...`."""
+"""Command line: `python -m connector models|infer|check-model|doctor|serve|host|attach ...`."""
 from __future__ import annotations
 
 import argparse
@@ -80,6 +80,11 @@ def cmd_attach(args: argparse.Namespace) -> int:
     return attach(args.config)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run
+    return run(args.model_dir, args.config)
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="YAML/JSON file of connector parameters (environment variables win)")
@@ -128,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=_positive_int, default=10, metavar="N",
                    help="inferences to time (default 10)")
     p.set_defaults(func=cmd_check_model)
+
+    p = sub.add_parser("doctor", help="can the service run here? platform, packages, runtimes, "
+                       "system libraries and their symbol versions, the model directory")
+    p.add_argument("--model-dir", metavar="DIR", help="also check this model directory")
+    _add_config(p)
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("serve", help="run the local inference service (IPC host + connector)")
     _add_config(p)

@@ -1,0 +1,344 @@
+"""`python -m connector doctor`: can the service run on this machine, and if not, why.
+
+Reports the platform, Python and package versions, the model runtimes that load (and the GPU), the
+seed's table of required system libraries for this platform checked against the symbol versions
+the libraries really define, what the installed native binaries (libdlr.so, ONNX Runtime, OpenCV)
+really require, the model directory when parameters name one, and known remedies. Each finding is
+one line marked ok / warn / FAIL; the exit status is 1 when any FAIL says the service cannot run.
+"""
+from __future__ import annotations
+
+import glob
+import importlib
+import io
+import os
+import platform
+import sys
+from typing import Dict, List, Optional, Set, TextIO, Tuple
+
+from . import dlr_runtime, elf
+
+# The seed's "required system libraries" per variant: (soname, [minimum versions]). An empty list
+# is the seed's "not applicable" (only presence matters).
+SEED_LIBRARIES: Dict[str, List[Tuple[str, List[str]]]] = {
+    "x86_64": [
+        ("ld-linux-x86-64.so.2", ["GCC_4.0.0"]), ("libc.so.6", ["GLIBC_2.4"]),
+        ("libgfortran.so.3", ["GFORTRAN_1.0"]), ("libm.so.6", ["GLIBC_2.23"]),
+        ("libpthread.so.0", ["GLIBC_2.2.5"]), ("librt.so.1", ["GLIBC_2.2.5"]),
+        ("libstdc++.so.6", ["CXXABI_1.3.8", "GLIBCXX_3.4.21"])],
+    "armv7l": [
+        ("ld-linux-armhf.so.3", ["GLIBC_2.4"]), ("libc.so.6", ["GLIBC_2.7"]),
+        ("libgcc_s.so.1", ["GCC_4.0.0"]), ("libgfortran.so.3", ["GFORTRAN_1.0"]),
+        ("libm.so.6", ["GLIBC_2.4"]), ("libpthread.so.0", ["GLIBC_2.4"]), ("librt.so.1", ["GLIBC_2.4"]),
+        ("libstdc++.so.6", ["CXXABI_1.3.8", "CXXABI_ARM_1.3.3", "GLIBCXX_3.4.20"])],
+    "aarch64": [
+        ("ld-linux-aarch64.so.1", ["GLIBC_2.17"]), ("libc.so.6", ["GLIBC_2.17"]),
+        ("libgcc_s.so.1", ["GCC_4.2.0"]), ("libgomp.so.1", ["GOMP_4.0", "OMP_1.0"]),
+        ("libm.so.6", ["GLIBC_2.23"]), ("libpthread.so.0", ["GLIBC_2.17"]), ("librt.so.1", ["GLIBC_2.17"]),
+        ("libstdc++.so.6", ["GLIBCXX_3.4.21", "CXXABI_1.3.8"])],
+}
+# Jetson TX2 rows of the seed (CUDA 9 / TensorRT 4 era): only meaningful on a Jetson.
+SEED_JETSON = [("libcudart.so.9.0", []), ("libcublas.so.9.0", []), ("libcudnn.so.7", []),
+               ("libcufft.so.9.0", []), ("libcurand.so.9.0", []), ("libcusolver.so.9.0", []),
+               ("libnvinfer.so.4", [])]
+# Why a seed row fails on current systems although nothing is wrong.
+SEED_NOTES = {
+    "libgfortran.so.3": "gfortran 3 was dropped (Debian 10+, Ubuntu 18.10+); neither DLR 1.6 nor "
+                        "ONNX Runtime nor OpenCV wheels link it",
+    "GCC_4.0.0@ld-linux-x86-64.so.2": "the seed's row is wrong: the x86_64 loader defines only GLIBC_* versions",
+}
+
+
+class Report:
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.failures, self.warnings = out, [], []  # type: (TextIO, List[str], List[str])
+
+    def section(self, title: str) -> None:
+        print("\n" + title, file=self.out)
+
+    def line(self, mark: str, text: str) -> None:
+        if mark == "FAIL":
+            self.failures.append(text)
+        elif mark == "warn":
+            self.warnings.append(text)
+        print("  {:<4} {}".format(mark, text), file=self.out)
+
+    def info(self, text: str) -> None:
+        print("       " + text, file=self.out)
+
+
+def machine() -> str:
+    m = platform.machine()
+    return "armv7l" if m in ("armv7l", "armv8l", "armv6l") else m
+
+
+def os_name() -> str:
+    try:
+        with open("/etc/os-release", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+
+
+def dist_version(name: str) -> Optional[str]:
+    """Installed version of distribution `name` without importing it (works on Python 3.7)."""
+    try:
+        from importlib import metadata  # type: ignore[attr-defined]
+    except ImportError:  # Python 3.7
+        metadata = None
+    if metadata is not None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+    canon = name.lower().replace("-", "_")
+    for entry in sys.path:
+        for meta in glob.glob(os.path.join(entry or ".", "*.dist-info")) + \
+                glob.glob(os.path.join(entry or ".", "*.egg-info")):
+            base = os.path.basename(meta).rsplit(".", 1)[0]
+            dist, _, version = base.partition("-")
+            if dist.lower().replace("-", "_") == canon and version:
+                return version.split("-")[0]
+    return None
+
+
+def check_python(r: Report) -> None:
+    r.section("Platform")
+    r.line("ok", "{} on {} ({}), glibc {}".format(os_name(), platform.machine(), platform.node(),
+                                                   platform.libc_ver()[1] or "unknown"))
+    v = sys.version_info
+    mark = "ok" if v >= (3, 7) else "FAIL"
+    r.line(mark, "Python {} at {}{}".format(platform.python_version(), sys.executable,
+                                            "" if mark == "ok" else ": the connector needs 3.7 or newer"))
+    if os.path.exists("/etc/nv_tegra_release"):
+        with open("/etc/nv_tegra_release", encoding="utf-8", errors="replace") as f:
+            r.info("Jetson: " + f.readline().strip())
+
+
+def check_packages(r: Report) -> Dict[str, object]:
+    """Import the packages the service needs; returns the modules that imported."""
+    r.section("Python packages")
+    found: Dict[str, object] = {}
+    for module, dist, required, hint in (
+            ("numpy", "numpy", True, "pip install numpy (ARMv7: apt-get install python3-numpy)"),
+            ("cv2", "opencv-python-headless", True,
+             "pip install opencv-python-headless (ARMv7: apt-get install python3-opencv)"),
+            ("yaml", "PyYAML", True, "pip install pyyaml (ARMv7: apt-get install python3-yaml)"),
+            ("onnxruntime", "onnxruntime", False, "pip install onnxruntime (Python >= 3.8; not on ARMv7)"),
+            ("boto3", "boto3", False, "only for the ML feedback service: pip install boto3"),
+            ("paho.mqtt", "paho-mqtt", False, "only for the ML feedback service: pip install paho-mqtt")):
+        try:
+            mod = importlib.import_module(module)
+        except Exception as e:  # a broken native module raises anything
+            r.line("FAIL" if required else "warn", "{}: cannot import ({}); {}".format(
+                module, str(e).splitlines()[0][:200] if str(e) else type(e).__name__, hint))
+            continue
+        found[module] = mod
+        version = getattr(mod, "__version__", None) or dist_version(dist) or "?"
+        r.line("ok", "{} {} ({})".format(module, version, os.path.dirname(getattr(mod, "__file__", "") or "")))
+    # dlr is not imported here: importing it before its phone-home is off could report usage.
+    pkg = dlr_runtime.find_dlr_package()
+    if pkg is None:
+        r.line("warn", "dlr: not installed; DLR (Neo) models cannot load: " + dlr_runtime.INSTALL_HINT)
+    else:
+        off = dlr_runtime.phone_home_disabled(pkg)
+        r.line("ok" if off else "warn", "dlr {} ({}); phone-home {}".format(
+            dist_version("dlr") or "?", pkg, "off" if off else
+            "NOT switched off yet (the service switches it off before loading; run as the installing user: "
+            "python -c 'from connector.dlr_runtime import disable_phone_home; disable_phone_home()')"))
+    return found
+
+
+def libdlr_candidates(model_dir: Optional[str]) -> List[str]:
+    """libdlr.so files DLR would consider: the model directory's, then the install prefix's."""
+    out = []
+    if model_dir:
+        out.append(os.path.join(model_dir, "libdlr.so"))
+    out.append(os.path.join(sys.prefix, "dlr", "libdlr.so"))
+    pkg = dlr_runtime.find_dlr_package()
+    if pkg:
+        out.append(os.path.join(pkg, "libdlr.so"))
+    return [p for p in out if os.path.isfile(p)]
+
+
+def check_runtimes(r: Report, found: Dict[str, object], model_dir: Optional[str]) -> List[str]:
+    """Which runtimes can load models here; returns the native binaries to check for symbols."""
+    import ctypes
+    r.section("Model runtimes")
+    binaries: List[str] = []
+    usable = 0
+    libs = libdlr_candidates(model_dir)
+    for path in libs:
+        try:
+            info = elf.read_elf(path)
+        except elf.ElfError as e:
+            r.line("warn", "libdlr.so: {}".format(e))
+            continue
+        arch = elf.MACHINES.get(info.machine, str(info.machine))
+        here = {"armv7l": "arm"}.get(machine(), machine())
+        if arch != here:
+            r.line("warn", "{} is built for {}, this machine is {}".format(path, arch, machine()))
+            continue
+        try:
+            ctypes.CDLL(path)
+        except OSError as e:
+            r.line("warn", "{} does not load: {}".format(path, str(e)[:300]))
+            binaries.append(path)
+            continue
+        usable += 1
+        binaries.append(path)
+        r.line("ok", "DLR: {} loads".format(path))
+    if not libs:
+        r.line("warn", "DLR: no libdlr.so in {} (nor in a model directory); Neo models must ship one"
+               .format(os.path.join(sys.prefix, "dlr")))
+    ort = found.get("onnxruntime")
+    if ort is not None:
+        providers = ort.get_available_providers()  # type: ignore[attr-defined]
+        usable += 1
+        r.line("ok", "ONNX Runtime {}: {}".format(getattr(ort, "__version__", "?"), ", ".join(providers)))
+        binaries += glob.glob(os.path.join(os.path.dirname(ort.__file__), "capi", "onnxruntime_pybind11_state*.so"))  # type: ignore[attr-defined]
+    cv2 = found.get("cv2")
+    if cv2 is not None and getattr(cv2, "__file__", None):
+        binaries += [p for p in glob.glob(os.path.join(os.path.dirname(cv2.__file__), "**", "cv2*.so"),  # type: ignore[attr-defined]
+                                          recursive=True)] or [cv2.__file__]  # type: ignore[attr-defined]
+    if usable == 0:
+        r.line("FAIL", "no model runtime can load here: install ONNX Runtime (pip install onnxruntime) "
+               "or give DLR a libdlr.so built for {}".format(machine()))
+    problem = dlr_runtime.cuda_problem()
+    if problem is None:
+        r.line("ok", "GPU: the CUDA driver reports a device (GPUAcceleration=GPU possible with a CUDA-enabled runtime)")
+    else:
+        r.info("GPU: none usable ({}); GPUAcceleration must be CPU".format(problem))
+    return [b for b in binaries if os.path.isfile(b)]
+
+
+def check_library_table(r: Report) -> None:
+    m = machine()
+    rows = list(SEED_LIBRARIES.get(m, []))
+    if os.path.exists("/etc/nv_tegra_release"):
+        rows += SEED_JETSON
+    r.section("System libraries of the seed's table for {} (minimum -> what this system defines)".format(m))
+    if not rows:
+        r.line("warn", "the seed has no table for {}".format(m))
+        return
+    for soname, minimum in rows:
+        path = elf.locate_library(soname)
+        if path is None:
+            note = SEED_NOTES.get(soname)
+            r.line("warn" if note else "FAIL", "{} not found{}".format(soname, ": " + note if note else ""))
+            continue
+        try:
+            defined = elf.read_elf(path).defines
+        except elf.ElfError as e:
+            r.line("warn", str(e))
+            continue
+        newest = elf.newest_by_family(defined)
+        for version in minimum:
+            family = elf.version_key(version)[0]
+            have = newest.get(family)
+            ok = version in defined
+            note = SEED_NOTES.get("{}@{}".format(version, soname))
+            mark = "ok" if ok else ("warn" if note else "FAIL")
+            r.line(mark, "{:<22} {:<18} -> {}{}".format(
+                soname, version, have or "no {} versions".format(family), "; " + note if note else ""))
+        if not minimum:
+            r.line("ok", "{:<22} {:<18} -> {}".format(soname, "(present)", path))
+
+
+def check_binaries(r: Report, binaries: List[str]) -> None:
+    """What the installed native binaries really require, checked like the dynamic linker does."""
+    r.section("What the installed native binaries require (checked against this system)")
+    if not binaries:
+        r.info("no native runtime binaries found")
+        return
+    cache: Dict[str, Tuple[Optional[str], List[str]]] = {}
+    for path in binaries:
+        try:
+            info = elf.read_elf(path)
+        except elf.ElfError as e:
+            r.line("warn", str(e))
+            continue
+        bad: List[str] = []
+        needs: List[str] = []
+        for lib, versions in sorted(info.requires.items()):
+            if lib not in cache:
+                where = elf.locate_library(lib)
+                cache[lib] = (where, elf.read_elf(where).defines if where else [])
+            where, defined = cache[lib]
+            newest = elf.newest_by_family(list(versions))
+            needs.append("{} {}".format(lib, " ".join(sorted(newest.values()))))
+            if where is None:
+                # Libraries a wheel bundles (e.g. opencv_python.libs) resolve through its RUNPATH.
+                bundled = glob.glob(os.path.join(os.path.dirname(path), "*.libs", lib + "*")) + \
+                    glob.glob(os.path.join(os.path.dirname(path), "..", "*.libs", lib + "*"))
+                if not bundled:
+                    bad.append("{} not found".format(lib))
+                continue
+            missing = elf.missing_versions(defined, versions)
+            if missing:
+                bad.append("{} lacks {}".format(lib, ", ".join(sorted(missing, key=elf.version_key))))
+        r.line("FAIL" if bad else "ok", "{}{}".format(path, ": " + "; ".join(bad) if bad else ""))
+        r.info("needs: " + "; ".join(needs))
+        if any("GLIBC_2.3" in b for b in bad):
+            r.info("this binary was built against a newer glibc than this system has (e.g. a libdlr.so "
+                   "built on Debian 12 on JetPack 4/5): build it in a sysroot of this release")
+
+
+def check_model(r: Report, model_dir: str, device: str) -> None:
+    from .errors import ConnectorError
+    r.section("Model directory " + model_dir)
+    try:
+        from .check import check_model as run_check
+        text = io.StringIO()
+        run_check(model_dir, device, 1, out=text)
+    except ConnectorError as e:
+        r.line("FAIL", str(e))
+        return
+    except ImportError as e:
+        r.line("FAIL", "cannot check the model: {}".format(e))
+        return
+    for line in text.getvalue().splitlines():
+        r.info(line)
+    r.line("ok", "the connector can serve this model")
+
+
+def remedies(r: Report) -> None:
+    r.section("Known remedies")
+    r.info("'Failed to initialize libdc1394' in the log (Raspberry Pi; OpenCV probes a FireWire "
+           "camera): harmless; silence it with: sudo ln /dev/null /dev/raw1394 (until reboot)")
+    r.info("installing NumPy/OpenCV runs out of memory on a Raspberry Pi: raise CONF_SWAPSIZE in "
+           "/etc/dphys-swapfile, then /etc/init.d/dphys-swapfile restart")
+
+
+def run(model_dir: Optional[str] = None, config: Optional[str] = None,
+        out: TextIO = sys.stdout) -> int:
+    r = Report(out)
+    device = "cpu"
+    if config:
+        from .errors import ConnectorError
+        from .params import load_parameters
+        try:
+            params = load_parameters(config)
+            model_dir = model_dir or params.model_path
+            device = params.device
+        except ConnectorError as e:
+            r.section("Parameters " + config)
+            r.line("FAIL", str(e))
+    check_python(r)
+    found = check_packages(r)
+    binaries = check_runtimes(r, found, model_dir)
+    check_library_table(r)
+    check_binaries(r, binaries)
+    if model_dir and "numpy" in found and "cv2" in found:
+        check_model(r, model_dir, device)
+    remedies(r)
+    print("", file=out)
+    if r.failures:
+        print("doctor: the service CANNOT run here ({} problem(s) marked FAIL)".format(len(r.failures)), file=out)
+        return 1
+    print("doctor: the service can run here{}".format(
+        " ({} warning(s))".format(len(r.warnings)) if r.warnings else ""), file=out)
+    return 0

@@ -1,4 +1,6 @@
-"""Packaging: the connector service and the drop-in greengrass_machine_learning_sdk."""
+"""Packaging: the connector service (with the drop-in greengrass_machine_learning_sdk).
+
+The SDK alone, for machines that only call the service, is ml_sdk/setup.py (no dependencies)."""
 from setuptools import find_packages, setup
 
 RUNTIME = {
@@ -9,7 +11,8 @@ RUNTIME = {
     # The range scripts/ort_compat.py was run with: 1.18.0 on Python 3.8 (older releases cannot
     # read the IR version 10 files today's exporters write, e.g. the GluonCV exports in
     # tests/models) to 1.32.0 on Python 3.11; same predictions on every model.
-    "onnx": ["onnxruntime>=1.18,<1.33"],
+    # Python 3.7 (Greengrass V1's, Amazon Linux 2's) has no wheel of these releases: DLR serves there.
+    "onnx": ["onnxruntime>=1.18,<1.33; python_version >= '3.8'"],
     "feedback": ["boto3", "paho-mqtt"],
 }
 DEV = [
@@ -18,14 +21,15 @@ DEV = [
 ]
 
 setup(
-    name="connector",
+    name="ml-object-detection-connector",
     version="0.1.0",
     description="Edge object-detection inference service: successor of the Greengrass V1 "
                 "ML Object Detection connector",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.8",
+    license_files=["LICENSE"],
+    python_requires=">=3.7",
     packages=find_packages(include=["connector", "connector.*"])
     + ["greengrass_machine_learning_sdk"],
     package_dir={"greengrass_machine_learning_sdk": "ml_sdk/greengrass_machine_learning_sdk"},
@@ -33,7 +37,10 @@ setup(
                                        # the Neo-compiled demos (scripts/tools/make_test_models.sh --demos)
                                        "*/compiled.*", "*/compiled_model.json", "*/model-shapes.json",
                                        "*/hyperparams.json", "*/MANIFEST"]},
-    install_requires=["numpy>=1.16", "opencv-python-headless>=4.2", "pyyaml>=5.1"],
+    # PyPI has no armv7l OpenCV wheel and pip does not count Debian's python3-opencv as this
+    # distribution, so on ARMv7 OpenCV comes from Debian (scripts/install/install-armv7.sh).
+    install_requires=["numpy>=1.16", "pyyaml>=5.1",
+                      "opencv-python-headless>=4.2; platform_machine != 'armv7l'"],
     extras_require=dict(RUNTIME, dev=DEV,
                         all=sorted({r for reqs in RUNTIME.values() for r in reqs} | set(DEV))),
     entry_points={"console_scripts": ["gg-ml-connector=connector.cli:main"]},

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 PHONE_HOME_CONFIG = "ccm_config.json"
 PHONE_HOME_KEY = "enable_phone_home"
 PHONE_HOME_URL = "https://api.neo-dlr.amazonaws.com"
-INSTALL_HINT = ("install it with: pip install 'connector[dlr]' (dlr==1.6.0, the last x86_64 wheel "
+INSTALL_HINT = ("install it with: pip install 'ml-object-detection-connector[dlr]' (dlr==1.6.0, the last x86_64 wheel "
                 "that ships libdlr.so), or put the libdlr.so built for this device into the "
                 "model directory")
 

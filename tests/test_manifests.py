@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from connector.deploy import outer_memory_kb
+
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 HANDLER = "connector.lambda_function.function_handler"
@@ -126,6 +128,13 @@ def connector_problems(doc, variant):
     return problems
 
 
+# Not connector parameters: where a `--deps device` Lambda package finds NumPy/OpenCV/the runtime.
+DEPLOYMENT_VARIABLES = {"GG_ML_SITE_PACKAGES"}
+# Runtimes `aws lambda create-function` still accepts (python3.8 and 3.9 are blocked for new
+# functions); Greengrass V1 runs the function with FunctionRuntimeOverride on the device.
+LAMBDA_CREATE_RUNTIMES = ("python3.11", "python3.12", "python3.13")
+
+
 def value_problems(values, variant=None, where=""):
     """Connector parameter values (strings, as Greengrass delivers them) against the SPEC table."""
     problems = []
@@ -133,7 +142,10 @@ def value_problems(values, variant=None, where=""):
         if name not in values:
             problems.append("{}: required parameter {} missing".format(where, name))
     for name, value in values.items():
-        if name not in ALL_NAMES:
+        if name in DEPLOYMENT_VARIABLES:
+            if not value.startswith("/"):
+                problems.append("{}: {} must be an absolute path".format(where, name))
+        elif name not in ALL_NAMES:
             problems.append("{}: unknown parameter {}".format(where, name))
         elif name == "GPUAcceleration":
             if variant is not None and variant != JETSON:
@@ -166,8 +178,9 @@ def v1_problems(functions_doc, resources_doc):
         problems.append("function must be pinned (long-lived)")
     if conf.get("EncodingType") != "binary":
         problems.append("EncodingType must be binary (the event is the image bytes)")
-    if conf.get("FunctionRuntimeOverride", "python3.8") not in ("python3.7", "python3.8"):
-        problems.append("runtime must be python3.7 or python3.8 (the seed's requirement)")
+    if conf.get("FunctionRuntimeOverride") not in ("python3.7", "python3.8"):
+        problems.append("FunctionRuntimeOverride must be python3.7 or python3.8 (the seed's requirement; "
+                        "the Lambda itself is created with a runtime AWS still accepts)")
     env = conf.get("Environment", {})
     problems += ["unknown Environment key " + k for k in set(env) - V1_ENVIRONMENT_KEYS]
     variables = env.get("Variables", {})
@@ -204,9 +217,10 @@ def v1_problems(functions_doc, resources_doc):
     if isolation == "GreengrassContainer":
         if policies[0].get("Permission") != "ro":
             problems.append("containerized function must have read-only access to the model")
-        if not isinstance(conf.get("MemorySize"), int) or \
-                conf["MemorySize"] < int(variables.get("LocalInferenceServiceMemoryLimitKB", "0")):
-            problems.append("MemorySize (KB) must be at least LocalInferenceServiceMemoryLimitKB")
+        limit_kb = int(variables.get("LocalInferenceServiceMemoryLimitKB", "0"))
+        if not isinstance(conf.get("MemorySize"), int) or conf["MemorySize"] < outer_memory_kb(limit_kb):
+            problems.append("MemorySize (KB) must hold two workers of LocalInferenceServiceMemoryLimitKB "
+                            "(a reload) plus the supervisor: at least {}".format(outer_memory_kb(limit_kb)))
     elif isolation == "NoContainer":
         # AWS V1 guide, "Access machine learning resources": NoContainer functions inherit the
         # resource owner's permission; Permission in the policy is refused; MemorySize is cleared.
@@ -381,7 +395,7 @@ def test_greengrass_v1_handler_and_lambda():
     assert fn["FunctionConfiguration"]["Executable"] == HANDLER
     lam = load(V1 / "lambda-function.json")
     assert lam["Handler"] == HANDLER
-    assert lam["Runtime"] in ("python3.7", "python3.8")
+    assert lam["Runtime"] in LAMBDA_CREATE_RUNTIMES
     assert lam["Publish"] is True  # Greengrass V1 needs a version (or an alias of one)
     assert lam["FunctionName"] == fn["FunctionArn"].split(":")[6]
     # GPUAcceleration goes only with the Jetson (NoContainer) configuration.
@@ -547,3 +561,41 @@ def test_v2_checker_catches_mistakes(mutate_src, mutate_recipe):
     src = _broken(V2 / "lambda-function-recipe-source.json", mutate_src or (lambda d: None))
     recipe = _broken(V2 / "recipe.yaml", mutate_recipe or (lambda d: None))
     assert v2_problems(src, recipe)
+
+
+def test_client_lambda_reaches_the_connector_through_its_arn():
+    """A user Lambda maps ServiceName -> the connector Lambda's ARN with GG_ML_INFERENCE_FUNCTION_ARNS."""
+    from greengrass_machine_learning_sdk.inference import parse_function_arns, service_address
+    client = load(V1 / "client-function-definition.json")["Functions"][0]
+    variables = client["FunctionConfiguration"]["Environment"]["Variables"]
+    connector = load(V1 / "function-definition.json")["Functions"][0]
+    service = connector["FunctionConfiguration"]["Environment"]["Variables"]["LocalInferenceServiceName"]
+    mapping = parse_function_arns(variables["GG_ML_INFERENCE_FUNCTION_ARNS"])
+    assert mapping == {service: connector["FunctionArn"]}
+    assert service_address("object-detection", service, "region", variables) == connector["FunctionArn"]
+
+
+def test_device_site_packages_match_the_runtime_override():
+    """A `--deps device` package imports NumPy/OpenCV from the device's venv of the same Python."""
+    for doc in (V1 / "function-definition.json", V1 / "jetson-gpu-nocontainer" / "function-definition.json"):
+        conf = load(doc)["Functions"][0]["FunctionConfiguration"]
+        site = conf["Environment"]["Variables"]["GG_ML_SITE_PACKAGES"]
+        assert "/lib/{}/site-packages".format(conf["FunctionRuntimeOverride"]) in site, doc
+
+
+def test_v2_standalone_component_recipe():
+    recipe = load(V2 / "standalone-component-recipe.yaml")
+    assert recipe["ComponentType"] == "aws.greengrass.generic"
+    assert value_problems(recipe["ComponentConfiguration"]["DefaultConfiguration"]["Parameters"],
+                          where="V2 standalone") == []
+    scripts = {"amd64": "install-x86_64.sh", "aarch64": "install-aarch64.sh", "arm": "install-armv7.sh"}
+    seen = set()
+    for manifest in recipe["Manifests"]:
+        arch = manifest["Platform"]["architecture"]
+        seen.add(arch)
+        install = manifest["Lifecycle"]["Install"]["Script"]
+        assert "scripts/install/" + scripts[arch] in install
+        assert (ROOT / "scripts" / "install" / scripts[arch]).exists()
+        run = manifest["Lifecycle"]["Run"]["Script"]
+        assert "-m connector serve --config" in run and "GG_ML_IPC_FILE=" in run
+    assert seen == set(scripts)

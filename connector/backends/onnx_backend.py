@@ -107,7 +107,7 @@ class OnnxBackend:
             import onnxruntime as ort
         except ImportError as e:
             raise BackendError("ONNX Runtime is not installed ({}); install it with "
-                               "pip install 'connector[onnx]'".format(e)) from None
+                               "pip install 'ml-object-detection-connector[onnx]'".format(e)) from None
         path = model.files["onnx"]
         if device == "gpu" and CUDA not in ort.get_available_providers():
             raise DeviceUnavailableError(

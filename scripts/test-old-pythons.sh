@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Run the runtime, SDK and Lambda tests under the oldest Pythons we support: 3.7 (Greengrass V1's
+# Lambda runtime, Amazon Linux 2) and 3.8. Each gets a throwaway venv (.venv-py37, .venv-py38) with
+# what those tests import; vermin alone checks syntax, this runs the code.
+#   scripts/test-old-pythons.sh [3.7] [3.8]        (default: both)
+# Interpreters: python3.7/python3.8 on PATH, else pyenv's. A missing one is reported and skipped
+# (exit 0) unless REQUIRE_OLD_PYTHONS=1. Python 3.7 has no ONNX Runtime >= 1.18 wheel: DLR serves
+# there, and the ONNX tests skip themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+versions=("$@")
+[ ${#versions[@]} -gt 0 ] || versions=(3.7 3.8)
+# The tests that exercise connector/ (runtime, service, IPC, Lambda entry) and ml_sdk/.
+TESTS=(tests/test_params.py tests/test_imaging.py tests/test_bad_input.py
+       tests/test_dlr_backend.py tests/test_dlr_phone_home.py
+       tests/test_workers.py tests/test_ipc_host.py tests/test_ipc_local.py tests/test_ipc_runtime.py
+       tests/test_ml_sdk.py tests/test_service.py tests/test_sdk_dist.py tests/test_doctor.py)
+find_python() {  # a python$1 that really runs (pyenv shims exist for versions not selected)
+  local v="$1" p
+  for p in "$(command -v "python$v" || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".*/bin/python"$v"; do
+    [ -n "$p" ] && [ -x "$p" ] && "$p" -c 'import sys' >/dev/null 2>&1 && { echo "$p"; return; }
+  done
+  return 0
+}
+status=0
+for v in "${versions[@]}"; do
+  py=$(find_python "$v")
+  if [ -z "$py" ]; then
+    echo "Python $v: not found (PATH or pyenv); skipped"
+    [ "${REQUIRE_OLD_PYTHONS:-0}" = 1 ] && status=1
+    continue
+  fi
+  venv=".venv-py${v/./}"
+  start=$SECONDS
+  if [ ! -x "$venv/bin/python" ]; then "$py" -m venv "$venv"; fi
+  deps=(pytest pytest-timeout hypothesis pillow "numpy>=1.16" "opencv-python-headless>=4.2" "pyyaml>=5.1" "dlr==1.6.0")
+  [ "$v" = 3.7 ] || deps+=("onnxruntime>=1.18,<1.33" onnx)
+  log=$(mktemp)
+  if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "${deps[@]}" >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"; echo "error: installing the test dependencies for Python $v failed" >&2; exit 1
+  fi
+  rm -f "$log"
+  existing=()
+  tests=("${TESTS[@]}")
+  # These build ONNX models with the onnx package, which (like ONNX Runtime) has no 3.7 wheel here.
+  [ "$v" = 3.7 ] || tests+=(tests/test_formats.py tests/test_engine.py)
+  for t in "${tests[@]}"; do [ -e "$t" ] && existing+=("$t"); done
+  echo "Python $v ($py): ${#existing[@]} test files"
+  # The package is used from the checkout (PYTHONPATH), as the tests' service processes do.
+  if ! PYTHONPATH="$PWD:$PWD/ml_sdk" "$venv/bin/python" -m pytest -q -p no:cacheprovider -p no:randomly "${existing[@]}"; then
+    status=1
+  fi
+  echo "Python $v: $((SECONDS - start)) s"
+done
+exit $status

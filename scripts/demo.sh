@@ -5,31 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-venv.sh onnx,dlr
-py=.venv/bin/python
-rm -rf out/demo && mkdir -p out/demo/input
-mapfile -t samples < <("$py" scripts/make_samples.py out/demo/input 3)
-
-model=$("$py" -m connector models | awk '$1 == "demo-ssd" {print $2}')
-cat > out/demo/params.yaml <<YAML
-MLModelDestinationPath: $model
-MLModelResourceId: demo-ssd
-LocalInferenceServiceName: objectDetection
-LocalInferenceServiceTimeoutSeconds: "10"
-LocalInferenceServiceMemoryLimitKB: "500000"
-YAML
-export GG_ML_IPC_FILE="$PWD/out/demo/ipc.json"
-"$py" -m connector serve --config out/demo/params.yaml --port 0 2> out/demo/service.log &
-service=$!
-trap 'kill -TERM $service 2>/dev/null; wait $service 2>/dev/null || true' EXIT
-for _ in $(seq 1 300); do  # the service writes the client file, then answers /healthz when ready
-  if [ -f "$GG_ML_IPC_FILE" ]; then
-    port=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$GG_ML_IPC_FILE")
-    if "$py" -c 'import sys,urllib.request; urllib.request.urlopen("http://127.0.0.1:%s/healthz" % sys.argv[1], timeout=1)' "$port" 2>/dev/null; then
-      break
-    fi
-  fi
-  kill -0 $service 2>/dev/null || { echo "the service failed to start:" >&2; cat out/demo/service.log >&2; exit 1; }
-  sleep 0.1
-done
-echo "service ready on port $port (log: out/demo/service.log)"
-"$py" scripts/demo_client.py out/demo "${samples[@]}"
+model=$(.venv/bin/python -m connector models | awk '$1 == "demo-ssd" {print $2}')
+exec ./scripts/serve-and-call.sh .venv/bin/python "$model" out/demo 3

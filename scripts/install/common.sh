@@ -104,9 +104,12 @@ make_venv() {
 
 pip_install() { as_root "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 
-# The dlr package finds libdlr.so at <sys.prefix>/dlr/libdlr.so (or in the model directory).
+# The dlr package finds libdlr.so at <sys.prefix>/dlr/libdlr.so (where the x86_64 dlr==1.6.0 wheel
+# puts it), in its own package directory, or in the model directory. A Greengrass Lambda built with
+# `--deps device` runs another interpreter (another sys.prefix) over this site-packages, so the
+# library is linked into the package directory as well.
 place_libdlr() {
-  local target="$PREFIX/dlr/libdlr.so"
+  local target="$PREFIX/dlr/libdlr.so" pkg
   if [ -n "$LIBDLR" ]; then
     as_root mkdir -p "$PREFIX/dlr"
     as_root install -m 0644 "$LIBDLR" "$target"
@@ -116,7 +119,10 @@ place_libdlr() {
   else
     echo "   no libdlr.so given (--libdlr): DLR models load only when their directory ships libdlr.so"
     echo "   (SageMaker Neo artefacts do); build one with scripts/arm/build-libdlr.sh"
+    return 0
   fi
+  pkg=$("$PREFIX/bin/python" -c 'from connector.dlr_runtime import find_dlr_package as f; print(f() or "")')
+  if [ -n "$pkg" ]; then as_root ln -sf "$target" "$pkg/libdlr.so"; fi
 }
 
 # DLR phones home unless told not to; the edge must not make surprise connections (SPEC section 9).

@@ -38,7 +38,7 @@ fi
 step "system packages (apt)" apt_install python3 python3-venv python3-pip ca-certificates
 step "virtual environment $PREFIX" make_venv "$py"
 pyver=$("$PREFIX/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-extras="opencv,dlr"
+extras="dlr"
 [ "$pyver" = 3.7 ] || extras="$extras,onnx"
 step "pip: connector [$extras] from $REPO" pip_install "$REPO[$extras]"
 if [ -n "${ORT_GPU_WHEEL:-}" ]; then

@@ -22,7 +22,7 @@ else
 fi
 step "virtual environment $PREFIX" make_venv "$py"
 pyver=$("$PREFIX/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-extras="opencv,dlr"
+extras="dlr"
 if [ "$pyver" != 3.7 ]; then extras="$extras,onnx"; else
   echo "   Python 3.7: ONNX Runtime has no wheel for it; DLR is the runtime (Neo-compiled models)"; fi
 # Amazon Linux 2's pip 9 cannot install manylinux2014 wheels.

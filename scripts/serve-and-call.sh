@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Start the local inference service on MODEL_DIR with PYTHON, call it through the ML SDK from a
+# second process on N generated sample photos (predictions printed, annotated copies in OUTDIR),
+# then stop it. Used by scripts/demo.sh and by scripts/arm/run-arm.sh inside the ARM chroots.
+#   scripts/serve-and-call.sh PYTHON MODEL_DIR OUTDIR [N]
+# READY_WAIT_S (default 30) bounds the start-up: loading a model under emulation takes longer.
+set -euo pipefail
+py="$1" model="$2" out="$3" n="${4:-3}"
+cd "$(dirname "$0")/.."
+rm -rf "$out" && mkdir -p "$out/input"
+mapfile -t samples < <("$py" scripts/make_samples.py "$out/input" "$n")
+cat > "$out/params.yaml" <<YAML
+MLModelDestinationPath: $model
+MLModelResourceId: $(basename "$model")
+LocalInferenceServiceName: objectDetection
+LocalInferenceServiceTimeoutSeconds: "${SERVICE_TIMEOUT_S:-10}"
+LocalInferenceServiceMemoryLimitKB: "500000"
+YAML
+export GG_ML_IPC_FILE="$PWD/$out/ipc.json"
+"$py" -m connector serve --config "$out/params.yaml" --port 0 2> "$out/service.log" &
+service=$!
+trap 'kill -TERM $service 2>/dev/null; wait $service 2>/dev/null || true' EXIT
+deadline=$((SECONDS + ${READY_WAIT_S:-30}))
+port=""
+while :; do  # the service writes the client file, then answers /healthz when ready
+  if [ -f "$GG_ML_IPC_FILE" ]; then
+    port=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$GG_ML_IPC_FILE")
+    if "$py" -c 'import sys,urllib.request; urllib.request.urlopen("http://127.0.0.1:%s/healthz" % sys.argv[1], timeout=2)' "$port" 2>/dev/null; then
+      break
+    fi
+  fi
+  kill -0 $service 2>/dev/null || { echo "the service failed to start:" >&2; cat "$out/service.log" >&2; exit 1; }
+  [ $SECONDS -lt $deadline ] || { echo "the service was not ready after ${READY_WAIT_S:-30} s:" >&2; cat "$out/service.log" >&2; exit 1; }
+  sleep 0.2
+done
+echo "service ready on port $port (log: $out/service.log)"
+"$py" scripts/demo_client.py "$out" "${samples[@]}"

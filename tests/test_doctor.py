@@ -1,0 +1,140 @@
+"""`python -m connector doctor` and the ELF symbol-version reader behind it, on real binaries."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connector import doctor, elf
+
+ROOT = Path(__file__).resolve().parents[1]
+CROSS = {"aarch64": (183, 64), "armv7": (40, 32)}
+
+
+def run_doctor(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "connector", "doctor", *args], cwd=str(ROOT),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                          timeout=300, env=env)
+
+
+def readelf_versions(path: str, section: str):
+    """What binutils' readelf says, to check our parser against (where binutils is installed)."""
+    out = subprocess.run(["readelf", "-V", "-W", path], stdout=subprocess.PIPE,
+                         universal_newlines=True, check=True).stdout
+    part = out.split("Version {} section".format(section))[1] if "Version {} section".format(section) in out else ""
+    part = part.split("Version ")[0] if section == "definition" else part.split("\nVersion s")[0]
+    return set(re.findall(r"Name: (\S+)", part))
+
+
+@pytest.fixture(scope="module")
+def libstdcxx():
+    path = elf.locate_library("libstdc++.so.6")
+    assert path, "libstdc++.so.6 must be loadable here (Python's own deps pull it in)"
+    return path
+
+
+def test_defined_versions_of_a_system_library(libstdcxx):
+    info = elf.read_elf(libstdcxx)
+    assert info.soname == "libstdc++.so.6"
+    assert "GLIBCXX_3.4.21" in info.defines and "CXXABI_1.3.8" in info.defines
+    assert "libc.so.6" in info.needed
+    if shutil.which("readelf"):
+        expected = readelf_versions(libstdcxx, "definition") - {"libstdc++.so.6"}
+        assert set(info.defines) == expected
+
+
+def test_required_versions_of_a_binary(libstdcxx):
+    info = elf.read_elf(libstdcxx)
+    assert any(v.startswith("GLIBC_2.") for v in info.requires["libc.so.6"])
+    if shutil.which("readelf"):
+        required = set().union(*info.requires.values())
+        assert required == readelf_versions(libstdcxx, "needs") - set(info.requires)
+
+
+@pytest.mark.parametrize("arch", sorted(CROSS))
+def test_cross_compiled_model_libraries(arch):
+    """32-bit little-endian ARM and 64-bit AArch64 files parse too (the ARM demos under tests/models)."""
+    path = ROOT / "tests" / "models" / "neo-ssd-300-nhwc-{}".format(arch) / "compiled.so"
+    info = elf.read_elf(str(path))
+    assert (info.machine, info.bits) == CROSS[arch]
+    assert "libc.so.6" in info.requires and all(v.startswith("GLIBC_") for v in info.requires["libc.so.6"])
+
+
+def test_bad_files_are_refused_with_the_reason(tmp_path, libstdcxx):
+    text = tmp_path / "notes.so"
+    text.write_text("not a library")
+    with pytest.raises(elf.ElfError, match="not an ELF file"):
+        elf.read_elf(str(text))
+    with pytest.raises(elf.ElfError, match="No such file"):
+        elf.read_elf(str(tmp_path / "missing.so"))
+    data = Path(libstdcxx).read_bytes()
+    for cut in (64, 4096, len(data) // 2):
+        piece = tmp_path / "cut{}.so".format(cut)
+        piece.write_bytes(data[:cut])
+        with pytest.raises(elf.ElfError, match="truncated or malformed"):
+            elf.read_elf(str(piece))
+    odd = tmp_path / "odd.so"
+    odd.write_bytes(b"\x7fELF\x09\x09" + b"\0" * 100)
+    with pytest.raises(elf.ElfError, match="unknown ELF class"):
+        elf.read_elf(str(odd))
+
+
+def test_version_comparison():
+    assert elf.newest_by_family(["GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.4", "GLIBC_PRIVATE"]) == {"GLIBC": "GLIBC_2.17"}
+    assert elf.version_key("CXXABI_ARM_1.3.3") == ("CXXABI_ARM", (1, 3, 3))
+    assert elf.missing_versions(["GLIBC_2.17", "GLIBC_2.4"], {"GLIBC_2.4", "GLIBC_2.34"}) == {"GLIBC_2.34"}
+    assert elf.locate_library("libgfortran.so.3-no-such") is None
+
+
+def test_doctor_on_this_machine(model_dir):
+    out = run_doctor("--model-dir", str(model_dir))
+    assert out.returncode == 0, out.stdout
+    text = out.stdout
+    assert "Python {}.{}".format(*sys.version_info[:2]) in text
+    # The seed's table for this platform, row by row, with what the system defines.
+    for soname, versions in doctor.SEED_LIBRARIES[doctor.machine()]:
+        for version in versions:
+            assert re.search(r"{}\s+{}".format(re.escape(soname), re.escape(version)), text) or \
+                "{} not found".format(soname) in text, (soname, version)
+    assert "the connector can serve this model" in text
+    assert "ln /dev/null /dev/raw1394" in text
+    assert text.rstrip().splitlines()[-1].startswith("doctor: the service can run here")
+
+
+def test_doctor_reports_the_real_binaries_requirements():
+    pytest.importorskip("cv2")
+    out = run_doctor()
+    section = out.stdout.split("What the installed native binaries require")[1]
+    assert re.search(r"ok\s+\S*cv2\S*\.so", section), section
+    assert "needs: " in section and "libc.so.6 GLIBC_2." in section
+
+
+def test_doctor_fails_on_a_bad_model_directory(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"not a model")
+    out = run_doctor("--model-dir", str(tmp_path))
+    assert out.returncode == 1, out.stdout
+    assert re.search(r"FAIL .*model", out.stdout), out.stdout
+    assert "the service CANNOT run here" in out.stdout
+
+
+def test_doctor_fails_on_bad_parameters(tmp_path):
+    cfg = tmp_path / "params.json"
+    cfg.write_text('{"MLModelDestinationPath": "/nowhere", "MLModelResourceId": "bad id!"}')
+    out = run_doctor("--config", str(cfg))
+    assert out.returncode == 1
+    assert "MLModelResourceId" in out.stdout and "FAIL" in out.stdout
+
+
+def test_doctor_warns_about_a_libdlr_for_another_cpu(tmp_path, model_dir):
+    """A libdlr.so of the wrong architecture in the model directory is named, not loaded."""
+    d = tmp_path / "model"
+    shutil.copytree(str(model_dir), str(d))
+    shutil.copy(str(ROOT / "tests" / "models" / "neo-ssd-300-nhwc-armv7" / "compiled.so"), str(d / "libdlr.so"))
+    r = doctor.Report(open(os.devnull, "w"))
+    doctor.check_runtimes(r, {}, str(d))
+    assert any("built for arm" in w for w in r.warnings), r.warnings

@@ -48,7 +48,7 @@ class HostServices(object):
                 thread.start()
                 self._threads.append(thread)
             if params is not None:
-                self.feeder = feeder_for(params, host.client(timeout=30), host.region)
+                self.feeder = feeder_for(params, host.client(timeout=30), host.region, environ)
                 if self.feeder and self.feedback and params.feedback_config_id not in self.feedback.params.configs:
                     log.warning("MLFeedbackConnectorConfigId=%s is not a config of this host's "
                                 "FeedbackConfigurationMap (%s): every sample will be refused",

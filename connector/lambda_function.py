@@ -53,7 +53,7 @@ def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) 
     if params.feedback_config_id:
         from .ipc.client import IPCClient
         _feeder = feeder_for(params, IPCClient.from_environment(env, timeout=30),
-                             env.get("AWS_REGION") or "us-east-1")
+                             env.get("AWS_REGION") or "us-east-1", env)
     if report:
         _report_initialized(env, True, "model {} loaded".format(params.model_resource_id))
     return _service

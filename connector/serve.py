@@ -170,7 +170,7 @@ def attach(config: Optional[str] = None, environ: Optional[Mapping[str, str]] = 
     service = SupervisedService.from_parameters(params, env)
     _reload_on_sighup(service)
     lambda_function.use_service(service)
-    feeder = feeder_for(params, _core_client(env, timeout=30)[0], region)
+    feeder = feeder_for(params, _core_client(env, timeout=30)[0], region, env)
     lambda_function.use_feeder(feeder)
     _report_initialized(client, arn, "model {} loaded".format(params.model_resource_id))
     run_lambda(arn, lambda_function.function_handler, client, stop_event=stop, concurrency=concurrency)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from ..ipc import protocol
 from ..ipc.client import IPCError
@@ -20,6 +21,7 @@ from .ratelog import RateLimitedLog
 log = logging.getLogger("connector.feedback.feeder")
 
 DEFAULT_QUEUE = 32
+ENV_FUNCTION_ARN = "GG_ML_FEEDBACK_FUNCTION_ARN"  # the SDK's name for the same override
 
 
 class FeedbackFeeder(object):
@@ -80,12 +82,19 @@ class FeedbackFeeder(object):
             raise IPCError("{} error: {}".format(result.func_err, protocol.error_message_of(result.payload)))
 
 
-def feeder_for(params: Any, client: Any, region: str) -> Optional[FeedbackFeeder]:
-    """The feeder of a connector whose MLFeedbackConnectorConfigId is set, else None."""
+def feeder_for(params: Any, client: Any, region: str,
+               environ: Optional[Mapping[str, str]] = None) -> Optional[FeedbackFeeder]:
+    """The feeder of a connector whose MLFeedbackConnectorConfigId is set, else None.
+
+    The address is the SDK's: ``$GG_ML_FEEDBACK_FUNCTION_ARN`` when set (the feedback service
+    deployed as a user Lambda inside Greengrass V1), else the MLFeedback address of `region`.
+    """
     if not params.feedback_config_id:
         return None
-    log.info("every answered request goes to the ML Feedback service under config %s",
+    env = os.environ if environ is None else environ
+    arn = (env.get(ENV_FUNCTION_ARN) or "").strip() or protocol.feedback_function_arn(region)
+    log.info("every answered request goes to the ML Feedback service %s under config %s", arn,
              params.feedback_config_id)
-    return FeedbackFeeder(client, protocol.feedback_function_arn(region), params.feedback_config_id,
+    return FeedbackFeeder(client, arn, params.feedback_config_id,
                           {"service-name": params.service_name,
                            "model-resource-id": params.model_resource_id})

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -138,11 +139,12 @@ class S3Server:
         import boto3
         iam = boto3.client("iam", endpoint_url=self.url, region_name="us-east-1",
                            aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
-        iam.create_user(UserName="feedback")
-        iam.put_user_policy(UserName="feedback", PolicyName="all", PolicyDocument=json.dumps({
+        user = "feedback-{}".format(uuid.uuid4().hex[:8])  # moto's state is per process, not per server
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="all", PolicyDocument=json.dumps({
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="feedback")["AccessKey"]
+        key = iam.create_access_key(UserName=user)["AccessKey"]
         self.access_key, self.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
 
     @property

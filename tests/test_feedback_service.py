@@ -1,0 +1,154 @@
+"""The feedback service in process: retries, resuming a half-delivered sample, eviction and expiry.
+
+Real parts only: our IPC host plays the core (its GGRouter function records what is published),
+moto's S3 server checks signatures, the spool is on disk.
+"""
+import json
+import threading
+import time
+
+import pytest
+
+from connector.feedback import config as fc
+from connector.feedback.destinations import S3Destination, s3_client_factory
+from connector.feedback.router import RouterPublisher
+from connector.feedback.service import FeedbackService, SpoolFullError
+from connector.feedback.spool import Spool
+from connector.ipc import IPCHost, run_lambda
+from connector.mqtt_router import ROUTER_ARN
+from tests.feedback_servers import S3Server
+
+BUCKET = "service-bucket"
+DOC = {"prediction": [[1, 0.9, 0.1, 0.1, 0.2, 0.2]]}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = S3Server()
+    server.client().create_bucket(Bucket=BUCKET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def router():
+    """A host whose GGRouter records (topic, document) instead of forwarding to a broker."""
+    host = IPCHost(port=0, write_client_file=False).start()
+    published = []
+    stop = threading.Event()
+
+    def handler(event, context):
+        published.append((context.client_context.custom["subject"], json.loads(event)))
+
+    host.register_function(ROUTER_ARN)
+    thread = threading.Thread(target=run_lambda, args=(ROUTER_ARN, handler, host.client()),
+                              kwargs={"stop_event": stop}, daemon=True)
+    thread.start()
+    yield host, published
+    stop.set()
+    thread.join(5)
+    host.shutdown(0)
+
+
+def service(tmp_path, host, s3, monkeypatch, **params):
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    values = {"FeedbackConfigurationMap": {"c1": {"s3-bucket-name": BUCKET, "content-type": "image/png",
+                                                  "s3-prefix": "svc"}},
+              "FeedbackSpoolDirectory": str(tmp_path / "spool"), "FeedbackRetryMinSeconds": "0.02",
+              "FeedbackRetryMaxSeconds": "0.1"}
+    values.update(params)
+    p = fc.parse_parameters(values, environ={})
+    return FeedbackService(p, RouterPublisher(host.client(timeout=5), "test-source"),
+                           s3=S3Destination(s3_client_factory())).start()
+
+
+def statuses(published):
+    return [d for t, d in published if t == "feedback/message/status"]
+
+
+def wait(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in {} s".format(timeout))
+
+
+def test_transient_failure_is_retried_with_capped_backoff_until_it_succeeds(tmp_path, router, s3, monkeypatch):
+    host, published = router
+    s3.stop()
+    svc = service(tmp_path, host, s3, monkeypatch)
+    try:
+        svc.accept(b"image", {"ConfigId": "c1", "ModelPrediction": DOC}, "req-1")
+        wait(lambda: svc.counters["retries"] >= 6)  # 0.02, 0.04, 0.08, 0.1, 0.1, ...: capped, no limit
+        assert statuses(published) == [] and len(svc.spool) == 1
+    finally:
+        s3.start()
+    try:
+        wait(lambda: statuses(published))
+        assert [s["response"]["status"] for s in statuses(published)] == ["success"]
+        assert len(svc.spool) == 0 and svc.counters["delivered"] == 1
+    finally:
+        svc.close()
+
+
+def test_a_restart_does_not_repeat_a_finished_upload(tmp_path, router, s3, monkeypatch):
+    host, published = router
+    spool = Spool(str(tmp_path / "spool"), 10 ** 6, 10, 3600, "reject-new")
+    spool.add({"id": "half-done", "config-id": "c1", "accepted": time.time(), "kept": True,
+               "verdict": "kept", "prediction": DOC, "metadata": {}, "key": "svc/already-there.png",
+               "s3_response": {"ETag": "\"from-the-first-run\"", "bucket": BUCKET, "key": "svc/already-there.png"}},
+              b"image")
+    before = s3.objects(BUCKET)
+    svc = service(tmp_path, host, s3, monkeypatch)
+    try:
+        wait(lambda: statuses(published))
+        assert s3.objects(BUCKET) == before  # no second upload
+        response = statuses(published)[0]["response"]
+        assert response["s3_response"]["ETag"] == "\"from-the-first-run\""
+        prediction = [d for t, d in published if t == "feedback/message/prediction"]
+        assert prediction[0]["source-ref"] == "s3://{}/svc/already-there.png".format(BUCKET)
+    finally:
+        svc.close()
+
+
+def test_drop_oldest_evicts_with_a_fail_status(tmp_path, router, s3, monkeypatch):
+    host, published = router
+    s3.stop()
+    try:
+        svc = service(tmp_path, host, s3, monkeypatch, FeedbackSpoolMaxItems="2",
+                      FeedbackSpoolFullPolicy="drop-oldest")
+        for i in range(3):
+            svc.accept(b"image", {"ConfigId": "c1", "ModelPrediction": DOC}, "req-{}".format(i))
+        wait(lambda: statuses(published))
+        assert statuses(published)[0]["id"] == "req-0"
+        assert statuses(published)[0]["response"]["error"] == "SpoolFull"
+        assert len(svc.spool) == 2
+    finally:
+        s3.start()
+    try:
+        wait(lambda: len(statuses(published)) == 3)
+        assert [s["id"] for s in statuses(published)[1:]] == ["req-1", "req-2"]
+    finally:
+        svc.close()
+
+
+def test_reject_new_and_expiry(tmp_path, router, s3, monkeypatch):
+    host, published = router
+    s3.stop()
+    try:
+        svc = service(tmp_path, host, s3, monkeypatch, FeedbackSpoolMaxItems="1",
+                      FeedbackSpoolMaxAgeSeconds="1")
+        svc.accept(b"image", {"ConfigId": "c1", "ModelPrediction": DOC}, "old")
+        with pytest.raises(SpoolFullError, match="spool is full"):
+            svc.accept(b"image", {"ConfigId": "c1", "ModelPrediction": DOC}, "refused")
+        wait(lambda: len(statuses(published)) == 2, timeout=5)
+        by_id = {s["id"]: s["response"] for s in statuses(published)}
+        assert by_id["refused"]["error"] == "SpoolFull"
+        assert by_id["old"]["error"] == "Expired" and "FeedbackSpoolMaxAgeSeconds=1" in by_id["old"]["error_message"]
+        assert len(svc.spool) == 0
+    finally:
+        s3.start()
+        svc.close()

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -28,6 +29,9 @@ NO_AUTH_ACTIONS = 3
 os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = str(NO_AUTH_ACTIONS)
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+# Started as root, mosquitto drops to the user "mosquitto", which cannot read the test's 0700
+# temporary directories; stay the user we are (the option is ignored when not root).
+SAME_USER = "user {}\n".format(getpass.getuser())
 
 
 def free_port() -> int:
@@ -56,7 +60,8 @@ class Broker:
         self.port = free_port()
         self.conf = directory / "mosquitto.conf"
         self.conf.write_text("listener {} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             "persistence_location {}/\nautosave_interval 1\n".format(self.port, directory))
+                             "persistence_location {}/\nautosave_interval 1\n{}".format(
+                                 self.port, directory, SAME_USER))
         self.proc: Optional[subprocess.Popen] = None
         self.log = open(directory / "mosquitto.log", "ab")
 

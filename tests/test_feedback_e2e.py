@@ -10,7 +10,7 @@ import pytest
 
 from tests import images
 from tests.dlr_fixture.build import RED, blank_image, draw_box
-from tests.feedback_servers import Broker, S3Server, Subscriber, free_port
+from tests.feedback_servers import Broker, Subscriber, free_port
 from tests.service_process import ROOT, Proc, clean_env, healthz, start_serve, wait_for_client_file, wait_ready
 
 sys.path.insert(0, str(ROOT / "ml_sdk"))
@@ -25,11 +25,9 @@ UUID_KEY = r"samples/cam-1/[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9
 
 
 @pytest.fixture(scope="module")
-def s3():
-    server = S3Server()
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
+def s3(s3_server):
+    s3_server.client().create_bucket(Bucket=BUCKET)
+    return s3_server
 
 
 @pytest.fixture()

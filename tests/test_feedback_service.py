@@ -3,6 +3,7 @@
 Real parts only: our IPC host plays the core (its GGRouter function records what is published),
 moto's S3 server checks signatures, the spool is on disk.
 """
+import contextlib
 import json
 import threading
 import time
@@ -16,18 +17,15 @@ from connector.feedback.service import FeedbackService, SpoolFullError
 from connector.feedback.spool import Spool
 from connector.ipc import IPCHost, run_lambda
 from connector.mqtt_router import ROUTER_ARN
-from tests.feedback_servers import S3Server
 
 BUCKET = "service-bucket"
 DOC = {"prediction": [[1, 0.9, 0.1, 0.1, 0.2, 0.2]]}
 
 
 @pytest.fixture(scope="module")
-def s3():
-    server = S3Server()
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
+def s3(s3_server):
+    s3_server.client().create_bucket(Bucket=BUCKET)
+    return s3_server
 
 
 @pytest.fixture()
@@ -63,6 +61,10 @@ def service(tmp_path, host, s3, monkeypatch, **params):
                            s3=S3Destination(s3_client_factory())).start()
 
 
+def accept(svc, request_id):
+    svc.accept(b"image", {"ConfigId": "c1", "ModelPrediction": DOC}, request_id)
+
+
 def statuses(published):
     return [d for t, d in published if t == "feedback/message/status"]
 
@@ -81,7 +83,7 @@ def test_transient_failure_is_retried_with_capped_backoff_until_it_succeeds(tmp_
     s3.stop()
     svc = service(tmp_path, host, s3, monkeypatch)
     try:
-        svc.accept(b"image", {"ConfigId": "c1", "ModelPrediction": DOC}, "req-1")
+        accept(svc, "req-1")
         wait(lambda: svc.counters["retries"] >= 6)  # 0.02, 0.04, 0.08, 0.1, 0.1, ...: capped, no limit
         assert statuses(published) == [] and len(svc.spool) == 1
     finally:
@@ -114,41 +116,56 @@ def test_a_restart_does_not_repeat_a_finished_upload(tmp_path, router, s3, monke
         svc.close()
 
 
-def test_drop_oldest_evicts_with_a_fail_status(tmp_path, router, s3, monkeypatch):
-    host, published = router
+@contextlib.contextmanager
+def s3_down(s3):
     s3.stop()
     try:
-        svc = service(tmp_path, host, s3, monkeypatch, FeedbackSpoolMaxItems="2",
-                      FeedbackSpoolFullPolicy="drop-oldest")
-        for i in range(3):
-            svc.accept(b"image", {"ConfigId": "c1", "ModelPrediction": DOC}, "req-{}".format(i))
-        wait(lambda: statuses(published))
-        assert statuses(published)[0]["id"] == "req-0"
-        assert statuses(published)[0]["response"]["error"] == "SpoolFull"
-        assert len(svc.spool) == 2
+        yield
     finally:
         s3.start()
+
+
+def test_drop_oldest_evicts_with_a_fail_status(tmp_path, router, s3, monkeypatch):
+    host, published = router
+    svc = service(tmp_path, host, s3, monkeypatch, FeedbackSpoolMaxItems="3",
+                  FeedbackSpoolFullPolicy="drop-oldest")
     try:
-        wait(lambda: len(statuses(published)) == 3)
-        assert [s["id"] for s in statuses(published)[1:]] == ["req-1", "req-2"]
+        with s3_down(s3):
+            for i in range(4):
+                accept(svc, "req-{}".format(i))
+            wait(lambda: statuses(published))
+            evicted = statuses(published)[0]
+            assert evicted["response"]["error"] == "SpoolFull" and "drop-oldest" in evicted["response"]["error_message"]
+            assert len(svc.spool) == 3
+        wait(lambda: len(statuses(published)) == 4)
+        # Every request has exactly one status: the evicted one never gets a second (the entry
+        # being delivered is never evicted), the others succeed once the server is back.
+        by_id = {}
+        for s in statuses(published):
+            by_id.setdefault(s["id"], []).append(s["response"]["status"])
+        assert sorted(by_id) == ["req-0", "req-1", "req-2", "req-3"]
+        assert sorted(v[0] for v in by_id.values()) == ["fail", "success", "success", "success"]
+        assert all(len(v) == 1 for v in by_id.values()), by_id
+        time.sleep(0.3)
+        assert len(statuses(published)) == 4
     finally:
         svc.close()
 
 
 def test_reject_new_and_expiry(tmp_path, router, s3, monkeypatch):
     host, published = router
-    s3.stop()
+    svc = service(tmp_path, host, s3, monkeypatch, FeedbackSpoolMaxItems="1",
+                  FeedbackSpoolMaxAgeSeconds="1")
     try:
-        svc = service(tmp_path, host, s3, monkeypatch, FeedbackSpoolMaxItems="1",
-                      FeedbackSpoolMaxAgeSeconds="1")
-        svc.accept(b"image", {"ConfigId": "c1", "ModelPrediction": DOC}, "old")
-        with pytest.raises(SpoolFullError, match="spool is full"):
-            svc.accept(b"image", {"ConfigId": "c1", "ModelPrediction": DOC}, "refused")
-        wait(lambda: len(statuses(published)) == 2, timeout=5)
-        by_id = {s["id"]: s["response"] for s in statuses(published)}
-        assert by_id["refused"]["error"] == "SpoolFull"
-        assert by_id["old"]["error"] == "Expired" and "FeedbackSpoolMaxAgeSeconds=1" in by_id["old"]["error_message"]
-        assert len(svc.spool) == 0
+        with s3_down(s3):
+            accept(svc, "old")
+            with pytest.raises(SpoolFullError, match="spool is full"):
+                accept(svc, "refused")
+            wait(lambda: len(statuses(published)) == 2, timeout=5)
+            by_id = {s["id"]: s["response"] for s in statuses(published)}
+            assert by_id["refused"]["error"] == "SpoolFull"
+            assert by_id["old"]["error"] == "Expired"
+            assert "FeedbackSpoolMaxAgeSeconds=1" in by_id["old"]["error_message"]
+            assert len(svc.spool) == 0
     finally:
-        s3.start()
         svc.close()

@@ -84,3 +84,20 @@ def test_expired_entries_are_taken_out(tmp_path):
     expired = s.take_expired(now=1101.0)
     assert [e.record["id"] for e in expired] == ["req-1"]
     assert len(s) == 1 and s.oldest().record["id"] == "req-2"
+
+
+def test_the_entry_being_delivered_is_never_evicted(tmp_path):
+    s = spool(tmp_path, max_items=2, policy="drop-oldest")
+    s.add(record(1), b"x")
+    s.add(record(2), b"x")
+    busy = s.oldest()
+    _, evicted = s.add(record(3), b"x")
+    assert [e.record["id"] for e in evicted] == ["req-2"] and s.oldest() is busy
+    single = spool(tmp_path / "one", max_items=1, policy="drop-oldest")
+    single.add(record(1), b"x")
+    single.oldest()
+    with pytest.raises(SpoolFull, match="drop-oldest"):
+        single.add(record(2), b"x")
+    single.release()
+    _, evicted = single.add(record(2), b"x")
+    assert [e.record["id"] for e in evicted] == ["req-1"]

@@ -19,9 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Mapping, Optional
 
-import yaml
-
 from ..errors import ParameterError
+from ..params import read_parameter_file
 
 CONFIG_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9-]{1,62}$"
 BUCKET_PATTERN = r"^[a-z0-9\.\-]{3,63}$"
@@ -280,23 +279,7 @@ def parse_parameters(values: Mapping[str, Any], environ: Optional[Mapping[str, s
 
 
 def read_file(path: str) -> Dict[str, Any]:
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except OSError as exc:
-        raise ParameterError("cannot read feedback parameter file {!r}: {}".format(path, exc.strerror)) from None
-    except yaml.YAMLError as exc:
-        raise ParameterError("feedback parameter file {!r} is not valid YAML/JSON: {}".format(path, exc)) from None
-    if isinstance(data, dict) and isinstance(data.get("Parameters"), dict):
-        data = data["Parameters"]
-    if not isinstance(data, dict):
-        raise ParameterError("feedback parameter file {!r} must hold a mapping of parameter names "
-                             "to values".format(path))
-    unknown = sorted(str(k) for k in data if k not in ALL_PARAMETERS)
-    if unknown:
-        raise ParameterError("feedback parameter file {!r} has unknown parameter(s) {}; known: {}".format(
-            path, ", ".join(unknown), ", ".join(ALL_PARAMETERS)))
-    return data
+    return read_parameter_file(path, ALL_PARAMETERS, "feedback parameter")
 
 
 def load_parameters(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None

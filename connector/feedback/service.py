@@ -193,6 +193,7 @@ class FeedbackService(object):
             try:
                 self.deliver(entry)
             except TransientError as exc:
+                self.spool.release()
                 self._count("retries")
                 self._ratelog.warning("transient", "feedback delivery of %s will be retried (every "
                                       "%.3g s at most %.3g s): %s: %s", entry.record["id"], delay,
@@ -201,6 +202,7 @@ class FeedbackService(object):
                 delay = min(max(delay * 2, 0.01), self.params.retry_max_s)
                 continue
             except Exception:  # a bug must not stop delivery for good; the entry is retried
+                self.spool.release()
                 log.exception("unexpected failure delivering feedback request %s", entry.record["id"])
                 self._stop.wait(self.params.retry_max_s)
                 continue

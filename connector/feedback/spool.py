@@ -90,6 +90,7 @@ class Spool(object):
         self._lock = threading.Lock()
         self.changed = threading.Condition(self._lock)
         self._entries: List[Entry] = []
+        self._busy: Optional[Entry] = None
         self._bytes = 0
         self._next_seq = 1
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -119,10 +120,12 @@ class Spool(object):
             evicted: List[Entry] = []
             while self._entries and (len(self._entries) + 1 > self.max_items
                                      or self._bytes + size > self.max_bytes):
-                if self.policy != POLICY_DROP_OLDEST:
-                    raise SpoolFull("the spool is full ({} samples, {} of {} bytes; policy reject-new)"
-                                    .format(len(self._entries), self._bytes, self.max_bytes))
-                evicted.append(self._remove_locked(self._entries[0]))
+                # The entry being delivered right now cannot be evicted: it would get two statuses.
+                candidates = [e for e in self._entries if e is not self._busy]
+                if self.policy != POLICY_DROP_OLDEST or not candidates:
+                    raise SpoolFull("the spool is full ({} samples, {} of {} bytes; policy {})".format(
+                        len(self._entries), self._bytes, self.max_bytes, self.policy))
+                evicted.append(self._remove_locked(candidates[0]))
             name = "{:012d}-{}".format(self._next_seq, record["id"])
             self._next_seq += 1
             entry = Entry(self.directory, name, record, size)
@@ -136,11 +139,17 @@ class Spool(object):
             return entry, evicted
 
     def oldest(self, timeout: Optional[float] = None) -> Optional[Entry]:
-        """The oldest entry, waiting up to `timeout` seconds for one."""
+        """The oldest entry, waiting up to `timeout` seconds for one. It is the busy entry (the one
+        being delivered, never evicted) until :meth:`release` or :meth:`remove`."""
         with self._lock:
             if not self._entries and timeout:
                 self.changed.wait(timeout)
-            return self._entries[0] if self._entries else None
+            self._busy = self._entries[0] if self._entries else None
+            return self._busy
+
+    def release(self) -> None:
+        with self._lock:
+            self._busy = None
 
     def update(self, entry: Entry, **progress: Any) -> None:
         """Record delivery progress durably (a restart does not repeat a finished step)."""
@@ -173,6 +182,8 @@ class Spool(object):
     # -- internals ----------------------------------------------------------------------------
 
     def _remove_locked(self, entry: Entry) -> Entry:
+        if entry is self._busy:
+            self._busy = None
         if entry in self._entries:
             self._entries.remove(entry)
             self._bytes -= entry.size

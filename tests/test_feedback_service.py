@@ -6,6 +6,7 @@ moto's S3 server checks signatures, the spool is on disk.
 import contextlib
 import json
 import threading
+from pathlib import Path
 import time
 
 import pytest
@@ -169,3 +170,48 @@ def test_reject_new_and_expiry(tmp_path, router, s3, monkeypatch):
             assert len(svc.spool) == 0
     finally:
         svc.close()
+
+
+def test_the_lambda_module_bootstraps_from_the_greengrass_environment(tmp_path, router, s3, monkeypatch):
+    """What a Greengrass runtime does: import the handler module with the parameters in the
+    environment, then call function_handler per request; the SDK's publish reaches it."""
+    import sys
+
+    from connector.feedback import lambda_function
+    host, published = router
+    config = {"c1": {"s3-bucket-name": BUCKET, "content-type": "image/png",
+                     "conditions": {"classes": [7]}}}
+    env = dict(s3.env(), FeedbackConfigurationMap=json.dumps(config),
+               FeedbackSpoolDirectory=str(tmp_path / "spool"), AWS_REGION="eu-west-1",
+               MY_FUNCTION_ARN="arn:aws:lambda:eu-west-1:123456789012:function:MLFeedbackService:1",
+               AWS_CONTAINER_AUTHORIZATION_TOKEN=host.token, GG_DAEMON_PORT=str(host.port))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    svc = lambda_function.bootstrap()
+    arn = "arn:aws:lambda:eu-west-1:aws:function:MLFeedback"
+    host.register_function(arn)
+    stop = threading.Event()
+    loop = threading.Thread(target=run_lambda, args=(arn, lambda_function.function_handler, host.client()),
+                            kwargs={"stop_event": stop}, daemon=True)
+    loop.start()
+    try:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ml_sdk"))
+        import greengrass_machine_learning_sdk as ml
+        client = ml.client("feedback")
+        client.publish(ConfigId="c1", ModelInput=b"img", ModelPrediction={"prediction": [[7, 0.5, 0, 0, 1, 1]]},
+                       Metadata={"n": "kept"})
+        client.publish(ConfigId="c1", ModelInput=b"img", ModelPrediction={"prediction": [[3, 0.5, 0, 0, 1, 1]]})
+        with pytest.raises(ml.GreengrassFeedbackException, match="row 0"):
+            client.publish(ConfigId="c1", ModelInput=b"img", ModelPrediction={"prediction": [[3]]})
+        wait(lambda: len(statuses(published)) == 2)
+        assert sorted(s["response"]["status"] for s in statuses(published)) == [
+            "sample_dropped_by_condition", "success"]
+        source = {t: d for t, d in published}["feedback/message/prediction"]
+        assert source["metadata"]["n"] == "kept"
+        # MQTT went through GGRouter with the function's own ARN as the source.
+        assert svc.publisher.source_arn == env["MY_FUNCTION_ARN"]
+    finally:
+        stop.set()
+        loop.join(5)
+        svc.close()
+        lambda_function.use_service(None)

@@ -148,12 +148,14 @@ def test_connector_and_sdk_samples_reach_s3_and_mqtt(tmp_path, model_dir, sdk_en
                                           ModelPrediction={"prediction": [["cat"]]})
         with pytest.raises(GreengrassFeedbackException, match="ModelInput is empty"):
             publish(body=b"")
+        with pytest.raises(GreengrassFeedbackException, match="printable ASCII"):
+            publish(camera="vorn\u00e9")
         publish(camera="after-refusals")
         subscriber.wait_for(lambda s: by_metadata(s, "camera", "after-refusals"), what="sample after refusals")
         # One status per request: every id has exactly one.
         assert all(len(v) == 1 for v in subscriber.statuses().values()), subscriber.statuses()
         status_code, health = healthz(info["port"])
-        assert health["feedback"]["refused"] == 4 and health["feeder"]["fed"] >= 1
+        assert health["feedback"]["refused"] == 5 and health["feeder"]["fed"] >= 1
     finally:
         assert proc.stop() == 0, proc.log()
 

@@ -215,3 +215,25 @@ def test_the_lambda_module_bootstraps_from_the_greengrass_environment(tmp_path, 
         loop.join(5)
         svc.close()
         lambda_function.use_service(None)
+
+
+def test_a_poison_entry_fails_once_and_does_not_block_the_queue(tmp_path, router, s3, monkeypatch):
+    host, published = router
+    spool = Spool(str(tmp_path / "spool"), 10 ** 6, 10, 3600, "reject-new")
+    # Records damaged on disk: kept, but without their key (S3 refuses it; the local directory
+    # cannot even build a path: an error nobody foresaw).
+    for request_id, config_id in (("poison-s3", "c1"), ("poison-local", "l1")):
+        spool.add({"id": request_id, "config-id": config_id, "accepted": time.time(), "kept": True,
+                   "verdict": "kept", "prediction": DOC, "metadata": {}, "key": None}, b"image")
+    configs = {"c1": {"s3-bucket-name": BUCKET, "content-type": "image/png"},
+               "l1": {"local-directory": str(tmp_path / "out"), "content-type": "image/png"}}
+    svc = service(tmp_path, host, s3, monkeypatch, FeedbackConfigurationMap=configs)
+    try:
+        accept(svc, "after")
+        wait(lambda: len(statuses(published)) == 3)
+        by_id = {s["id"]: s["response"] for s in statuses(published)}
+        assert (by_id["poison-s3"]["status"], by_id["poison-s3"]["error"]) == ("fail", "ParamValidationError")
+        assert (by_id["poison-local"]["status"], by_id["poison-local"]["error"]) == ("fail", "TypeError")
+        assert by_id["after"]["status"] == "success"
+    finally:
+        svc.close()

@@ -102,6 +102,8 @@ class S3Destination(object):
             if code in PERMANENT_S3_CODES or (400 <= int(status) < 500 and int(status) not in (408, 429)):
                 raise PermanentError(code, message)
             raise TransientError(code, message)
+        except bex.ParamValidationError as exc:  # the request itself is wrong: it stays wrong
+            raise PermanentError(type(exc).__name__, str(exc))
         except bex.NoCredentialsError as exc:
             # Inside Greengrass the credentials come from the core's token service, which may
             # simply not be up yet.

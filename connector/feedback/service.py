@@ -66,6 +66,10 @@ def _check_metadata(metadata: Any) -> Dict[str, str]:
         if not isinstance(key, str) or not key or not isinstance(value, str):
             raise InvalidFeedbackRequest("Metadata must map non-empty strings to strings; {!r}: {!r} "
                                          "does not".format(key, value))
+        # S3 user metadata travels in HTTP headers: printable ASCII only.
+        if not all(" " <= c <= "~" for c in key + value):
+            raise InvalidFeedbackRequest("Metadata must be printable ASCII (S3 user metadata); {!r}: {!r} "
+                                         "is not".format(key, value))
     return metadata
 
 
@@ -223,6 +227,13 @@ class FeedbackService(object):
                 self._deliver_sample(entry)
             except PermanentError as exc:
                 failure = {"status": "fail", "error_message": str(exc), "error": exc.name}
+            except TransientError:
+                raise
+            except Exception as exc:  # unforeseen: retrying forever would block every later sample
+                log.exception("feedback request %s cannot be delivered", request_id)
+                failure = {"status": "fail", "error_message": "{}: {}".format(type(exc).__name__, exc),
+                           "error": type(exc).__name__}
+            if failure is not None:
                 self.spool.update(entry, failure=failure)
         if failure is None:
             response: Dict[str, Any] = {"status": "success"}

@@ -132,7 +132,10 @@ class Subscriber:
 class S3Server:
     def __init__(self) -> None:
         from moto import settings
-        from moto.core.authorization import ActionAuthenticatorMixin
+        try:
+            from moto.core.authorization import ActionAuthenticatorMixin
+        except ImportError:  # moto 4 (the last for Python 3.7)
+            from moto.core.responses import ActionAuthenticatorMixin
         from moto.server import ThreadedMotoServer
 
         settings.INITIAL_NO_AUTH_ACTION_COUNT = NO_AUTH_ACTIONS  # in case moto was imported earlier

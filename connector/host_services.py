@@ -2,7 +2,7 @@
 
 * GGRouter (:mod:`connector.mqtt_router`) when a broker is configured (``--mqtt-url`` / ``GG_MQTT_URL``);
 * the ML Feedback service (:mod:`connector.feedback`) at the MLFeedback address when its parameters
-  are given (``--feedback-config FILE`` or ``FeedbackConfigurationMap`` in the environment);
+  are given (``serve --feedback-config FILE`` or ``FeedbackConfigurationMap`` in the environment);
 * the connector's feeder when ``MLFeedbackConnectorConfigId`` is set.
 
 Each is served through the host's board in this process, the way :mod:`connector.serve` serves the
@@ -14,6 +14,7 @@ import logging
 import threading
 from typing import Any, Dict, List, Mapping, Optional
 
+from .feedback.config import FeedbackParameters
 from .feedback.feeder import FeedbackFeeder, feeder_for
 from .feedback.lambda_function import start_service
 from .feedback.service import FeedbackService
@@ -28,7 +29,9 @@ FEEDBACK_CONCURRENCY = 2
 
 class HostServices(object):
     def __init__(self, host: Any, environ: Mapping[str, str], mqtt: Optional[MqttSettings] = None,
-                 feedback_config: Optional[str] = None, params: Any = None) -> None:
+                 feedback: Optional[FeedbackParameters] = None, params: Any = None) -> None:
+        """:param feedback: the feedback service's parameters (None: no feedback service).
+        :param params: the connector's parameters (its feeder, when it has a feedback config id)."""
         self.router: Optional[RouterRunner] = None
         self.feedback: Optional[FeedbackService] = None
         self.feeder: Optional[FeedbackFeeder] = None
@@ -37,7 +40,9 @@ class HostServices(object):
         try:
             if mqtt is not None:
                 self.router = RouterRunner(host, mqtt)
-            self.feedback = start_service(host.client(timeout=10), host.region, environ, feedback_config)
+            if feedback is not None:
+                self.feedback = start_service(host.client(timeout=10), host.region, environ,
+                                              params=feedback)
             if self.feedback is not None:
                 arn = protocol.feedback_function_arn(host.region)
                 host.register_function(arn)

@@ -19,6 +19,7 @@ from .ipc import clientfile, protocol
 from .ipc.host import DEFAULT_MAX_BODY_BYTES, DEFAULT_REGION
 from .errors import ParameterError
 from .feedback.config import MAP_PARAMETER as FEEDBACK_MAP_PARAMETER
+from .feedback.config import load_parameters as load_feedback_parameters
 from .feedback import lambda_function as feedback_lambda
 from .feedback.feeder import feeder_for
 from .host_services import HostServices
@@ -86,6 +87,8 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     """
     env = os.environ if environ is None else environ
     params = load_parameters(config, env)
+    # Every parameter is checked before anything starts: a bad one is one message and exit 2.
+    feedback = load_feedback_parameters(feedback_config, env)
     if mqtt is None:
         mqtt = MqttSettings.from_options(environ=env)
     configure_logging(params.service_name)
@@ -102,7 +105,7 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
         host.shutdown(grace_s=0)
         raise
     try:
-        services = HostServices(host, env, mqtt, feedback_config, params)
+        services = HostServices(host, env, mqtt, feedback, params)
     except Exception:
         host.shutdown(grace_s=0)
         service.close()

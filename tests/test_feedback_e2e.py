@@ -11,7 +11,8 @@ import pytest
 from tests import images
 from tests.dlr_fixture.build import RED, blank_image, draw_box
 from tests.feedback_servers import Broker, Subscriber, free_port
-from tests.service_process import ROOT, Proc, clean_env, healthz, start_serve, wait_for_client_file, wait_ready
+from tests.service_process import (ROOT, Proc, clean_env, healthz, params_file, start_serve,
+                                   wait_for_client_file, wait_ready)
 
 sys.path.insert(0, str(ROOT / "ml_sdk"))
 import greengrass_machine_learning_sdk as ml  # noqa: E402
@@ -334,3 +335,23 @@ def test_missing_feedback_service_costs_a_counter_and_one_log_line(tmp_path, mod
         assert proc.stop() == 0, proc.log()
     lines = [l for l in proc.log().splitlines() if "did not take a sample" in l]
     assert len(lines) == 1 and "MLFeedback" in lines[0], proc.log()
+
+
+@pytest.mark.parametrize("configuration, message", [
+    ({"cam-1": {"s3-bucket-name": "UPPER", "content-type": "image/png"}},
+     "FeedbackConfigurationMap config 'cam-1': key 's3-bucket-name' = 'UPPER' must be a string matching"),
+    ({"cam-1": {"s3-bucket-name": "bucket", "content-type": "image/png",
+                "sampling-strategy": {"strategy-name": "MARGIN", "threshold": 2}}},
+     "key 'sampling-strategy.threshold' = 2 must be a number between 0 and 1"),
+])
+def test_a_bad_feedback_config_stops_serve_with_one_message(tmp_path, model_dir, configuration, message):
+    fb = feedback_file(tmp_path / "feedback.json", tmp_path / "spool", configuration=configuration)
+    env = clean_env(tmp_path / "ipc.json")
+    cfg = params_file(tmp_path / "params.json", model_dir)
+    proc = Proc(["serve", "--config", str(cfg), "--port", "0", "--feedback-config", str(fb)], env,
+                tmp_path / "serve.log")
+    assert proc.popen.wait(30) == 2
+    proc.stop()
+    log = proc.log()
+    assert message in log and "Traceback" not in log, log
+    assert not (tmp_path / "ipc.json").exists()  # nothing was started

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 from ..ipc import protocol
 from ..ipc.client import IPCClient
 from ..logs import configure_logging
-from .config import MAP_PARAMETER, load_parameters
+from .config import MAP_PARAMETER, FeedbackParameters, load_parameters
 from .router import RouterPublisher
 from .service import FeedbackService
 
@@ -28,10 +28,12 @@ _service: Optional[FeedbackService] = None
 
 
 def start_service(client: Any, region: str, environ: Optional[Mapping[str, str]] = None,
-                  config_file: Optional[str] = None) -> Optional[FeedbackService]:
-    """The started service, publishing MQTT through `client`'s GGRouter; None without parameters."""
+                  config_file: Optional[str] = None,
+                  params: Optional[FeedbackParameters] = None) -> Optional[FeedbackService]:
+    """The started service, publishing MQTT through `client`'s GGRouter; None without parameters
+    (`params`, else loaded from `config_file` and the environment)."""
     env = os.environ if environ is None else environ
-    params = load_parameters(config_file, env)
+    params = params or load_parameters(config_file, env)
     if params is None:
         return None
     source = env.get(protocol.ENV_FUNCTION_ARN) or protocol.feedback_function_arn(region)

@@ -33,6 +33,7 @@ class FeedbackFeeder(object):
         self.config_id = config_id
         self.metadata = dict(metadata or {})
         self.counters = {"fed": 0, "feed_failed": 0, "feed_dropped": 0}
+        self._counter_lock = threading.Lock()  # offer() runs on every handler thread
         self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=queue_size)
         self._ratelog = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="feedback-feeder", daemon=True)
@@ -43,10 +44,14 @@ class FeedbackFeeder(object):
         try:
             self._queue.put_nowait((bytes(image), prediction_text, content_type))
         except queue.Full:
-            self.counters["feed_dropped"] += 1
+            self._count("feed_dropped")
             self._ratelog.warning("full", "feedback: %d requests already wait for the ML Feedback "
                                   "service; sample dropped (%d so far)", self._queue.maxsize,
                                   self.counters["feed_dropped"])
+
+    def _count(self, name: str) -> None:
+        with self._counter_lock:
+            self.counters[name] += 1
 
     def close(self, timeout_s: float = 5.0) -> None:
         try:
@@ -62,9 +67,9 @@ class FeedbackFeeder(object):
                 return
             try:
                 self.publish(*item)
-                self.counters["fed"] += 1
+                self._count("fed")
             except Exception as exc:  # never let one sample end the feeding
-                self.counters["feed_failed"] += 1
+                self._count("feed_failed")
                 self._ratelog.warning("failed", "feedback: the ML Feedback service at %s did not take "
                                       "a sample (%d failed so far): %s", self.function_arn,
                                       self.counters["feed_failed"], exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 import yaml
 
@@ -72,23 +72,27 @@ def load_parameters(file: Optional[str] = None,
     return parse_parameters(values)
 
 
-def read_parameter_file(path: str) -> Dict[str, Any]:
+def read_parameter_file(path: str, known: Iterable[str] = tuple(RULES), kind: str = "parameter"
+                        ) -> Dict[str, Any]:
+    """The mapping of a YAML/JSON parameter file; `known` are the names it may hold, `kind` names
+    the file in errors (the feedback service reads its own parameters the same way)."""
+    known = tuple(known)
     try:
         with open(path, "r", encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except OSError as e:
-        raise ParameterError("cannot read parameter file {!r}: {}".format(path, e.strerror)) from None
+        raise ParameterError("cannot read {} file {!r}: {}".format(kind, path, e.strerror)) from None
     except yaml.YAMLError as e:
-        raise ParameterError("parameter file {!r} is not valid YAML/JSON: {}".format(path, e)) from None
+        raise ParameterError("{} file {!r} is not valid YAML/JSON: {}".format(kind, path, e)) from None
     if isinstance(data, dict) and isinstance(data.get("Parameters"), dict):
         data = data["Parameters"]  # a whole connector entry of create-connector-definition
     if not isinstance(data, dict):
-        raise ParameterError("parameter file {!r} must hold a mapping of parameter names to values"
-                             .format(path))
-    unknown = sorted(str(k) for k in data if k not in RULES)
+        raise ParameterError("{} file {!r} must hold a mapping of parameter names to values"
+                             .format(kind, path))
+    unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
-        raise ParameterError("parameter file {!r} has unknown parameter(s) {}; known: {}".format(
-            path, ", ".join(unknown), ", ".join(RULES)))
+        raise ParameterError("{} file {!r} has unknown parameter(s) {}; known: {}".format(
+            kind, path, ", ".join(unknown), ", ".join(known)))
     return data
 
 

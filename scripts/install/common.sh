@@ -30,7 +30,8 @@ parse_args() {
       --libdlr) LIBDLR="${2:?--libdlr needs a file}"; shift 2 ;;
       --model-dir) MODEL_DIR="${2:?--model-dir needs a directory}"; shift 2 ;;
       --yes|-y) shift ;;
-      -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+      -h|--help) sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'
+                 sed -n '/^# Options/,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown option $1 (see --help)" ;;
     esac
   done

@@ -161,7 +161,13 @@ def libdlr_candidates(model_dir: Optional[str]) -> List[str]:
     pkg = dlr_runtime.find_dlr_package()
     if pkg:
         out.append(os.path.join(pkg, "libdlr.so"))
-    return [p for p in out if os.path.isfile(p)]
+    seen, unique = set(), []
+    for p in out:
+        real = os.path.realpath(p)
+        if os.path.isfile(p) and real not in seen:
+            seen.add(real)
+            unique.append(p)
+    return unique
 
 
 def check_runtimes(r: Report, found: Dict[str, object], model_dir: Optional[str]) -> List[str]:

@@ -43,3 +43,12 @@ def test_v2_import_and_deployment():
     routes = {(s["source"], s["subject"]) for s in merge["subscriptions"].values()}
     assert routes == {("component:" + source["componentName"], "feedback/message/prediction"),
                       ("component:" + source["componentName"], "feedback/message/status")}
+
+
+def test_feedback_lambda_is_created_with_a_runtime_aws_still_accepts():
+    """AWS Lambda blocks python3.8 for new functions; the device runs the FunctionRuntimeOverride."""
+    from tests.test_manifests import LAMBDA_CREATE_RUNTIMES
+    lam = json.loads((FEEDBACK / "greengrass-v1" / "lambda-function.json").read_text())
+    assert lam["Runtime"] in LAMBDA_CREATE_RUNTIMES
+    fn = json.loads((FEEDBACK / "greengrass-v1" / "function-definition.json").read_text())
+    assert fn["Functions"][0]["FunctionConfiguration"]["FunctionRuntimeOverride"] in ("python3.7", "python3.8")

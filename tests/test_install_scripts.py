@@ -77,3 +77,21 @@ def test_systemd_unit_template():
         assert line in unit
     service = unit.split("[Service]")[1].split("[Install]")[0]
     assert "StartLimitBurst" not in service  # a [Unit] setting; systemd ignores it under [Service]
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_systemd_unit_verifies_as_installed(tmp_path):
+    """The unit as install_systemd_unit writes it: systemd accepts every key and value (it warns
+    on stderr, exit status 0, about unknown keys and bad values, hence the check of stderr)."""
+    from connector.deploy import memory_max
+    text = (ROOT / "scripts" / "install" / "gg-ml-connector.service").read_text()
+    unit = tmp_path / "gg-ml-connector.service"
+
+    def verify(body):
+        unit.write_text(body)
+        return subprocess.run(["systemd-analyze", "verify", str(unit)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, universal_newlines=True, timeout=60).stdout
+
+    good = text.replace("@PREFIX@", "/usr").replace("@MEMORY_MAX@", memory_max(500000))
+    assert verify(good).strip() == ""
+    assert "Invalid memory limit" in verify(good.replace(memory_max(500000), "lots"))

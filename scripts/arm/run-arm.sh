@@ -18,7 +18,10 @@ repo="$(cd "$(dirname "$0")/../.." && pwd)"
 root="${2:-/var/tmp/gg-ml-chroot-$arch}"
 libdlr="${3:-}"
 results="${RESULTS:-$repo/out/arm-$arch.txt}"
-mkdir -p "$(dirname "$results")"
+mkdir -p "$(dirname "$results")" "$(dirname "$root")"
+# One run per chroot: two would share its mounts, its /tmp and its installed prefix.
+exec 9>"$root.lock"
+flock -n 9 || { echo "error: another run-arm.sh is using $root" >&2; exit 1; }
 : > "$results"
 phase_start=$SECONDS
 record() {  # phase status

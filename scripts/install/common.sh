@@ -6,12 +6,13 @@
 # Options (all installers): --prefix DIR (virtual environment, default /opt/gg-ml-connector),
 # --systemd (install and enable the standalone service unit; needs --config), --config FILE
 # (connector parameters for the unit), --libdlr FILE (a libdlr.so for this architecture),
-# --model-dir DIR (check this model directory with doctor), --yes (no questions; CI).
+# --model-dir DIR (check this model directory with doctor), --feedback (also boto3 and paho-mqtt for
+# the ML feedback service), --yes (no questions; CI).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PREFIX=/opt/gg-ml-connector
-SYSTEMD=0 CONFIG="" LIBDLR="" MODEL_DIR=""
+SYSTEMD=0 CONFIG="" LIBDLR="" MODEL_DIR="" FEEDBACK=0
 DONE_STEPS=() CURRENT_STEP=""
 # Overridable for tests: where os-release is read and what machine this is.
 OS_RELEASE="${GGML_OS_RELEASE:-/etc/os-release}"
@@ -29,6 +30,7 @@ parse_args() {
       --config) CONFIG="${2:?--config needs a file}"; shift 2 ;;
       --libdlr) LIBDLR="${2:?--libdlr needs a file}"; shift 2 ;;
       --model-dir) MODEL_DIR="${2:?--model-dir needs a directory}"; shift 2 ;;
+      --feedback) FEEDBACK=1; shift ;;
       --yes|-y) shift ;;
       -h|--help) sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'
                  sed -n '/^# Options/,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -102,6 +104,9 @@ make_venv() {
   as_root mkdir -p "$(dirname "$PREFIX")"
   as_root "$py" -m venv "$@" "$PREFIX"
 }
+
+# with_feedback EXTRAS -> EXTRAS plus the feedback service's when --feedback was given.
+with_feedback() { if [ "$FEEDBACK" = 1 ]; then echo "$1,feedback"; else echo "$1"; fi; }
 
 pip_install() { as_root "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 

@@ -40,6 +40,7 @@ step "virtual environment $PREFIX" make_venv "$py"
 pyver=$("$PREFIX/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 extras="dlr"
 [ "$pyver" = 3.7 ] || extras="$extras,onnx"
+extras=$(with_feedback "$extras")
 step "pip: connector [$extras] from $REPO" pip_install "$REPO[$extras]"
 if [ -n "${ORT_GPU_WHEEL:-}" ]; then
   step "pip: GPU ONNX Runtime $ORT_GPU_WHEEL" pip_install --force-reinstall --no-deps "$ORT_GPU_WHEEL"

@@ -31,7 +31,8 @@ step "memory check" swap_advice
 step "system packages (apt)" apt_install python3 python3-venv python3-pip python3-numpy python3-opencv python3-yaml ca-certificates
 step "virtual environment $PREFIX (with Debian's NumPy/OpenCV)" make_venv python3 --system-site-packages
 # pip does not count Debian's OpenCV as opencv-python-headless, so that wheel is only an extra.
-step "pip: connector [dlr] from $REPO" pip_install "$REPO[dlr]"
+extras=$(with_feedback dlr)
+step "pip: connector [$extras] from $REPO" pip_install "$REPO[$extras]"
 step "DLR: phone-home off" dlr_no_phone_home
 step "DLR: libdlr.so" place_libdlr
 step "systemd unit" install_systemd_unit

@@ -27,6 +27,7 @@ if [ "$pyver" != 3.7 ]; then extras="$extras,onnx"; else
   echo "   Python 3.7: ONNX Runtime has no wheel for it; DLR is the runtime (Neo-compiled models)"; fi
 # Amazon Linux 2's pip 9 cannot install manylinux2014 wheels.
 step "pip: pip itself" pip_install --upgrade pip
+extras=$(with_feedback "$extras")
 step "pip: connector [$extras] from $REPO" pip_install "$REPO[$extras]"
 step "DLR: phone-home off" dlr_no_phone_home
 step "DLR: libdlr.so" place_libdlr

@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+# Waits for start-up and shutdown are multiplied by this (e.g. 20 under qemu emulation, where
+# loading the runtime takes minutes): a slow machine fails no test for being slow.
+WAIT_FACTOR = float(os.environ.get("GG_ML_TEST_WAIT_FACTOR", "1") or "1")
+
+
+def scaled(seconds: float) -> float:
+    return seconds * max(WAIT_FACTOR, 1.0)
 
 
 def params_file(path: Path, model_dir: Path, name: str = "objectDetection", timeout: int = 10,
@@ -37,6 +44,15 @@ class Proc:
         self.popen = subprocess.Popen([sys.executable, "-m", "connector", *args], env=env, cwd=ROOT,
                                       stdout=self._log, stderr=subprocess.STDOUT)
 
+    def kill(self) -> None:
+        """SIGKILL the process and reap it (its worker sees its pipe close and exits too)."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        try:
+            self.popen.wait(scaled(10))
+        finally:
+            self._log.close()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -44,7 +60,7 @@ class Proc:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
         try:
-            return self.popen.wait(timeout)
+            return self.popen.wait(scaled(timeout))
         except subprocess.TimeoutExpired:
             self.popen.kill()
             raise AssertionError("process did not stop after SIGTERM:\n" + self.log())
@@ -53,6 +69,7 @@ class Proc:
 
 
 def wait_for_client_file(path: Path, proc: Proc, timeout: float = 30.0) -> dict:
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
@@ -77,6 +94,7 @@ def healthz(port: int) -> "tuple[int, dict]":
 
 
 def wait_ready(port: int, proc: Proc, timeout: float = 30.0) -> dict:
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
@@ -98,6 +116,12 @@ def start_serve(tmp: Path, model_dir: Path, env_extra: Optional[Dict[str, str]] 
     env = clean_env(ipc, **(env_extra or {}))
     cfg = params_file(tmp / "params.json", model_dir, timeout=timeout, memory_limit_kb=memory_limit_kb)
     proc = Proc(["serve", "--config", str(cfg), "--port", "0", *extra_args], env, tmp / "serve.log")
-    info = wait_for_client_file(ipc, proc)
-    wait_ready(info["port"], proc)
+    try:
+        info = wait_for_client_file(ipc, proc)
+        wait_ready(info["port"], proc)
+    except BaseException:
+        # A service that never became ready must not outlive the test (orphans pile up on slow
+        # machines and hold ports, memory and CPU for the tests after it).
+        proc.kill()
+        raise
     return proc, info, env

@@ -138,3 +138,47 @@ def test_doctor_warns_about_a_libdlr_for_another_cpu(tmp_path, model_dir):
     r = doctor.Report(open(os.devnull, "w"))
     doctor.check_runtimes(r, {}, str(d))
     assert any("built for arm" in w for w in r.warnings), r.warnings
+
+
+CHECK_BINARY = r"""
+import sys
+from connector import doctor
+r = doctor.Report(sys.stdout)
+doctor.check_binaries(r, [sys.argv[1]])
+sys.exit(1 if r.failures else 0)
+"""
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
+def test_binary_needing_a_newer_symbol_version_fails(tmp_path):
+    """A binary linked against libstub.so's STUB_2.0, checked where libstub.so defines only STUB_1.0
+    (the JetPack-4-with-a-Debian-12-libdlr.so situation): doctor names the missing version."""
+    def build_stub(versions, out_dir):
+        out_dir.mkdir()
+        script = tmp_path / "{}.map".format(out_dir.name)
+        script.write_text(" ".join("{} {{ global: f_{}; }};".format(v, v.replace(".", "_")) for v in versions))
+        src = tmp_path / "{}.c".format(out_dir.name)
+        src.write_text("".join("int f_{}(void) {{ return 1; }}\n".format(v.replace(".", "_")) for v in versions))
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(out_dir / "libstub.so"), str(src),
+                        "-Wl,-soname,libstub.so", "-Wl,--version-script=" + str(script)], check=True)
+    build_stub(["STUB_1.0", "STUB_2.0"], tmp_path / "new")
+    build_stub(["STUB_1.0"], tmp_path / "old")
+    user = tmp_path / "user.c"
+    user.write_text("int f_STUB_2_0(void);\nint use(void) { return f_STUB_2_0(); }\n")
+    binary = tmp_path / "libuser.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(binary), str(user), "-L" + str(tmp_path / "new"),
+                    "-lstub"], check=True)
+    assert elf.read_elf(str(binary)).requires["libstub.so"] == {"STUB_2.0"}
+
+    def check(libdir):
+        env = dict(os.environ, LD_LIBRARY_PATH=str(libdir), PYTHONPATH=str(ROOT))
+        return subprocess.run([sys.executable, "-c", CHECK_BINARY, str(binary)], env=env, cwd=str(ROOT),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                              timeout=120)
+    ok = check(tmp_path / "new")
+    assert ok.returncode == 0, ok.stdout
+    assert "libstub.so STUB_2.0" in ok.stdout
+    old = check(tmp_path / "old")
+    assert old.returncode == 1 and "libstub.so lacks STUB_2.0" in old.stdout, old.stdout
+    gone = check(tmp_path / "nowhere")
+    assert gone.returncode == 1 and "libstub.so not found" in gone.stdout, gone.stdout

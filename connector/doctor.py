@@ -89,7 +89,7 @@ def os_name() -> str:
 def dist_version(name: str) -> Optional[str]:
     """Installed version of distribution `name` without importing it (works on Python 3.7)."""
     try:
-        from importlib import metadata  # type: ignore[attr-defined]
+        from importlib import metadata  # type: ignore[attr-defined]  # novermin (guarded: 3.8+)
     except ImportError:  # Python 3.7
         metadata = None
     if metadata is not None:

@@ -12,7 +12,7 @@ import numpy as np
 from ..contract import ModelIO
 
 try:  # typing.Protocol is 3.8+; runtime code must also import on 3.7 Lambdas
-    from typing import Protocol
+    from typing import Protocol  # novermin
 except ImportError:  # pragma: no cover
     Protocol = object  # type: ignore
 

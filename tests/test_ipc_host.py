@@ -490,7 +490,6 @@ def test_answers_are_sent_without_nagle_delay():
         conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=10)
         conn.request("GET", "/healthz")
         assert conn.getresponse().read()
-        with host.guard._lock:
-            server_ends = list(host.guard._entries)
+        server_ends = host.guard.open_connections()
         assert server_ends and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in server_ends)
         conn.close()

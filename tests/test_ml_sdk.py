@@ -61,7 +61,7 @@ class Service(object):
         self.threads = []
         for arn in arns:
             self.host.register_function(arn)
-            thread = threading.Thread(target=run_lambda, args=(arn, handler, self.host.client()),
+            thread = threading.Thread(target=run_lambda, args=(arn, handler, self.host.client(function_arn=arn)),
                                       kwargs={"stop_event": self.stop, "concurrency": concurrency},
                                       daemon=True)
             thread.start()
@@ -436,7 +436,7 @@ def test_wire_format_matches_the_original_sdk(tmp_path):
     """What arrives at the service: the body as given, and the client context the AWS SDK sent."""
     host = IPCHost(client_file=str(tmp_path / "ipc.json"), region=REGION, result_timeout_s=5).start()
     host.register_function(ARN)
-    worker = host.client(timeout=5)
+    worker = host.client(timeout=5, function_arn=ARN)
     outcome = []
     caller = threading.Thread(target=lambda: outcome.append(infer(
         b"\x00\xffimage", ContentType="image/jpeg", Accept="application/json")))

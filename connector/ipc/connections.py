@@ -96,6 +96,10 @@ class ConnectionGuard(object):
         with self._lock:
             return len(self._entries)
 
+    def open_connections(self) -> "list[socket.socket]":
+        with self._lock:
+            return list(self._entries)
+
     # -- phases (called by the connection's own thread) -------------------------------------------
 
     def waiting(self, connection: socket.socket) -> None:

@@ -305,10 +305,9 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
     def _probe(self, which: str) -> None:
         host = self.server.ipc_host
         if which == "health":
-            # Details (errors, paths) only for a valid token; a wrong one is refused as anywhere.
-            detailed = self.headers.get(protocol.HEADER_AUTH_TOKEN) is not None \
-                and self._authenticate() is not None
-            status, document = host.health(detailed)
+            # Details (errors, paths) only for a valid token; without one, state only.
+            given = self.headers.get(protocol.HEADER_AUTH_TOKEN)
+            status, document = host.health(given is not None and host.principal(given) is not None)
         else:
             status, document = host.liveness() if which == "live" else host.readiness()
         self._send(status, json.dumps(document).encode("utf-8"), content_type="application/json")

@@ -130,7 +130,7 @@ def _handle_work(function_arn: str, handler: Handler, client: IPCClient, work: W
                             len(payload), exc), "PayloadTooLarge")
             return
         # Typically the invocation timed out meanwhile; the caller already has its answer.
-        log.warning("could not post the result of invocation %s of %s: %s", work.invocation_id,
+        (log.debug if exc.status == 409 else log.warning)("could not post the result of invocation %s of %s: %s", work.invocation_id,
                     function_arn, exc)
 
 
@@ -139,7 +139,8 @@ def _post_error(client: IPCClient, function_arn: str, invocation_id: str, messag
     try:
         client.post_handler_err(function_arn, invocation_id, message, error_type)
     except IPCError as exc:
-        log.warning("could not post the error of invocation %s of %s: %s", invocation_id,
+        # 409: the caller was answered already (its deadline passed, or it left); routine under load.
+        (log.debug if exc.status == 409 else log.warning)("could not post the error of invocation %s of %s: %s", invocation_id,
                     function_arn, exc)
 
 

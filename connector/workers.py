@@ -207,7 +207,8 @@ class Worker:
                 self.kill()
                 raise MemoryLimitError(
                     "the inference worker used {} KB while loading the model, more than "
-                    "LocalInferenceServiceMemoryLimitKB={}; it was stopped".format(kb, memory_limit_kb))
+                    "LocalInferenceServiceMemoryLimitKB={}; it was stopped (raise the limit if the model "
+                    "needs it)".format(kb, memory_limit_kb))
             if time.monotonic() >= deadline:
                 self.kill()
                 raise WorkerError("the inference worker did not load the model within {:.0f} s"

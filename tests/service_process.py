@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from connector.ipc import clientfile
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,24 +54,26 @@ class Proc:
             self._log.close()
 
 
-def wait_for_client_file(path: Path, proc: Proc, timeout: float = 30.0) -> dict:
+def wait_for_client_file(path: Path, proc: Proc, timeout: float = 30.0,
+                         name: Optional[str] = None) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
             raise AssertionError("process exited with {}:\n{}".format(proc.popen.returncode, proc.log()))
         if path.exists():
             try:
-                return json.loads(path.read_text())
+                return clientfile.read(str(path), name)  # the service's entry, flat
             except ValueError:
                 pass
         time.sleep(0.05)
     raise AssertionError("no client file after {} s:\n{}".format(timeout, proc.log()))
 
 
-def healthz(port: int) -> "tuple[int, dict]":
+def healthz(port: int, token: Optional[str] = None, path: str = "/healthz") -> "tuple[int, dict]":
+    """The probe's answer; with a token the whole document (errors included), else state only."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("GET", "/healthz")
+        conn.request("GET", path, headers={"Authorization": token} if token else {})
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read() or b"{}")
     finally:

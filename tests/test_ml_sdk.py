@@ -477,8 +477,7 @@ def quiet_service(tmp_path):
 
 
 def host_connections(host):
-    with host._server._connections_lock:
-        return set(host._server._connections)
+    return set(host.guard.open_connections())
 
 
 def echo(client, payload):
@@ -499,7 +498,7 @@ def test_client_reuses_its_connection(quiet_service):
 def test_client_recovers_when_the_host_dropped_its_idle_connection(quiet_service):
     client = ml.client("inference", timeout=10)
     assert echo(client, b"one") == "ONE"
-    quiet_service._server.close_connections()  # as a restarting core or an idle timeout would
+    quiet_service.guard.hang_up_all()  # as a restarting core or an idle timeout would
     time.sleep(0.1)
     assert echo(client, b"two") == "TWO"
 

@@ -93,6 +93,8 @@ def _worker_main(conn: Connection, model_path: str, device: str, max_pixels: int
         # An image whose decoding could not fit in what the model leaves free is refused from its
         # header, before a byte of it is decoded.
         engine.max_pixels = min(engine.max_pixels, imaging.pixel_limit_for_memory(headroom_kb))
+        # The same budget in bytes, for kinds that cost more than the cheapest (progressive JPEG).
+        engine.max_decode_bytes = headroom_kb * 1024
     try:
         conn.send(("ready", engine.backend.name, engine.backend.device, engine.max_pixels, loaded_kb))
     except OSError:

@@ -62,7 +62,8 @@ def wait_for_client_file(path: Path, proc: Proc, timeout: float = 30.0,
             raise AssertionError("process exited with {}:\n{}".format(proc.popen.returncode, proc.log()))
         if path.exists():
             try:
-                return clientfile.read(str(path), name)  # the service's entry, flat
+                if name is None or name in clientfile.entries(str(path)):
+                    return clientfile.read(str(path), name)  # the service's entry, flat
             except ValueError:
                 pass
         time.sleep(0.05)

@@ -75,7 +75,7 @@ def parse_text(text: str, where: str) -> Any:
 def load_file(path: str, what: str = "configuration file",
               max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
     """Read and parse the YAML/JSON file at `path` within the limits above."""
-    where = "{} {}".format(what, excerpt(path))
+    where = "{} {}".format(what, excerpt(path, 300))  # a path is not the untrusted part
     try:
         with open(path, "rb") as handle:
             data = handle.read(max_bytes + 1)

@@ -244,7 +244,8 @@ class IPCHost(object):
                 self._server.shutdown()
                 self._server.server_close()
                 raise
-        log.info("IPC host listening on %s:%d%s", self.bind_host, self.port,
+        # debug: a start-up that fails after this must print one line, its error
+        log.debug("IPC host listening on %s:%d%s", self.bind_host, self.port,
                  " (client file {})".format(self.client_file_path) if self.client_file_path else "")
         return self
 
@@ -268,7 +269,7 @@ class IPCHost(object):
             self._thread.join(timeout=2.0)
         if self._published and self.client_file_path:
             clientfile.withdraw(self.client_file_path, self.name, self.token)
-        log.info("IPC host on port %d stopped", self.port)
+        log.debug("IPC host on port %d stopped", self.port)
 
     def __enter__(self) -> "IPCHost":
         return self.start() if self._server is None else self

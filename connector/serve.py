@@ -94,7 +94,8 @@ def _health(state: Dict[str, Any], service: SupervisedService, host: IPCHost,
     seen = host.board.counters(arn)
     # The board answers callers whose deadline passed (queued or running); the worker pool
     # counts only the timeouts of work that came without a deadline, so none is counted twice.
-    document["timeouts"] = document.get("timeouts", 0) + seen.pop("timeouts")
+    for key in ("timeouts", "abandoned"):  # both places count distinct invocations
+        document[key] = document.get(key, 0) + seen.pop(key)
     document.update(seen)
     document.update(host.guard.counters)
     document["connections"] = host.guard.open_count()

@@ -355,17 +355,20 @@ class WorkerPool:
         external = deadline is not None
         deadline = deadline if deadline is not None else now + self.timeout_s
         if not self._busy.acquire(timeout=max(0.0, deadline - now)):
-            raise self._timed_out("the request waited that long behind earlier ones for the "
-                                  "inference worker", count=not external)
+            raise self._past_deadline("the request waited that long behind earlier ones for the "
+                                      "inference worker", external, cancelled)
         try:
             if cancelled is not None and cancelled():
                 self._count("abandoned")
                 raise AbandonedError("the caller stopped waiting before the inference worker was free")
-            worker = self._ready_worker(deadline, count=not external)
+            try:
+                worker = self._ready_worker(deadline, count=not external)
+            except InferenceTimeoutError as e:
+                raise self._past_deadline(str(e).split(": ", 1)[-1], external, cancelled)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise self._timed_out("the request waited that long for the inference worker",
-                                      count=not external)
+                raise self._past_deadline("the request waited that long for the inference worker",
+                                          external, cancelled)
             if remaining < self.recent_s:
                 # Sent now, it would finish after its caller gave up: the caller is told now (and
                 # counted here: nobody else sees this timeout), the worker goes to the next one.
@@ -428,6 +431,17 @@ class WorkerPool:
                 if remaining <= 0:
                     raise self._timed_out("the inference worker was still restarting", count=count)
                 self._cond.wait(remaining)
+
+    def _past_deadline(self, why: str, external: bool,
+                       cancelled: Optional[Callable[[], bool]]) -> InferenceTimeoutError:
+        """The timeout of a request whose deadline passed. When the deadline came with the work,
+        its owner (the IPC host) answers the caller and counts it: wait (briefly) until it has, so
+        that this error never races it to the caller uncounted."""
+        if external and cancelled is not None:
+            limit = time.monotonic() + 1.0
+            while not cancelled() and time.monotonic() < limit:
+                time.sleep(0.005)
+        return self._timed_out(why, count=not external)
 
     def _timed_out(self, why: str, count: bool = True) -> InferenceTimeoutError:
         if count:

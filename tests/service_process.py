@@ -4,6 +4,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -33,11 +34,17 @@ def clean_env(ipc_file: Path, **extra: str) -> Dict[str, str]:
 
 
 class Proc:
-    def __init__(self, args, env: Dict[str, str], log: Path) -> None:
+    def __init__(self, args, env: Dict[str, str], log: Path, nofile: Optional[int] = None) -> None:
+        """:param nofile: the process's open-files limit (RLIMIT_NOFILE), as a small device has."""
         self.log_path = log
         self._log = open(log, "wb")
+
+        def limits() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.popen = subprocess.Popen([sys.executable, "-m", "connector", *args], env=env, cwd=ROOT,
-                                      stdout=self._log, stderr=subprocess.STDOUT)
+                                      stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=limits)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -98,11 +105,13 @@ def wait_ready(port: int, proc: Proc, timeout: float = 30.0) -> dict:
 
 def start_serve(tmp: Path, model_dir: Path, env_extra: Optional[Dict[str, str]] = None,
                 timeout: int = 10, memory_limit_kb: int = 500000,
-                extra_args: Sequence[str] = ()) -> "tuple[Proc, dict, Dict[str, str]]":
+                extra_args: Sequence[str] = (), nofile: Optional[int] = None
+                ) -> "tuple[Proc, dict, Dict[str, str]]":
     ipc = tmp / "ipc.json"
     env = clean_env(ipc, **(env_extra or {}))
     cfg = params_file(tmp / "params.json", model_dir, timeout=timeout, memory_limit_kb=memory_limit_kb)
-    proc = Proc(["serve", "--config", str(cfg), "--port", "0", *extra_args], env, tmp / "serve.log")
+    proc = Proc(["serve", "--config", str(cfg), "--port", "0", *extra_args], env, tmp / "serve.log",
+                nofile=nofile)
     info = wait_for_client_file(ipc, proc)
     wait_ready(info["port"], proc)
     return proc, info, env

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import threading
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
@@ -81,7 +82,7 @@ def _start_host(port: Optional[int], bind: str, env: Mapping[str, str], result_t
         port = int(text)
     # The callers' token is never taken from AWS_CONTAINER_AUTHORIZATION_TOKEN here: in a
     # Lambda-like environment that is a function's credential, which callers must not share.
-    return IPCHost(host=bind, port=port, region=env.get(protocol.ENV_REGION),
+    return IPCHost(host=bind, port=port, token=secrets.token_urlsafe(32), region=env.get(protocol.ENV_REGION),
                    result_timeout_s=result_timeout_s, health=health, max_body_bytes=max_body_bytes,
                    name=name, client_file=clientfile.default_path(env),
                    client_file_group=client_file_group).start()

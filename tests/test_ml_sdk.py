@@ -403,6 +403,27 @@ def test_client_file_lookup_agrees_with_the_host(tmp_path):
         assert _endpoint.client_file_path(env) == clientfile.default_path(env)
 
 
+def test_client_file_safety_rule_and_entry_choice_agree_with_the_host(tmp_path):
+    """The SDK keeps its own copy of the safety rule and the entry format: both must agree."""
+    path = str(tmp_path / "ipc.json")
+    clientfile.write(path, "127.0.0.1", 1, "tok-a", "eu-west-1", name="alpha")
+    clientfile.write(path, "127.0.0.1", 2, "tok-b", "eu-west-1", name="beta")
+    for name in ("alpha", "beta"):
+        assert _endpoint.read_client_file(path, name)["token"] == clientfile.read(path, name)["token"]
+    with pytest.raises(ValueError, match="several hosts"):
+        _endpoint.read_client_file(path)
+    with pytest.raises(ValueError, match="several hosts"):
+        clientfile.read(path)
+    cases = [(0o700, 0o600), (0o777, 0o600), (0o770, 0o600), (0o1777, 0o600), (0o700, 0o666)]
+    for dir_mode, file_mode in cases:
+        os.chmod(str(tmp_path), dir_mode)
+        os.chmod(path, file_mode)
+        sdk, host = _endpoint.unsafe_reason(path), clientfile.unsafe_reason(path)
+        assert sdk == host, (oct(dir_mode), oct(file_mode), sdk, host)
+        assert (sdk is None) == (dir_mode == 0o700 and file_mode == 0o600), (oct(dir_mode), sdk)
+    os.chmod(str(tmp_path), 0o700)
+
+
 def test_sdk_is_self_contained():
     """It must import (and build a request) with nothing but the standard library and itself."""
     script = textwrap.dedent("""

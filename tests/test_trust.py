@@ -377,3 +377,30 @@ def test_start_up_problems_are_one_clear_line_each(tmp_path, model_dir):
     assert "NUL" in line and "MLModelDestinationPath" in line
     line = one_line(run_serve(tmp_path, model_dir, env_extra={"GG_DAEMON_PORT": "80\u00b2"}))
     assert "GG_DAEMON_PORT" in line
+
+
+def test_a_group_may_be_let_in_to_read_the_client_file_never_the_function_tokens(tmp_path):
+    ipc = tmp_path / "ipc.json"
+    with IPCHost(client_file=str(ipc), client_file_group=str(NOBODY)) as host:
+        host.register_function(ARN, served=False)
+        st = ipc.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_gid == NOBODY
+        functions = Path(str(ipc) + ".functions").stat()
+        assert stat.S_IMODE(functions.st_mode) == 0o600 and functions.st_gid != NOBODY
+
+
+def test_the_sdk_gives_up_after_the_services_timeout_when_the_host_hangs(tmp_path):
+    """A host that accepts and never answers: the SDK's default timeout (the service's timeout
+    from the client file + 5 s) ends the call; before, it waited forever."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        ipc = tmp_path / "ipc.json"
+        entry = clientfile.publish(str(ipc), "objectDetection", "127.0.0.1", silent.getsockname()[1],
+                                   "t", "us-east-1", timeout_s=1)
+        assert entry["timeout_s"] == 1
+        started = time.monotonic()
+        code, out = sdk_call(str(ipc))
+        took = time.monotonic() - started
+    assert code == 3 and "GreengrassDependencyException" in out and "timed out" in out, out
+    assert took < 30, took  # 1 s + the 5 s margin, on a busy machine

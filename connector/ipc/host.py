@@ -197,11 +197,13 @@ class IPCHost(object):
         self.client_file_group = client_file_group
         self.max_body_bytes = int(max_body_bytes)
         self.idle_timeout_s = float(idle_timeout_s)
+        # A body the host accepts must fit the budgets, or it would be refused as "busy" forever.
         self.guard = ConnectionGuard(max_connections=max_connections, head_timeout_s=head_timeout_s,
                                      idle_timeout_s=idle_timeout_s, body_timeout_s=body_timeout_s,
-                                     max_reading_bytes=max_reading_bytes)
+                                     max_reading_bytes=max(max_reading_bytes, self.max_body_bytes))
         self.board = WorkBoard(result_timeout_s=result_timeout_s, attach_grace_s=attach_grace_s,
-                               max_queued=max_queued, max_queued_bytes=max_queued_bytes)
+                               max_queued=max_queued,
+                               max_queued_bytes=max(max_queued_bytes, self.max_body_bytes))
         self._principals: Dict[bytes, Principal] = {_digest(self.token): CALLER}
         self._function_tokens: Dict[str, str] = {}
         self._health = health

@@ -6,11 +6,16 @@ RUNTIME = {
     # releases load the libdlr.so that Neo ships in the model directory.
     "dlr": ["dlr==1.6.0; platform_machine == 'x86_64'",
             "dlr>=1.6,<1.11; platform_machine != 'x86_64'"],
-    "onnx": ["onnxruntime>=1.10"],
+    # The range scripts/ort_compat.py was run with: 1.18.0 on Python 3.8 (older releases cannot
+    # read the IR version 10 files today's exporters write, e.g. the GluonCV exports in
+    # tests/models) to 1.32.0 on Python 3.11; same predictions on every model.
+    "onnx": ["onnxruntime>=1.18,<1.33"],
     "feedback": ["boto3", "paho-mqtt"],
 }
 DEV = [
     "pytest>=7", "pytest-timeout", "hypothesis", "pillow", "pycocotools", "vermin", "onnx",
+    # the feedback tests: a real S3 API server that checks signatures, and the MQTT/S3 clients
+    "moto[server]>=5", "boto3", "paho-mqtt>=1.6",
     "torch==2.13.0",  # training the demo detectors only; the runtime never imports it
 ]
 
@@ -26,7 +31,10 @@ setup(
     packages=find_packages(include=["connector", "connector.*"])
     + ["greengrass_machine_learning_sdk"],
     package_dir={"greengrass_machine_learning_sdk": "ml_sdk/greengrass_machine_learning_sdk"},
-    package_data={"connector.models": ["*/*.onnx", "*/labels.txt", "*/model.yaml"]},
+    package_data={"connector.models": ["*/*.onnx", "*/labels.txt", "*/model.yaml",
+                                       # the Neo-compiled demos (scripts/tools/make_test_models.sh --demos)
+                                       "*/compiled.*", "*/compiled_model.json", "*/model-shapes.json",
+                                       "*/hyperparams.json", "*/MANIFEST"]},
     install_requires=["numpy>=1.16", "opencv-python-headless>=4.2", "pyyaml>=5.1"],
     extras_require=dict(RUNTIME, dev=DEV,
                         all=sorted({r for reqs in RUNTIME.values() for r in reqs} | set(DEV))),

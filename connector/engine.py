@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 import cv2
 import numpy as np
 
-from . import imaging, postprocess, preprocess
+from . import contract, formats, imaging, postprocess, preprocess
 from .backends import open_backend
 from .backends.base import Backend
 from .errors import BackendError, ConnectorError
@@ -25,7 +25,13 @@ log = logging.getLogger(__name__)
 class Engine:
     def __init__(self, model: ModelDirectory, backend: Backend,
                  max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> None:
-        self.model = model
+        """`model`'s metadata is completed from what `backend` loaded (its input contract and
+        output format); ModelDirectoryError when model.yaml contradicts the model."""
+        io = backend.io
+        fmt, meta = formats.configure(io.outputs, model.metadata, io.source)
+        meta = contract.resolve(meta, io, fmt.default_size)
+        self.model = model.with_metadata(meta)
+        self.format = fmt
         self.backend = backend
         self.max_pixels = max_pixels
         # Memory decoding may take (None: max_pixels at the cheapest kind's bytes a pixel).
@@ -37,9 +43,15 @@ class Engine:
         model = open_model_directory(path)
         started = time.monotonic()
         backend = open_backend(model, device)
-        log.info("loaded %s model %s with %s on %s in %.2f s", model.kind, model.path,
-                 backend.name, backend.device, time.monotonic() - started)
-        return cls(model, backend, max_pixels)
+        try:
+            engine = cls(model, backend, max_pixels)
+        except ConnectorError:
+            backend.close()
+            raise
+        log.info("loaded %s model %s with %s on %s in %.2f s: %s output, input %s", model.kind,
+                 model.path, backend.name, backend.device, time.monotonic() - started,
+                 engine.format.name, contract.describe_input(engine.model.metadata))
+        return engine
 
     @classmethod
     def from_parameters(cls, params: Parameters, max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> "Engine":
@@ -47,8 +59,10 @@ class Engine:
 
     def detect(self, bgr: np.ndarray) -> list:
         """Predictions for decoded 8-bit BGR pixels."""
-        outputs = self.backend.run(preprocess.to_tensor(bgr, self.model.metadata))
-        return postprocess.to_predictions(outputs, self.model.metadata)
+        meta = self.model.metadata
+        tensor, frame = preprocess.to_tensor(bgr, meta)
+        outputs = self.backend.run(tensor)
+        return postprocess.to_predictions(self.format.decode(outputs, meta), frame)
 
     def infer(self, data: bytes, content_type: Optional[str] = None) -> Dict[str, Any]:
         """The prediction document for JPEG/PNG bytes; InvalidImageError for anything else."""

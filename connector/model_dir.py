@@ -2,21 +2,24 @@
 
 Two layouts are understood:
 
-* a SageMaker Neo / TVM graph-runtime directory (run with DLR): exactly one ``*.so`` model library,
-  one ``*.json`` graph, one ``*.params`` file, optionally ``*.meta`` (input/output names) and
-  ``libdlr.so`` (the runtime Neo ships beside the model);
-* an ONNX directory (run with ONNX Runtime): exactly one ``*.onnx`` file.
+* a SageMaker Neo / TVM graph-runtime directory (run with DLR), read as DLR reads it: one ``*.so``
+  model library, one ``*.json`` graph, one ``*.params`` file, optionally one ``*.meta`` and
+  ``libdlr.so`` (the runtime Neo ships beside the model). Like DLR, the auxiliary JSON files of a
+  Neo output (``model-shapes.json``, ``hyperparams.json``) are not graphs, and files DLR never
+  opens (README, notes, ``*.partial``) are ignored;
+* an ONNX directory (run with ONNX Runtime): exactly one ``*.onnx`` file; other files are ignored.
 
-Both may carry ``model.yaml`` (YAML or JSON) describing the input and outputs, and ``labels.txt``
-(one class name per line, line number = class id). Without them the GluonCV export defaults of the
-SPEC apply: input ``data``, float32 NHWC (1, 512, 512, 3), RGB pixel values 0-255, outputs
-``ids, scores, bboxes`` in that order.
+Both may carry ``model.yaml`` (YAML or JSON) with what the model itself cannot say (mean/std,
+colour order, output roles, format), and ``labels.txt`` (one class name per line, line number =
+class id). The input contract (name, shape, layout, dtype) is read from the model once it is
+loaded (connector.contract); the defaults here are GluonCV's and are only placeholders until then.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from .config_files import ConfigFileError, load_file
 from .errors import ModelDirectoryError
@@ -25,6 +28,14 @@ METADATA_FILE = "model.yaml"
 LABELS_FILE = "labels.txt"
 RUNTIME_LIBRARY = "libdlr.so"
 OUTPUT_ROLES = ("ids", "scores", "bboxes")
+# Named outputs of torchvision-style detection exports.
+TORCHVISION_ROLES = ("boxes", "scores", "labels")
+ROLE_SETS = (OUTPUT_ROLES, TORCHVISION_ROLES)
+# JSON files a SageMaker Neo output may hold beside the graph, which DLR never reads as the graph
+# (SAGEMAKER_AUXILIARY_JSON_FILES in neo-ai-dlr include/dlr_common.h, same list in 1.6 to 1.10).
+AUXILIARY_JSON = ("model-shapes.json", "hyperparams.json")
+NEO_PARTS = (("so", ".so", "*.so model library"), ("graph", ".json", "*.json graph"),
+             ("params", ".params", "*.params parameters"))
 
 
 @dataclass(frozen=True)
@@ -39,12 +50,30 @@ class ModelMetadata:
     mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     # outputs[i] is the role of the model's i-th output
-    outputs: Tuple[str, str, str] = OUTPUT_ROLES
+    outputs: Tuple[str, ...] = OUTPUT_ROLES
     labels: Optional[Tuple[str, ...]] = None
+    # Output format (see connector.formats); None: recognised from the model's outputs.
+    format: Optional[str] = None
+    # "stretch" (plain resize, GluonCV) or "letterbox" (keep aspect, pad; Ultralytics);
+    # None: what the format expects.
+    resize: Optional[str] = None
+    # For formats whose boxes are filtered and suppressed on our side (raw YOLO outputs).
+    score_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    # The model.yaml keys that were given: those are checked against the model, the others are
+    # filled in from it.
+    declared: FrozenSet[str] = frozenset()
+    # Where the input contract was read from (e.g. "model.json", "model.onnx"); "" before.
+    contract_source: str = ""
+    # The model's input has no batch axis (torchvision-style exports take one CHW image).
+    batch_axis: bool = True
 
     @property
     def normalises(self) -> bool:
         return self.mean != (0.0, 0.0, 0.0) or self.std != (1.0, 1.0, 1.0)
+
+    def replace(self, **changes: Any) -> "ModelMetadata":
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -58,9 +87,27 @@ class ModelDirectory:
     def labels(self) -> Optional[Tuple[str, ...]]:
         return self.metadata.labels
 
+    def with_metadata(self, metadata: ModelMetadata) -> "ModelDirectory":
+        return dataclasses.replace(self, metadata=metadata)
 
-def _by_suffix(names: List[str], suffix: str) -> List[str]:
-    return sorted(n for n in names if n.endswith(suffix) and n != RUNTIME_LIBRARY)
+
+def neo_candidates(names: List[str]) -> Dict[str, List[str]]:
+    """The files DLR 1.6 would take for each part of a graph-runtime model (InitModelPath in
+    neo-ai-dlr src/dlr_common.cc): every *.json but the auxiliary ones is a graph, every *.so but
+    libdlr.so a model library, and so on. Anything else DLR never opens."""
+    found: Dict[str, List[str]] = {"so": [], "graph": [], "params": [], "meta": []}
+    for n in sorted(names):
+        if n.endswith(".json"):
+            if n not in AUXILIARY_JSON:
+                found["graph"].append(n)
+        elif n.endswith(".so"):
+            if n != RUNTIME_LIBRARY:
+                found["so"].append(n)
+        elif n.endswith(".params"):
+            found["params"].append(n)
+        elif n.endswith(".meta"):
+            found["meta"].append(n)
+    return found
 
 
 def open_model_directory(path: str) -> ModelDirectory:
@@ -69,17 +116,20 @@ def open_model_directory(path: str) -> ModelDirectory:
     if not os.path.isdir(path):
         raise ModelDirectoryError(
             "model directory {!r} does not exist or is not a directory".format(path))
-    names = [n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n))]
+    names = sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
     if not names:
         raise ModelDirectoryError("model directory {!r} is empty".format(path))
 
-    onnx = _by_suffix(names, ".onnx")
-    so, graph, params, meta = (_by_suffix(names, s) for s in (".so", ".json", ".params", ".meta"))
-    neo = so or graph or params
-    if onnx and neo:
+    onnx = [n for n in names if n.endswith(".onnx")]
+    neo = neo_candidates(names)
+    # A stray JSON file (notes, a config) beside an ONNX model is not a Neo artefact; a model
+    # library or a parameters file is.
+    neo_core = neo["so"] + neo["params"]
+    if onnx and neo_core:
         raise ModelDirectoryError(
             "model directory {!r} is ambiguous: it holds both an ONNX model ({}) and Neo/DLR "
-            "artifacts ({})".format(path, ", ".join(onnx), ", ".join(so + graph + params)))
+            "artifacts ({}); keep one model per directory".format(
+                path, ", ".join(onnx), ", ".join(neo_core)))
     full = lambda n: os.path.join(path, n)  # noqa: E731
     if onnx:
         if len(onnx) > 1:
@@ -87,80 +137,95 @@ def open_model_directory(path: str) -> ModelDirectory:
                 "model directory {!r} is ambiguous: it holds {} ONNX files ({}); keep exactly one"
                 .format(path, len(onnx), ", ".join(onnx)))
         kind, files = "onnx", {"onnx": full(onnx[0])}
-    elif neo:
-        for what, found in (("*.so model library", so), ("*.json graph", graph),
-                            ("*.params parameters", params)):
-            if len(found) != 1:
-                raise ModelDirectoryError(
-                    "model directory {!r} is not a valid Neo/DLR model: it needs exactly one {} "
-                    "file, found {} ({})".format(path, what, len(found), ", ".join(found) or "none"))
-        if len(meta) > 1:
-            raise ModelDirectoryError(
-                "model directory {!r} holds {} *.meta files ({}); keep at most one"
-                .format(path, len(meta), ", ".join(meta)))
+    elif neo_core:
+        _check_neo_parts(path, names, neo)
         kind = "dlr"
-        files = {"so": full(so[0]), "graph": full(graph[0]), "params": full(params[0])}
-        if meta:
-            files["meta"] = full(meta[0])
+        files = {role: full(neo[role][0]) for role, _, _ in NEO_PARTS}
+        if neo["meta"]:
+            files["meta"] = full(neo["meta"][0])
         if RUNTIME_LIBRARY in names:
             files["libdlr"] = full(RUNTIME_LIBRARY)
     else:
         raise ModelDirectoryError(
             "model directory {!r} holds no model: expected one *.onnx file, or a Neo/DLR model "
-            "(*.so, *.json, *.params); found {}".format(path, ", ".join(sorted(names))))
+            "(one *.so, one *.json graph, one *.params); found {}".format(path, ", ".join(names)))
     for f in files.values():
         if os.path.getsize(f) == 0:
             raise ModelDirectoryError("model file {!r} is empty".format(f))
     return ModelDirectory(path=path, kind=kind, metadata=read_metadata(path), files=files)
 
 
+def _check_neo_parts(path: str, names: List[str], neo: Dict[str, List[str]]) -> None:
+    for role, suffix, what in NEO_PARTS:
+        found = neo[role]
+        if len(found) == 1:
+            continue
+        if role == "graph" and not found and len(neo["so"]) == 1 and not neo["params"]:
+            from .artefacts import factory_export_problem  # reads the library; only when needed
+            problem = factory_export_problem(os.path.join(path, neo["so"][0]))
+            if problem:
+                raise ModelDirectoryError(problem)
+        hint = ""
+        if role == "graph" and found:
+            hint = ("; DLR reads every *.json except {} as the graph, so move the others out"
+                    .format(" and ".join(AUXILIARY_JSON)))
+        raise ModelDirectoryError(
+            "model directory {!r} is not a valid Neo/DLR model: it needs exactly one {} file, "
+            "found {} ({}){}. A Neo model is one *.so, one *.json graph and one *.params, "
+            "optionally one *.meta and libdlr.so; the directory holds: {}".format(
+                path, what, len(found), ", ".join(found) or "none", hint, ", ".join(names)))
+    if len(neo["meta"]) > 1:
+        raise ModelDirectoryError(
+            "model directory {!r} holds {} *.meta files ({}); keep at most one"
+            .format(path, len(neo["meta"]), ", ".join(neo["meta"])))
+
+
 def read_metadata(path: str) -> ModelMetadata:
     """Read model.yaml and labels.txt from `path`; absent files give the GluonCV defaults."""
-    raw: Dict[str, Any] = {}
     meta_file = os.path.join(path, METADATA_FILE)
-    if os.path.isfile(meta_file):
-        try:
-            raw = load_file(meta_file, "model metadata") or {}
-        except ConfigFileError as e:
-            raise ModelDirectoryError(str(e)) from None
-        if not isinstance(raw, dict):
-            raise ModelDirectoryError(
-                "{!r} must hold a mapping of settings, not {}".format(meta_file, type(raw).__name__))
+    raw = load_settings_file(meta_file) if os.path.isfile(meta_file) else {}
     try:
-        meta = _parse_metadata(raw, meta_file)
+        meta = _parse_metadata(raw)
     except (TypeError, ValueError) as e:
         raise ModelDirectoryError("{!r}: {}".format(meta_file, e)) from None
     labels_file = os.path.join(path, LABELS_FILE)
     if meta.labels is None and os.path.isfile(labels_file):
         with open(labels_file, "r", encoding="utf-8") as f:
             labels = tuple(line.strip() for line in f if line.strip())
-        meta = _replace(meta, labels=labels)
+        meta = meta.replace(labels=labels)
     return meta
 
 
-def _replace(meta: ModelMetadata, **changes: Any) -> ModelMetadata:
-    values = dict(meta.__dict__)
-    values.update(changes)
-    return ModelMetadata(**values)
+def load_settings_file(meta_file: str) -> Dict[str, Any]:
+    """The mapping model.yaml (YAML or JSON) holds; ModelDirectoryError when it holds none."""
+    try:
+        raw = load_file(meta_file, "model metadata") or {}
+    except ConfigFileError as e:
+        raise ModelDirectoryError(str(e)) from None
+    if not isinstance(raw, dict):
+        raise ModelDirectoryError(
+            "{!r} must hold a mapping of settings, not {}".format(meta_file, type(raw).__name__))
+    return raw
 
 
-_KNOWN = {"input_name", "layout", "input_size", "color", "dtype", "mean", "std", "outputs", "labels"}
+FORMATS = ("gluoncv", "yolov8", "yolov5", "yolo-nms", "torchvision")
+_KNOWN = {"input_name", "layout", "input_size", "color", "dtype", "mean", "std", "outputs",
+          "labels", "format", "resize", "score_threshold", "iou_threshold"}
 
 
-def _parse_metadata(raw: Dict[str, Any], where: str) -> ModelMetadata:
+def _parse_metadata(raw: Dict[str, Any]) -> ModelMetadata:
     unknown = sorted(set(raw) - _KNOWN)
     if unknown:
         raise ValueError("unknown setting(s) {}; known: {}".format(
-            ", ".join(unknown), ", ".join(sorted(_KNOWN))))
+            ", ".join(map(str, unknown)), ", ".join(sorted(_KNOWN))))
     values: Dict[str, Any] = {}
     if "input_name" in raw:
         values["input_name"] = str(raw["input_name"])
-    if "layout" in raw:
-        values["layout"] = _choice("layout", raw["layout"], ("NHWC", "NCHW"))
-    if "color" in raw:
-        values["color"] = _choice("color", raw["color"], ("RGB", "BGR"))
-    if "dtype" in raw:
-        values["dtype"] = _choice("dtype", raw["dtype"], ("float32", "uint8"))
+    for key, allowed in (("layout", ("NHWC", "NCHW")), ("color", ("RGB", "BGR")),
+                         ("dtype", ("float32", "uint8")), ("format", FORMATS),
+                         ("resize", ("stretch", "letterbox"))):
+        if key in raw:
+            values[key] = _choice(key, raw[key], allowed)
     if "input_size" in raw:
         size = raw["input_size"]
         if isinstance(size, int):
@@ -180,18 +245,26 @@ def _parse_metadata(raw: Dict[str, Any], where: str) -> ModelMetadata:
             values[key] = tuple(float(v) for v in vec)
             if key == "std" and any(v == 0 for v in values[key]):
                 raise ValueError("std must not contain 0, got {!r}".format(vec))
+    for key in ("score_threshold", "iou_threshold"):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError("{} must be a number from 0 to 1, got {!r}".format(key, value))
+            values[key] = float(value)
     if "outputs" in raw:
         outs = raw["outputs"]
-        if not isinstance(outs, (list, tuple)) or sorted(outs) != sorted(OUTPUT_ROLES):
-            raise ValueError("outputs must list the roles ids, scores, bboxes in the model's "
-                             "output order, got {!r}".format(outs))
+        if (not isinstance(outs, (list, tuple))
+                or not any(sorted(outs) == sorted(roles) for roles in ROLE_SETS)):
+            raise ValueError("outputs must list the roles of the model's outputs in its output "
+                             "order: {}; got {!r}".format(
+                                 " or ".join("[{}]".format(", ".join(r)) for r in ROLE_SETS), outs))
         values["outputs"] = tuple(outs)
     if "labels" in raw:
         labels = raw["labels"]
         if not isinstance(labels, (list, tuple)) or not all(isinstance(v, str) for v in labels):
             raise ValueError("labels must be a list of class names, got {!r}".format(labels))
         values["labels"] = tuple(labels)
-    return ModelMetadata(**values)
+    return ModelMetadata(declared=frozenset(raw), **values)
 
 
 def _choice(key: str, value: Any, allowed: Tuple[str, ...]) -> str:

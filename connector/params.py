@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 from .config_files import ConfigFileError, excerpt, load_file
 from .errors import ParameterError
@@ -82,20 +82,25 @@ def load_parameters(file: Optional[str] = None,
     return parse_parameters(values)
 
 
-def read_parameter_file(path: str) -> Dict[str, Any]:
+def read_parameter_file(path: str, known: Iterable[str] = tuple(RULES), kind: str = "parameter"
+                        ) -> Dict[str, Any]:
+    """The mapping of a YAML/JSON parameter file; `known` are the names it may hold, `kind` names
+    the file in errors (the feedback service reads its own parameters the same way)."""
+    known = tuple(known)
     try:
-        data = load_file(path, "parameter file")
+        data = load_file(path, "{} file".format(kind))
     except ConfigFileError as e:
         raise ParameterError(str(e)) from None
     if isinstance(data, dict) and isinstance(data.get("Parameters"), dict):
         data = data["Parameters"]  # a whole connector entry of create-connector-definition
     if not isinstance(data, dict):
-        raise ParameterError("parameter file {!r} must hold a mapping of parameter names to values"
-                             .format(path))
-    unknown = sorted(str(k) for k in data if k not in RULES)
+        raise ParameterError("{} file {!r} must hold a mapping of parameter names to values"
+                             .format(kind, path))
+    unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
-        raise ParameterError("parameter file {} has unknown parameter(s) {}; known: {}".format(
-            excerpt(path), ", ".join(excerpt(k, 40) for k in unknown[:5]), ", ".join(RULES)))
+        raise ParameterError("{} file {} has unknown parameter(s) {}; known: {}".format(
+            kind, excerpt(path, 300), ", ".join(excerpt(k, 40) for k in unknown[:5]),
+            ", ".join(known)))
     return data
 
 

@@ -3,11 +3,12 @@
 * ``serve``: the IPC host and the connector in one process (what most standalone users run);
 * ``host``: only the IPC host, for connectors and other functions that attach to it
   (``--function ARN``, repeatable: the functions it serves, each given its own token);
-* ``attach``: only the connector, polling a Greengrass core or our host through get_work, exactly
-  as a Lambda runtime does. Its function token comes the way a core hands it to a Lambda:
-  ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` (with ``GG_DAEMON_PORT``); else ``--function-token-file``;
-  else the token ``host --function`` wrote for its ARN in the function-token file next to the
-  client file (0600, readable only by the host's user).
+* ``attach`` / ``feedback``: only the connector / the ML Feedback service, polling a Greengrass
+  core or our host through get_work, exactly as a Lambda runtime does. The function's token comes
+  the way a core hands it to a Lambda: ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` (with
+  ``GG_DAEMON_PORT``); else ``--function-token-file``; else the token ``host --function`` wrote for
+  its ARN in the function-token file next to the client file (0600, readable only by the host's
+  user). What the function itself calls (the feedback feed, GGRouter) goes out as a caller.
 
 Start-up problems (port in use, bad address, unsafe client-file directory, bad parameters) raise
 ConnectorError with one line; ``python -m connector`` prints it and exits 2.
@@ -19,15 +20,21 @@ import os
 import secrets
 import signal
 import threading
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from . import lambda_function
+from .errors import ConnectorError, ParameterError
+from .feedback import lambda_function as feedback_lambda
+from .feedback.config import MAP_PARAMETER as FEEDBACK_MAP_PARAMETER
+from .feedback.config import load_parameters as load_feedback_parameters
+from .feedback.feeder import feeder_for
+from .host_services import HostServices
 from .ipc import IPCClient, IPCHost, run_lambda
 from .ipc import clientfile, protocol
-from .errors import ConnectorError
 from .ipc.host import DEFAULT_MAX_BODY_BYTES, DEFAULT_REGION
 from .logs import configure_logging
 from .memory import limit_arenas
+from .mqtt_router import MqttSettings
 from .params import Parameters, load_parameters
 from .service import SupervisedService
 from .workers import TIMEOUT_MESSAGE
@@ -88,10 +95,10 @@ def _start_host(port: Optional[int], bind: str, env: Mapping[str, str], result_t
                    client_file_group=client_file_group).start()
 
 
-def _health(state: Dict[str, Any], service: SupervisedService, host: IPCHost,
-            arn: str) -> Dict[str, Any]:
+def _health(state: Dict[str, Any], service: SupervisedService, host: IPCHost, arn: str,
+            services: HostServices) -> Dict[str, Any]:
     """The /healthz document: the service's state and what its callers experienced."""
-    document = dict(state, **service.describe())
+    document = dict(state, **dict(service.describe(), **services.describe()))
     seen = host.board.counters(arn)
     # The board answers callers whose deadline passed (queued or running); the worker pool
     # counts only the timeouts of work that came without a deadline, so none is counted twice.
@@ -105,11 +112,19 @@ def _health(state: Dict[str, Any], service: SupervisedService, host: IPCHost,
 
 def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = "127.0.0.1",
           environ: Optional[Mapping[str, str]] = None, concurrency: int = 2,
-          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, client_file_group: Optional[str] = None
-          ) -> int:
-    """Host and connector in one process until SIGTERM/SIGINT; returns the exit status."""
+          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, feedback_config: Optional[str] = None,
+          mqtt: Optional[MqttSettings] = None, client_file_group: Optional[str] = None) -> int:
+    """Host and connector in one process until SIGTERM/SIGINT; returns the exit status.
+
+    With `mqtt` the host serves GGRouter by forwarding to that broker; with feedback parameters
+    (`feedback_config` or the environment) it runs the ML Feedback service (connector.host_services).
+    """
     env = os.environ if environ is None else environ
     params = load_parameters(config, env)
+    # Every parameter is checked before anything starts: a bad one is one message and exit 2.
+    feedback = load_feedback_parameters(feedback_config, env)
+    if mqtt is None:
+        mqtt = MqttSettings.from_options(environ=env)
     configure_logging(params.service_name)
     limit_arenas()
     stop = _stop_on_signals()
@@ -124,8 +139,15 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     except Exception:
         host.shutdown(grace_s=0)
         raise
+    try:
+        services = HostServices(host, env, mqtt, feedback, params)
+    except Exception:
+        host.shutdown(grace_s=0)
+        service.close()
+        raise
     _reload_on_sighup(service)
     lambda_function.use_service(service)
+    lambda_function.use_feeder(services.feeder)
     # Every invocation's deadline is the service timeout; the host answers a caller whose
     # deadline passes with the same message the worker pool uses.
     host.register_function(arn, timeout_s=params.timeout_seconds, timeout_message=TIMEOUT_MESSAGE.replace(
@@ -136,7 +158,7 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
                             kwargs={"stop_event": worker_stop, "concurrency": concurrency})
     loop.start()
     state.update(state="ready", function_arn=arn)
-    host.set_health(lambda: _health(state, service, host, arn))
+    host.set_health(lambda: _health(state, service, host, arn, services))
     host.set_readiness(lambda: service.pool.state == "ready")
     host.set_ready()
     log.info("serving %s on %s (model %s)", arn, host.url, params.model_path)
@@ -145,26 +167,39 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     host.shutdown(grace_s=SHUTDOWN_GRACE_S)
     worker_stop.set()
     loop.join(timeout=SHUTDOWN_GRACE_S)
+    lambda_function.use_feeder(None)
+    services.close()
     service.close()
     return 0
 
 
 def host_only(port: Optional[int] = None, bind: str = "127.0.0.1",
               environ: Optional[Mapping[str, str]] = None, result_timeout_s: float = 30.0,
-              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, functions: Sequence[str] = (),
-              name: str = clientfile.DEFAULT_NAME, client_file_group: Optional[str] = None) -> int:
-    """The IPC host alone; `functions` are the ARNs that may attach, each with its own token."""
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, mqtt: Optional[MqttSettings] = None,
+              functions: Sequence[str] = (), name: str = clientfile.DEFAULT_NAME,
+              client_file_group: Optional[str] = None) -> int:
+    """The IPC host alone (GGRouter too, with a broker) until SIGTERM/SIGINT; `functions` are
+    the ARNs that may attach, each with its own token."""
     env = os.environ if environ is None else environ
     configure_logging(name)
     limit_arenas()
+    if mqtt is None:
+        mqtt = MqttSettings.from_options(environ=env)
     stop = _stop_on_signals()
-    host = _start_host(port, bind, env, result_timeout_s, health=lambda: {"state": "ready"},
-                       max_body_bytes=max_body_bytes, name=name, client_file_group=client_file_group)
+    host = _start_host(port, bind, env, result_timeout_s, max_body_bytes=max_body_bytes, name=name,
+                       client_file_group=client_file_group)
+    try:
+        services = HostServices(host, {}, mqtt)
+    except Exception:
+        host.shutdown(grace_s=0)
+        raise
     for arn in functions:
         host.register_function(arn, served=False)  # served while its worker polls
+    host.set_health(lambda: dict(state="ready", **services.describe()))
     host.set_ready()
     _wait_for(stop)
     host.shutdown(grace_s=SHUTDOWN_GRACE_S)
+    services.close()
     return 0
 
 
@@ -181,35 +216,45 @@ def attach(config: Optional[str] = None, environ: Optional[Mapping[str, str]] = 
     params = load_parameters(config, env)
     configure_logging(params.service_name)
     stop = _stop_on_signals()
-    if env.get(protocol.ENV_AUTH_TOKEN):
-        client = IPCClient.from_environment(env)
-        region = env.get(protocol.ENV_REGION) or DEFAULT_REGION
-        arn = env.get(protocol.ENV_FUNCTION_ARN) or service_arn(region, params)
-    else:
-        client, arn = _client_of_host(env, params, function_token_file, host_name)
+    client, arn, region = _function_client(env, lambda r: service_arn(r, params), function_token_file,
+                                           host_name)
     service = SupervisedService.from_parameters(params, env)
     _reload_on_sighup(service)
     lambda_function.use_service(service)
-    try:
-        client.initialized(arn, True, "model {} loaded".format(params.model_resource_id))
-    except Exception as e:  # not every core implements it
-        log.debug("initialized call not accepted: %s", e)
+    feeder = feeder_for(params, _core_client(env, timeout=30, host_name=host_name)[0], region, env)
+    lambda_function.use_feeder(feeder)
+    _report_initialized(client, arn, "model {} loaded".format(params.model_resource_id))
     run_lambda(arn, lambda_function.function_handler, client, stop_event=stop, concurrency=concurrency)
+    if feeder is not None:
+        feeder.close()
     service.close()
     return 0
 
 
-def _client_of_host(env: Mapping[str, str], params: Parameters, token_file: Optional[str],
-                    host_name: Optional[str]) -> "Tuple[IPCClient, str]":
-    """A client holding this function's own token for the standalone host, and the ARN."""
+def _core_client(env: Mapping[str, str], timeout: Optional[float] = None,
+                 host_name: Optional[str] = None) -> "Tuple[IPCClient, str]":
+    """A caller's client of the core (Lambda environment) or else of the standalone host (client
+    file), and the region."""
+    if env.get(protocol.ENV_AUTH_TOKEN):
+        return (IPCClient.from_environment(env, timeout=timeout),
+                env.get(protocol.ENV_REGION) or DEFAULT_REGION)
     path = clientfile.default_path(env)
-    try:
-        entry = clientfile.read(path, host_name)
-    except (OSError, ValueError) as exc:
-        raise ConnectorError("cannot find a standalone IPC host: {}".format(
-            exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)) from None
-    arn = env.get(protocol.ENV_FUNCTION_ARN) or service_arn(entry.get("region") or DEFAULT_REGION,
-                                                            params)
+    entry = _host_entry(path, host_name)
+    return (IPCClient.from_client_file(path, timeout=timeout, name=entry.get("name")),
+            entry.get("region") or DEFAULT_REGION)
+
+
+def _function_client(env: Mapping[str, str], arn_of: Callable[[str], str], token_file: Optional[str],
+                     host_name: Optional[str]) -> "Tuple[IPCClient, str, str]":
+    """(client holding the function's own token, its ARN, the region)."""
+    if env.get(protocol.ENV_AUTH_TOKEN):  # inside a core, or started like a Lambda
+        region = env.get(protocol.ENV_REGION) or DEFAULT_REGION
+        return (IPCClient.from_environment(env), env.get(protocol.ENV_FUNCTION_ARN) or arn_of(region),
+                region)
+    path = clientfile.default_path(env)
+    entry = _host_entry(path, host_name)
+    region = entry.get("region") or DEFAULT_REGION
+    arn = env.get(protocol.ENV_FUNCTION_ARN) or arn_of(region)
     if token_file:
         try:
             with open(token_file, "r", encoding="utf-8") as handle:
@@ -224,4 +269,39 @@ def _client_of_host(env: Mapping[str, str], params: Parameters, token_file: Opti
             "the IPC host {!r} gave no token to {}: start it with `host --function {}`, or pass the "
             "function's token in AWS_CONTAINER_AUTHORIZATION_TOKEN or --function-token-file".format(
                 entry.get("name"), arn, arn))
-    return IPCClient.from_client_file(path, name=entry.get("name"), token=token), arn
+    return IPCClient.from_client_file(path, name=entry.get("name"), token=token), arn, region
+
+
+def _host_entry(path: str, host_name: Optional[str]) -> Dict[str, Any]:
+    try:
+        return clientfile.read(path, host_name)
+    except (OSError, ValueError) as exc:
+        raise ConnectorError("cannot find a standalone IPC host: {}".format(
+            exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)) from None
+
+
+def _report_initialized(client: IPCClient, arn: str, response: str) -> None:
+    try:
+        client.initialized(arn, True, response)
+    except Exception as e:  # not every core implements it
+        log.debug("initialized call not accepted: %s", e)
+
+
+def attach_feedback(config: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
+                    concurrency: int = 2, function_token_file: Optional[str] = None,
+                    host_name: Optional[str] = None) -> int:
+    """The ML Feedback service as a separate Lambda process attached to a core or host."""
+    env = dict(os.environ if environ is None else environ)
+    configure_logging(feedback_lambda.SERVICE_NAME)
+    stop = _stop_on_signals()
+    client, arn, region = _function_client(env, protocol.feedback_function_arn, function_token_file,
+                                           host_name)
+    service = feedback_lambda.start_service(_core_client(env, timeout=10, host_name=host_name)[0],
+                                            region, env, config)
+    if service is None:
+        raise ParameterError("no feedback parameters: give --config FILE or set {}".format(
+            FEEDBACK_MAP_PARAMETER))
+    _report_initialized(client, arn, "ML Feedback service started")
+    run_lambda(arn, service.handler, client, stop_event=stop, concurrency=concurrency)
+    service.close()
+    return 0

@@ -23,10 +23,11 @@ def test_models_lists_bundled_models_with_absolute_paths():
     out = cli("models")
     assert out.returncode == 0, out.stderr
     lines = [line.split(" ", 1) for line in out.stdout.splitlines()]
-    assert [name for name, _ in lines] == ["demo-ssd", "demo-yolov3"]
+    assert [name for name, _ in lines] == ["demo-ssd", "demo-ssd-neo", "demo-yolov3", "demo-yolov3-neo"]
     for name, path in lines:
         assert os.path.isabs(path) and os.path.isdir(path)
-        assert os.path.isfile(os.path.join(path, "model.onnx"))
+        model_file = "compiled.so" if name.endswith("-neo") else "model.onnx"  # Neo/DLR or ONNX
+        assert os.path.isfile(os.path.join(path, model_file))
     assert dict(lines) == bundled_models()
 
 
@@ -66,3 +67,74 @@ def test_infer_bad_model_dir_is_one_clear_error(tmp_path):
     out = cli("infer", "--model-dir", str(tmp_path / "nope"), str(tmp_path / "x.jpg"))
     assert out.returncode == 2
     assert "does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+# ---- check-model ---------------------------------------------------------------------------------
+
+def test_check_model_on_a_bundled_onnx_model():
+    out = cli("check-model", bundled_models()["demo-ssd"])
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "onnx model: model.onnx" in text and "onnxruntime on cpu" in text
+    assert "output format:   gluoncv (recognised from the outputs)" in text
+    assert "input:           data (1, 512, 512, 3) NHWC float32 RGB (from model.onnx)" in text
+    assert "outputs:         ids (1, 100, 1), scores (1, 100, 1), bboxes (1, 100, 4)" in text
+    assert "labels:          3 (circle, square, triangle)" in text
+    assert "blank image:     0 detection(s)" in text
+    assert "ms image to answer" in text and "ms in the runtime (median of 10)" in text
+    assert text.rstrip().endswith("OK: the connector can serve this model")
+    assert out.stderr == ""
+
+
+def test_check_model_on_a_neo_nchw_directory(tmp_path):
+    from connector import dlr_runtime
+    if dlr_runtime.find_dlr_package() is None:
+        import pytest
+        pytest.skip("needs the dlr package")
+    from tests.dlr_fixture.build import build_dlr_model
+    d = build_dlr_model(tmp_path / "neo", layout="NCHW", input_size=(416, 416))
+    (Path(d) / "model-shapes.json").write_text("[]")
+    out = cli("check-model", d, "--runs", "3")
+    assert out.returncode == 0, out.stderr
+    assert "dlr model: model.json, model.meta, model.params, model.so" in out.stdout
+    assert ("input:           data (1, 3, 416, 416) NCHW float32 RGB (from model.json and "
+            "model.meta)") in out.stdout
+    assert "(median of 3)" in out.stdout
+
+
+def test_check_model_on_an_ultralytics_export(tmp_path):
+    from tests.onnx_models import ultralytics_detector
+    ultralytics_detector(str(tmp_path / "best.onnx"), "yolov8")
+    out = cli("check-model", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "output format:   yolov8 (recognised from the outputs)" in out.stdout
+    assert ("input:           images (1, 3, 640, 640) NCHW float32 RGB, mean [0.0, 0.0, 0.0] "
+            "std [255.0, 255.0, 255.0], letterboxed (from best.onnx)") in out.stdout
+
+
+def bad_dirs(tmp_path):
+    from tests.onnx_models import classifier
+    cls = tmp_path / "classifier"
+    cls.mkdir()
+    classifier(str(cls / "model.onnx"))
+    wrong = tmp_path / "wrong-yaml"
+    wrong.mkdir()
+    red_detector(str(wrong / "model.onnx"))
+    (wrong / "model.yaml").write_text("layout: NCHW\n")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"\x08\x07not a protobuf" * 10)
+    return [(tmp_path / "absent", "does not exist"),
+            (cls, "1 output of shape probs (1, 1000); a detector has ids, scores and boxes"),
+            (wrong, "model.yaml says layout: NCHW but the model (model.onnx) takes 'data' "
+                    "(1, 512, 512, 3) float32, i.e. layout NHWC"),
+            (broken, "ONNX Runtime cannot load")]
+
+
+def test_check_model_bad_directories_are_one_line_and_non_zero(tmp_path):
+    for path, words in bad_dirs(tmp_path):
+        out = cli("check-model", str(path))
+        assert out.returncode == 1, (path, out.stdout, out.stderr)
+        assert out.stdout == ""
+        lines = out.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], out.stderr

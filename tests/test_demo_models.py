@@ -49,20 +49,38 @@ def _ap50(gt: COCO, results: list, image_ids: list) -> float:
     return float(ev.stats[1])  # AP at IoU 0.5, all areas, 100 detections
 
 
-@pytest.mark.parametrize("name", ["demo-ssd", "demo-yolov3"])
-def test_demo_model_finds_the_shapes(name, test_set):
-    engine = Engine.from_model_dir(os.path.join(MODELS, name))
-    try:
-        assert engine.model.labels == sd.CLASSES
-        results = []
-        for image_id, (data, kind, w, h, _) in enumerate(test_set, 1):
-            doc = engine.infer(data, kind)
-            rows = [[c, s, x0 * w, y0 * h, x1 * w, y1 * h] for c, s, x0, y0, x1, y1 in doc["prediction"]]
-            results += sd.coco_results(image_id, rows)
-    finally:
-        engine.close()
-    assert results, "no detections at all"
+def _has_dlr() -> bool:
+    from connector import dlr_runtime
+    return dlr_runtime.find_dlr_package() is not None
 
+
+NEEDS_DLR = pytest.mark.skipif(not _has_dlr(), reason="needs the dlr package (extra 'dlr')")
+ONNX_MODELS = ["demo-ssd", "demo-yolov3"]
+# The same detectors compiled by TVM into SageMaker Neo directories, run by the real libdlr.so
+# (scripts/tools/make_test_models.sh --demos; their NMS is the fixed-shape one GluonCV uses).
+NEO_MODELS = [pytest.param(n + "-neo", marks=NEEDS_DLR) for n in ONNX_MODELS]
+_predictions: dict = {}
+
+
+def _predict(name: str, test_set) -> list:
+    """The prediction documents of one bundled model on the test set, through the engine (cached)."""
+    if name not in _predictions:
+        engine = Engine.from_model_dir(os.path.join(MODELS, name))
+        try:
+            assert engine.model.labels == sd.CLASSES
+            assert engine.backend.name == ("dlr" if name.endswith("-neo") else "onnxruntime")
+            _predictions[name] = [engine.infer(data, kind)["prediction"] for data, kind, *_ in test_set]
+        finally:
+            engine.close()
+    return _predictions[name]
+
+
+def _map50(docs: list, test_set) -> tuple:
+    results = []
+    for image_id, (doc, (_, _, w, h, _)) in enumerate(zip(docs, test_set), 1):
+        rows = [[c, s, x0 * w, y0 * h, x1 * w, y1 * h] for c, s, x0, y0, x1, y1 in doc]
+        results += sd.coco_results(image_id, rows)
+    assert results, "no detections at all"
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = sd.coco_ground_truth((w, h, boxes) for _, _, w, h, boxes in test_set)
@@ -70,4 +88,28 @@ def test_demo_model_finds_the_shapes(name, test_set):
     ap = _ap50(gt, results, list(range(1, IMAGES + 1)))
     per_size = {"{}x{}".format(*s): round(_ap50(gt, results, [i + 1 for i in range(IMAGES) if SIZES[i % 3] == s]), 3)
                 for s in SIZES}
+    return ap, per_size
+
+
+@pytest.mark.parametrize("name", ONNX_MODELS + NEO_MODELS)
+def test_demo_model_finds_the_shapes(name, test_set):
+    ap, per_size = _map50(_predict(name, test_set), test_set)
     assert ap >= 0.90, "{}: mAP@0.5 {:.3f} (per image size {})".format(name, ap, per_size)
+
+
+@NEEDS_DLR
+@pytest.mark.parametrize("name", ONNX_MODELS)
+def test_neo_demo_answers_as_the_onnx_demo(name, test_set):
+    """DLR running the Neo compile and ONNX Runtime running the ONNX file: the same detections.
+
+    Rows are compared as sets: detections whose scores tie may come out in either order.
+    """
+    onnx_docs, neo_docs = _predict(name, test_set), _predict(name + "-neo", test_set)
+    rows = 0
+    for i, (a, b) in enumerate(zip(onnx_docs, neo_docs)):
+        assert len(a) == len(b), "image {}: ONNX Runtime found {}, DLR {}".format(i, len(a), len(b))
+        unmatched = [r for r in a if not any(q[0] == r[0] and np.allclose(q[1:], r[1:], atol=1e-4) for q in b)]
+        assert not unmatched, "image {}: ONNX Runtime rows without a DLR twin: {}".format(i, unmatched[:3])
+        rows += len(a)
+    assert rows > IMAGES, "too few detections to compare ({})".format(rows)
+    assert _map50(onnx_docs, test_set)[0] == pytest.approx(_map50(neo_docs, test_set)[0], abs=1e-3)

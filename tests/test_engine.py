@@ -4,12 +4,13 @@ import ast
 import numpy as np
 import pytest
 
-from connector import postprocess
+from connector import formats, postprocess
 from connector.backends import open_backend
 from connector.engine import Engine
 from connector.errors import (BackendError, DeviceUnavailableError, InvalidImageError,
                               ModelDirectoryError)
 from connector.model_dir import ModelMetadata, open_model_directory
+from connector.preprocess import Frame
 from tests import images
 from tests.onnx_models import BOX, red_detector
 
@@ -83,22 +84,25 @@ def test_broken_onnx_file(tmp_path):
         Engine.from_model_dir(str(tmp_path))
 
 
-def test_wrong_output_count(tmp_path):
-    red_detector(str(tmp_path / "m.onnx"), outputs=("ids", "scores", "bboxes"))
-    meta = ModelMetadata()
+def gluoncv_rows(outputs, size=512):
+    meta = ModelMetadata(format="gluoncv")
+    return postprocess.to_predictions(formats.decode_gluoncv(outputs, meta),
+                                      Frame(size, size, 1.0, 1.0))
+
+
+def test_wrong_output_count():
     with pytest.raises(BackendError, match="2 outputs"):
-        postprocess.to_predictions([np.zeros((1, 2, 1)), np.zeros((1, 2, 1))], meta)
+        gluoncv_rows([np.zeros((1, 2, 1)), np.zeros((1, 2, 1))])
 
 
 # --- post-processing ---------------------------------------------------------------------------
 
 def test_postprocess_sorts_clips_and_drops_padding():
-    meta = ModelMetadata()
     ids = np.array([[[2], [-1], [0], [1], [1]]], np.float32)
     scores = np.array([[[0.5], [-1], [0.9], [0.7], [float("nan")]]], np.float32)
     boxes = np.array([[[-10, 0, 256, 600], [-1] * 4, [0, 0, 512, 512], [128, 128, 384, 384],
                        [0, 0, 1, 1]]], np.float32)
-    rows = postprocess.to_predictions([ids, scores, boxes], meta)
+    rows = gluoncv_rows([ids, scores, boxes])
     assert [r[0] for r in rows] == [0, 1, 2]
     assert all(type(r[0]) is int and all(type(v) is float for v in r[1:]) for r in rows)
     assert rows[0][2:] == [0.0, 0.0, 1.0, 1.0]
@@ -108,12 +112,29 @@ def test_postprocess_sorts_clips_and_drops_padding():
 
 
 def test_postprocess_empty_and_mismatched():
-    meta = ModelMetadata()
-    empty = postprocess.to_predictions([np.full((1, 3, 1), -1.0), np.full((1, 3, 1), -1.0),
-                                        np.full((1, 3, 4), -1.0)], meta)
+    empty = gluoncv_rows([np.full((1, 3, 1), -1.0), np.full((1, 3, 1), -1.0),
+                          np.full((1, 3, 4), -1.0)])
     assert empty == [] and postprocess.render({"prediction": empty}) == '{"prediction": []}'
     with pytest.raises(BackendError, match="disagree"):
-        postprocess.to_predictions([np.zeros((1, 3, 1)), np.zeros((1, 2, 1)), np.zeros((1, 3, 4))], meta)
+        gluoncv_rows([np.zeros((1, 3, 1)), np.zeros((1, 2, 1)), np.zeros((1, 3, 4))])
+
+
+def test_non_finite_and_empty_boxes_are_dropped_and_counted(caplog):
+    caplog.set_level("DEBUG", logger="connector.postprocess")
+    ids = np.array([[[0], [1], [2], [0], [1]]], np.float32)
+    scores = np.array([[[0.9], [0.8], [0.7], [0.6], [0.5]]], np.float32)
+    inf = float("inf")
+    boxes = np.array([[[10, 10, 100, 100],      # kept
+                       [0, 0, inf, 50],          # non-finite
+                       [50, 50, 50, 80],         # no width
+                       [600, 600, 700, 700],     # wholly outside the image: empty once clipped
+                       [90, 80, 10, 20]]],       # corners swapped: no area
+                     np.float32)
+    rows = gluoncv_rows([ids, scores, boxes])
+    assert rows == [[0, pytest.approx(0.9), 10 / 512, 10 / 512, 100 / 512, 100 / 512]]
+    [message] = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert "1 detection(s) with non-finite values and 3 with an empty box" in message
+    assert all(r.levelname == "DEBUG" for r in caplog.records)
 
 
 # --- model directories ---------------------------------------------------------------------------
@@ -177,3 +198,21 @@ def test_normalisation_metadata_reaches_the_model(tmp_path):
     engine = Engine.from_model_dir(str(tmp_path))
     score = engine.infer(images.png(solid((255, 0, 0))))["prediction"][0][1]
     assert score == pytest.approx(1.0 / 255, abs=1e-4)  # (255 - 127.5) / 127.5 = 1, then / 255
+
+
+@pytest.mark.parametrize("color", ["RGB", "BGR"])
+@pytest.mark.parametrize("batch", [True, False])
+@pytest.mark.parametrize("std", [(127.5, 127.5, 127.5), (58.4, 57.1, 57.4)])
+def test_nchw_tensor_matches_the_plain_numpy_recipe(color, batch, std):
+    from connector import preprocess
+    rng = np.random.RandomState(0)
+    bgr = rng.randint(0, 256, (48, 64, 3)).astype(np.uint8)
+    meta = ModelMetadata(layout="NCHW", height=48, width=64, color=color, mean=(127.5, 10.0, 0.0),
+                         std=std, batch_axis=batch)
+    tensor, frame = preprocess.to_tensor(bgr, meta)
+    pixels = bgr[:, :, ::-1] if color == "RGB" else bgr
+    expected = ((pixels.astype(np.float32) - np.array(meta.mean, np.float32))
+                / np.array(std, np.float32)).transpose(2, 0, 1)
+    assert tensor.shape == ((1,) if batch else ()) + (3, 48, 64) and tensor.dtype == np.float32
+    assert np.allclose(tensor.reshape(expected.shape), expected, atol=1e-6)
+    assert (frame.scale_x, frame.scale_y, frame.pad_x, frame.pad_y) == (1.0, 1.0, 0.0, 0.0)

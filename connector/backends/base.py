@@ -9,6 +9,8 @@ from typing import List
 
 import numpy as np
 
+from ..contract import ModelIO
+
 try:  # typing.Protocol is 3.8+; runtime code must also import on 3.7 Lambdas
     from typing import Protocol
 except ImportError:  # pragma: no cover
@@ -18,6 +20,7 @@ except ImportError:  # pragma: no cover
 class Backend(Protocol):
     name: str  # "dlr" or "onnxruntime"
     device: str  # "cpu" or "gpu": what the runtime really uses, not what was asked for
+    io: ModelIO  # the model's inputs and outputs as the artefact declares them
 
     def run(self, tensor: np.ndarray) -> List[np.ndarray]:
         """Run the model on one prepared input tensor; return its outputs in the model's order."""

@@ -22,6 +22,8 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from ..artefacts import architecture_problem, factory_export_problem
+from ..contract import ModelIO, neo_io
 from ..dlr_runtime import (INSTALL_HINT, capture_native_stderr, clean_dlr_message, cuda_problem,
                            disable_phone_home)
 from ..errors import BackendError, DeviceUnavailableError
@@ -127,9 +129,25 @@ class DLRBackend:
                     "GPU acceleration was asked for (GPUAcceleration=GPU) but no usable GPU "
                     "exists: {}. The model in {!r} is not loaded; there is no CPU fallback - set "
                     "GPUAcceleration=CPU to run on the CPU.".format(problem, model.path))
+        self._check_artefacts()
         dlr = import_dlr()
         self.library = self._find_library(dlr)
         self._load(dlr)
+        # Read after the load: for a broken graph file DLR's own error is the clearer one.
+        self.io: ModelIO = neo_io(model.files)
+
+    def _check_artefacts(self) -> None:
+        """Wrong-CPU libraries and factory exports, said plainly before libdlr says it obscurely."""
+        for role in ("libdlr", "so"):
+            path = self.model.files.get(role)
+            problem = path and architecture_problem(path)
+            if problem:
+                raise BackendError("cannot load the DLR model in {!r}: {}".format(
+                    self.model.path, problem))
+        problem = factory_export_problem(self.model.files["so"])
+        if problem:
+            raise BackendError("cannot load the DLR model in {!r}: {}".format(
+                self.model.path, problem))
 
     def _find_library(self, dlr: Any) -> str:
         """The libdlr.so DLR will load for this model (model directory first)."""

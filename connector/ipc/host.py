@@ -436,12 +436,19 @@ class IPCHost(object):
 _STATE_TEXT = re.compile(r"^[A-Za-z0-9_.:-]{0,100}$")
 
 
-def public_view(document: Dict[str, Any]) -> Dict[str, Any]:
-    """What an unauthenticated prober may see: numbers, booleans and one-word states; no paths,
-    messages or listings (they contain a slash or a blank)."""
-    return {key: value for key, value in document.items()
-            if value is None or isinstance(value, (bool, int, float))
-            or (isinstance(value, str) and _STATE_TEXT.match(value))}
+def public_view(document: Dict[str, Any], depth: int = 3) -> Dict[str, Any]:
+    """What an unauthenticated prober may see: numbers, booleans and one-word states, also inside
+    nested sections (counters of the feedback service); no paths, messages or listings (they
+    contain a slash or a blank)."""
+    view: Dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            if depth > 0:
+                view[key] = public_view(value, depth - 1)
+        elif value is None or isinstance(value, (bool, int, float)) \
+                or (isinstance(value, str) and _STATE_TEXT.match(value)):
+            view[key] = value
+    return view
 
 
 def _reason(exc: BaseException) -> str:

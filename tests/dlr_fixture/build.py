@@ -173,8 +173,12 @@ def build_dlr_model(out_dir: PathLike, *, with_meta: bool = True,
                     input_dtype: str = "float32", input_name: str = "data",
                     output_names: Iterable[str] = OUTPUT_NAMES,
                     target_device_type: Optional[str] = None,
-                    with_libdlr: bool = False, cc: str = "gcc") -> str:
+                    with_libdlr: bool = False, cc: str = "gcc", name: str = "model",
+                    graph_name: Optional[str] = None) -> str:
     """Write model.so, model.json, model.params (and model.meta, libdlr.so) into `out_dir`.
+
+    `name` replaces "model" in the file names (Neo writes compiled.so, compiled.params,
+    compiled.meta and, as `graph_name`, compiled_model.json).
 
     high/low/min_area go into the `thresholds` parameter (see detector_op.c). `with_libdlr`
     copies the installed libdlr.so into the directory, as Neo artifacts ship it. Returns the
@@ -184,15 +188,15 @@ def build_dlr_model(out_dir: PathLike, *, with_meta: bool = True,
     os.makedirs(out, exist_ok=True)
     h, w = input_size
     shape = (1, 3, h, w) if layout == "NCHW" else (1, h, w, 3)
-    shutil.copyfile(compile_detector(cc), os.path.join(out, "model.so"))
-    with open(os.path.join(out, "model.json"), "w") as f:
+    shutil.copyfile(compile_detector(cc), os.path.join(out, name + ".so"))
+    with open(os.path.join(out, graph_name or name + ".json"), "w") as f:
         json.dump(graph_json(input_name=input_name, input_shape=shape, input_dtype=input_dtype,
                              layout=layout, max_detections=max_detections), f)
     thresholds = np.array([high, low, min_area], dtype=np.float32)
-    with open(os.path.join(out, "model.params"), "wb") as f:
+    with open(os.path.join(out, name + ".params"), "wb") as f:
         f.write(params_bytes({"thresholds": thresholds}))
     if with_meta:
-        with open(os.path.join(out, "model.meta"), "w") as f:
+        with open(os.path.join(out, name + ".meta"), "w") as f:
             json.dump(metadata_json(input_name=input_name, input_shape=shape,
                                     input_dtype=input_dtype, output_names=output_names,
                                     target_device_type=target_device_type), f)

@@ -36,6 +36,7 @@ document, errors included).
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -48,7 +49,7 @@ import sys
 import threading
 import time
 from http.server import ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional, Tuple
 
 from ..errors import ConnectorError
 from . import clientfile
@@ -69,6 +70,9 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 HealthCallback = Callable[[], Dict[str, Any]]
+# Refused connections kept open to be drained (see _Server), and for how long at most.
+MAX_LINGERING = 16
+LINGER_S = 1.0
 
 
 class HostStartError(ConnectorError):
@@ -87,6 +91,10 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.ipc_host = ipc_host
         self.guard = ipc_host.guard
+        # Refused connections stay open (write side shut) for a moment, drained, so that the
+        # client's request bytes arriving after our 503 do not make the kernel reset the
+        # connection before the client has read the answer.
+        self._lingering: Deque[Tuple[float, socket.socket]] = collections.deque()
         super().__init__(address, IPCRequestHandler)
 
     def server_bind(self) -> None:
@@ -105,9 +113,13 @@ class _Server(ThreadingHTTPServer):
             try:
                 request.setblocking(False)
                 request.send(BUSY_RESPONSE % (len(body), body))
+                request.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-            self.shutdown_request(request)
+            if len(self._lingering) < MAX_LINGERING:
+                self._lingering.append((time.monotonic() + LINGER_S, request))
+            else:
+                self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
@@ -118,6 +130,27 @@ class _Server(ThreadingHTTPServer):
     def service_actions(self) -> None:
         # serve_forever calls this every poll interval (0.1 s): the deadlines' clock.
         self.guard.enforce()
+        now, kept = time.monotonic(), collections.deque()
+        while self._lingering:
+            deadline, sock = self._lingering.popleft()
+            try:
+                while sock.recv(65536):  # drain what the client sent; b"": it closed
+                    pass
+                gone = True
+            except BlockingIOError:
+                gone = False
+            except OSError:
+                gone = True
+            if gone or now >= deadline:
+                sock.close()
+            else:
+                kept.append((deadline, sock))
+        self._lingering = kept
+
+    def server_close(self) -> None:
+        super().server_close()
+        while self._lingering:
+            self._lingering.popleft()[1].close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver prints a traceback to stderr for any error; a client that resets its

@@ -19,7 +19,6 @@ from .feedback.feeder import FeedbackFeeder, feeder_for
 from .feedback.lambda_function import start_service
 from .feedback.service import FeedbackService
 from .ipc import protocol, run_lambda
-from .ipc.local import BoardClient
 from .mqtt_router import MqttSettings, RouterRunner
 
 log = logging.getLogger("connector.host_services")
@@ -48,7 +47,7 @@ class HostServices(object):
                 host.register_function(arn)
                 thread = threading.Thread(
                     target=run_lambda, name="ml-feedback",
-                    args=(arn, self.feedback.handler, BoardClient(host.board)),
+                    args=(arn, self.feedback.handler, host.function_client(arn)),
                     kwargs={"stop_event": self._stop, "concurrency": FEEDBACK_CONCURRENCY}, daemon=True)
                 thread.start()
                 self._threads.append(thread)

@@ -79,7 +79,8 @@ def function_handler(event: Any, context: Any) -> Dict[str, str]:
     invocation = getattr(context, "invocation_id", None) or getattr(context, "aws_request_id", "-")
     with logs.invocation(invocation):
         try:
-            text = _service.infer(event, custom.get("Content-Type"), invocation)
+            text = _service.infer(event, custom.get("Content-Type"), invocation,
+                                  getattr(context, "deadline", None), getattr(context, "cancelled", None))
         except ConnectorError as e:
             log.warning("invocation %s failed: %s", invocation, e)
             raise

@@ -194,14 +194,13 @@ class RouterRunner(object):
 
     def __init__(self, host: Any, settings: MqttSettings) -> None:
         from .ipc import run_lambda
-        from .ipc.local import BoardClient
 
         self.forwarder = MqttForwarder(settings)
         self._stop = threading.Event()
         host.register_function(ROUTER_ARN)
         self._thread = threading.Thread(
             target=run_lambda, name="ggrouter",
-            args=(ROUTER_ARN, self.forwarder.handle, BoardClient(host.board)),
+            args=(ROUTER_ARN, self.forwarder.handle, host.function_client(ROUTER_ARN)),
             kwargs={"stop_event": self._stop, "concurrency": 1}, daemon=True)
         self._thread.start()
 

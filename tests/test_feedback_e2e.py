@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from connector.ipc import protocol
 from tests import images
 from tests.dlr_fixture.build import RED, blank_image, draw_box
 from tests.feedback_servers import Broker, Subscriber, free_port
@@ -225,7 +226,11 @@ def start_host_and_feedback(tmp, sdk_env, env_extra, broker=None, **params):
     """The other two ways: a bare host (with GGRouter) and the feedback Lambda attached to it."""
     ipc = tmp / "ipc.json"
     env = clean_env(ipc, **env_extra)
-    host = Proc(["host", "--port", "0"] + (["--mqtt-url", broker.url] if broker else []), env, tmp / "host.log")
+    # The host gives the feedback function its own token, which `feedback` finds beside the
+    # client file (issue 9: only a function's own token may take its work).
+    arn = protocol.feedback_function_arn(env.get("AWS_REGION") or "us-east-1")
+    host = Proc(["host", "--port", "0", "--function", arn] + (["--mqtt-url", broker.url] if broker else []),
+                env, tmp / "host.log")
     port = wait_for_client_file(ipc, host)["port"]
     wait_ready(port, host)
     fb = feedback_file(tmp / "feedback.json", tmp / "spool", **params)

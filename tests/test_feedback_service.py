@@ -40,7 +40,7 @@ def router():
         published.append((context.client_context.custom["subject"], json.loads(event)))
 
     host.register_function(ROUTER_ARN)
-    thread = threading.Thread(target=run_lambda, args=(ROUTER_ARN, handler, host.client()),
+    thread = threading.Thread(target=run_lambda, args=(ROUTER_ARN, handler, host.client(function_arn=ROUTER_ARN)),
                               kwargs={"stop_event": stop}, daemon=True)
     thread.start()
     yield host, published
@@ -191,7 +191,8 @@ def test_the_lambda_module_bootstraps_from_the_greengrass_environment(tmp_path, 
     arn = "arn:aws:lambda:eu-west-1:aws:function:MLFeedback"
     host.register_function(arn)
     stop = threading.Event()
-    loop = threading.Thread(target=run_lambda, args=(arn, lambda_function.function_handler, host.client()),
+    loop = threading.Thread(target=run_lambda, args=(arn, lambda_function.function_handler,
+                                                     host.client(function_arn=arn)),
                             kwargs={"stop_event": stop}, daemon=True)
     loop.start()
     try:

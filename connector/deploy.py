@@ -42,6 +42,9 @@ PLATFORMS = {"x86_64": ["manylinux2014_x86_64", "manylinux_2_28_x86_64", "manyli
 # Paths inside site-packages that a serving daemon never loads.
 PRUNE_DIRS = {"tests", "include", "__pycache__", "_pyinstaller", "benchmarks"}
 PRUNE_SUFFIXES = (".pyi", ".pyc", ".h", ".hpp", ".c", ".pxd", ".a")
+# Whole distributions a daemon never imports: ONNX Runtime pulls sympy/mpmath in for its
+# transformer-optimisation tools only (~17 MB).
+PRUNE_TOP = {"sympy", "mpmath"}
 
 
 def outer_memory_kb(limit_kb: int) -> int:
@@ -91,10 +94,35 @@ def _pip_target(target: str, arch: str, python: str, runtime: str, feedback: boo
     for tag in PLATFORMS[arch]:
         cmd += ["--platform", tag]
     subprocess.run(cmd + reqs, check=True)
+    if runtime == "dlr" and arch == "x86_64":
+        _libdlr_into_package(target, python)
+
+
+def _libdlr_into_package(target: str, python: str) -> None:
+    """dlr==1.6.0 installs libdlr.so as data at <prefix>/dlr/, which `pip --target` cannot place (the
+    directory has the package's own name); DLR also looks in its package directory: put it there."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+               "--no-deps", "--only-binary=:all:", "--implementation", "cp", "--python-version", python,
+               "-d", tmp]
+        for tag in PLATFORMS["x86_64"]:
+            cmd += ["--platform", tag]
+        subprocess.run(cmd + ["dlr==1.6.0"], check=True)
+        wheel = os.path.join(tmp, [f for f in os.listdir(tmp) if f.endswith(".whl")][0])
+        with zipfile.ZipFile(wheel) as z:
+            member = [n for n in z.namelist() if n.endswith("/data/dlr/libdlr.so")][0]
+            with z.open(member) as src, open(os.path.join(target, "dlr", "libdlr.so"), "wb") as dst:
+                shutil.copyfileobj(src, dst)
 
 
 def _prune(target: str) -> int:
     removed = 0
+    for name in os.listdir(target):
+        top = name.split("-")[0].lower()
+        if top in PRUNE_TOP:
+            full = os.path.join(target, name)
+            removed += _tree_size(full)
+            shutil.rmtree(full)
     for dirpath, dirnames, filenames in os.walk(target, topdown=True):
         for d in list(dirnames):
             if d in PRUNE_DIRS:

@@ -65,39 +65,53 @@ def check_request(body: Any, content_type: Optional[str]) -> None:
 
 WATCH_ENV = "CONNECTOR_MODEL_WATCH_SECONDS"
 DEFAULT_WATCH_S = 2.0
+# How long a worker may take to import its runtime and load the model. 120 s is generous on real
+# hardware; under qemu emulation (scripts/arm/run-arm.sh) importing ONNX Runtime alone takes minutes.
+LOAD_TIMEOUT_ENV = "CONNECTOR_MODEL_LOAD_TIMEOUT_SECONDS"
+DEFAULT_LOAD_TIMEOUT_S = 120.0
+
+
+def _env_seconds(name: str, default: float, low: float, meaning: str,
+                 environ: Optional[Mapping[str, str]] = None) -> float:
+    raw = (os.environ if environ is None else environ).get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise errors.ParameterError("{} must be a number of seconds{}, got {!r}".format(name, meaning, raw))
+    if not low <= seconds <= 3600:
+        raise errors.ParameterError("{} must be between {:g} and 3600, got {!r}".format(name, low, raw))
+    return seconds
 
 
 def watch_interval(environ: Optional[Mapping[str, str]] = None) -> Optional[float]:
     """How often the model directory is checked for a new version; None (0 in the environment)
     turns watching off."""
-    raw = (os.environ if environ is None else environ).get(WATCH_ENV)
-    if raw is None or raw == "":
-        return DEFAULT_WATCH_S
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise errors.ParameterError("{} must be a number of seconds (0 turns watching off), got {!r}"
-                                    .format(WATCH_ENV, raw))
-    if not 0 <= seconds <= 3600:
-        raise errors.ParameterError("{} must be between 0 and 3600, got {!r}".format(WATCH_ENV, raw))
-    return seconds or None
+    return _env_seconds(WATCH_ENV, DEFAULT_WATCH_S, 0, " (0 turns watching off)", environ) or None
+
+
+def load_timeout(environ: Optional[Mapping[str, str]] = None) -> float:
+    return _env_seconds(LOAD_TIMEOUT_ENV, DEFAULT_LOAD_TIMEOUT_S, 1, "", environ)
 
 
 class SupervisedService:
-    def __init__(self, params: Parameters, watch_interval_s: Optional[float] = DEFAULT_WATCH_S) -> None:
+    def __init__(self, params: Parameters, watch_interval_s: Optional[float] = DEFAULT_WATCH_S,
+                 load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S) -> None:
         self.params = params
         # The worker watches its memory against the limit and sizes the decoder's pixel limit from
         # what the loaded model leaves free of it.
         self.pool = WorkerPool(params.model_path, params.device, max_pixels=imaging.DEFAULT_MAX_PIXELS,
                                timeout_s=params.timeout_seconds, service_name=params.service_name,
-                               memory_limit_kb=params.memory_limit_kb, watch_interval_s=watch_interval_s)
+                               memory_limit_kb=params.memory_limit_kb, watch_interval_s=watch_interval_s,
+                               load_timeout_s=load_timeout_s)
         self.refused = 0  # requests answered with an error about the request itself
         self._refused_lock = threading.Lock()
 
     @classmethod
     def from_parameters(cls, params: Parameters,
                         environ: Optional[Mapping[str, str]] = None) -> "SupervisedService":
-        return cls(params, watch_interval(environ))
+        return cls(params, watch_interval(environ), load_timeout(environ))
 
     def describe(self) -> Dict[str, Any]:
         name, device = self.pool.backend

@@ -11,7 +11,7 @@ import pytest
 
 from connector import models
 from connector.errors import ParameterError
-from connector.service import WATCH_ENV, watch_interval
+from connector.service import LOAD_TIMEOUT_ENV, WATCH_ENV, load_timeout, watch_interval
 from connector.workers import WorkerError, WorkerPool
 from tests import images
 from tests.dlr_fixture.build import RED, blank_image, build_dlr_model, draw_box
@@ -219,3 +219,12 @@ def test_version_written_while_a_broken_one_loads_is_still_loaded(versions):
         wait_until(lambda: pool.backend[0] == "onnxruntime", what="the version that landed meanwhile")
     finally:
         pool.close()
+
+
+def test_model_load_timeout_from_the_environment():
+    """Emulated or very slow devices need longer than the default 120 s to import a runtime."""
+    assert load_timeout({}) == 120.0
+    assert load_timeout({LOAD_TIMEOUT_ENV: "900"}) == 900.0
+    for raw in ("0", "-5", "3601", "later", "nan"):
+        with pytest.raises(ParameterError, match=LOAD_TIMEOUT_ENV):
+            load_timeout({LOAD_TIMEOUT_ENV: raw})

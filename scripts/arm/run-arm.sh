@@ -44,7 +44,8 @@ mount_in() {  # fstype-or-bind source target
 }
 in_root() {  # command...: run inside the chroot with a clean environment
   chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    HOME=/root TMPDIR=/tmp LANG=C.UTF-8 READY_WAIT_S="${READY_WAIT_S:-600}" SERVICE_TIMEOUT_S=120 \
+    HOME=/root TMPDIR=/tmp LANG=C.UTF-8 READY_WAIT_S="${READY_WAIT_S:-900}" SERVICE_TIMEOUT_S=120 \
+    CONNECTOR_MODEL_LOAD_TIMEOUT_SECONDS=900 \
     GG_ML_TEST_WAIT_FACTOR="${GG_ML_TEST_WAIT_FACTOR:-20}" "$@"
 }
 

@@ -36,6 +36,7 @@ class Engine:
         self.max_pixels = max_pixels
         # Memory decoding may take (None: max_pixels at the cheapest kind's bytes a pixel).
         self.max_decode_bytes: Optional[int] = None
+        self.last_timings: Dict[str, float] = {}
 
     @classmethod
     def from_model_dir(cls, path: str, device: str = "cpu",
@@ -68,8 +69,13 @@ class Engine:
         """The prediction document for JPEG/PNG bytes; InvalidImageError for anything else."""
         if content_type is not None:
             imaging.check_content_type(content_type)
+        started = time.perf_counter()
         bgr = imaging.decode_bgr(data, self.max_pixels, self.max_decode_bytes)
-        return postprocess.prediction_document(self.detect(bgr))
+        decoded = time.perf_counter()
+        document = postprocess.prediction_document(self.detect(bgr))
+        # For the operator's latency split (connector.metrics); one request at a time per engine.
+        self.last_timings = {"decode": decoded - started, "inference": time.perf_counter() - decoded}
+        return document
 
     def infer_text(self, data: bytes, content_type: Optional[str] = None) -> str:
         return postprocess.render(self.infer(data, content_type))

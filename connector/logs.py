@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
 import sys
 from typing import Iterator, Optional
 
+REQUEST_LOG_ENV = "CONNECTOR_REQUEST_LOG_LEVEL"
 FORMAT = "%(asctime)s %(service)s inv=%(invocation)s %(levelname)s %(name)s: %(message)s"
 
 # A context variable, not a global: several requests are handled at once on different threads,
@@ -49,3 +51,15 @@ def configure_logging(service: str, level: int = logging.INFO, file: Optional[st
         h.setFormatter(logging.Formatter(FORMAT))
         root.addHandler(h)
     root.setLevel(level)
+    # The per-request line (connector.service) is INFO; an operator turns it down (WARNING, ERROR)
+    # or keeps it while the rest is quieter, independently of the service's own level.
+    request_level = os.environ.get(REQUEST_LOG_ENV, "").strip().upper()
+    requests = logging.getLogger("connector.requests")
+    if request_level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        requests.setLevel(request_level)
+    else:
+        requests.setLevel(logging.NOTSET)
+        if request_level:
+            logging.getLogger("connector.logs").warning(
+                "%s=%r is not a log level (DEBUG, INFO, WARNING, ERROR); the request log follows "
+                "the service's level", REQUEST_LOG_ENV, request_level[:20])

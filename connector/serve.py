@@ -22,7 +22,7 @@ import signal
 import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-from . import lambda_function
+from . import lambda_function, metrics
 from .errors import ConnectorError, ParameterError
 from .feedback import lambda_function as feedback_lambda
 from .feedback.config import MAP_PARAMETER as FEEDBACK_MAP_PARAMETER
@@ -160,6 +160,9 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     state.update(state="ready", function_arn=arn)
     host.set_health(lambda: _health(state, service, host, arn, services))
     host.set_readiness(lambda: service.pool.state == "ready")
+    host.set_metrics(lambda: metrics.render(params.service_name, service.metrics,
+                                            _health(state, service, host, arn, services),
+                                            host.board.queue_depth(arn), service.resident_bytes()))
     host.set_ready()
     log.info("serving %s on %s (model %s)", arn, host.url, params.model_path)
     _wait_for(stop)

@@ -18,9 +18,13 @@ from typing import Any, Callable, Dict, Mapping, Optional
 from . import errors, imaging, postprocess
 from .engine import Engine
 from .params import Parameters
-from .workers import WorkerPool
+from .metrics import RequestMetrics
+from .workers import AbandonedError, InferenceTimeoutError, WorkerPool, resident_kb
 
 log = logging.getLogger("connector.service")
+# One INFO line per request (id, bytes, outcome, milliseconds); CONNECTOR_REQUEST_LOG_LEVEL=WARNING
+# turns it down (connector.logs).
+request_log = logging.getLogger("connector.requests")
 
 
 class InferenceService:
@@ -105,6 +109,7 @@ class SupervisedService:
                                timeout_s=params.timeout_seconds, service_name=params.service_name,
                                memory_limit_kb=params.memory_limit_kb, watch_interval_s=watch_interval_s,
                                load_timeout_s=load_timeout_s)
+        self.metrics = RequestMetrics()
         self.refused = 0  # requests answered with an error about the request itself
         self._refused_lock = threading.Lock()
 
@@ -131,7 +136,31 @@ class SupervisedService:
 
     def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-",
               deadline: Optional[float] = None, cancelled: Optional[Callable[[], bool]] = None) -> str:
-        """See WorkerPool.infer for `deadline` and `cancelled`."""
+        """See WorkerPool.infer for `deadline` and `cancelled`. Every call is counted and timed
+        (connector.metrics) and logged as one line on the `connector.requests` logger."""
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            text = self._infer(body, content_type, invocation_id, deadline, cancelled)
+            outcome = "ok"
+            return text
+        except errors.InvalidImageError:
+            outcome = "refused"
+            raise
+        except TypeError:
+            outcome = "refused"
+            raise
+        except (InferenceTimeoutError, AbandonedError):
+            outcome = "timeout"
+            raise
+        finally:
+            elapsed = time.monotonic() - started
+            self.metrics.observe(outcome, elapsed, self.pool.phase_times() if outcome == "ok" else None)
+            size = len(body) if isinstance(body, (bytes, bytearray, memoryview)) else -1
+            request_log.info("request %s: %d bytes, %s, %.1f ms", invocation_id, size, outcome, elapsed * 1000.0)
+
+    def _infer(self, body: bytes, content_type: Optional[str], invocation_id: str,
+               deadline: Optional[float], cancelled: Optional[Callable[[], bool]]) -> str:
         try:
             check_request(body, content_type)
         except (TypeError, errors.ConnectorError):
@@ -146,6 +175,15 @@ class SupervisedService:
         error = getattr(errors, kind, None)
         raise (error if isinstance(error, type) and issubclass(error, errors.ConnectorError)
                else errors.ConnectorError)(message)
+
+    def resident_bytes(self) -> Dict[str, Optional[int]]:
+        """RSS of the supervisor (this process) and of the current worker."""
+        pid = self.pool.worker_pid()
+        out: Dict[str, Optional[int]] = {}
+        for role, p in (("supervisor", os.getpid()), ("worker", pid)):
+            kb = resident_kb(p) if p else None
+            out[role] = kb * 1024 if kb is not None else None
+        return out
 
     def close(self) -> None:
         self.pool.close()

@@ -107,7 +107,8 @@ def _worker_main(conn: Connection, model_path: str, device: str, max_pixels: int
             return  # the supervisor went away
         with invocation(invocation_id):
             try:
-                conn.send(("ok", engine.infer_text(body, content_type)))
+                text = engine.infer_text(body, content_type)
+                conn.send(("ok", text, engine.last_timings))
             except ConnectorError as e:
                 conn.send(("error", type(e).__name__, str(e)))
             except Exception as e:  # noqa: BLE001 - a bug costs this request, not the loaded model
@@ -269,6 +270,8 @@ class WorkerPool:
         self.timeout_s, self.load_timeout_s, self.service_name = timeout_s, load_timeout_s, service_name
         self.memory_limit_kb = memory_limit_kb
         self.watch_interval_s = watch_interval_s
+        # The last answered request's queue/decode/inference seconds, per calling thread.
+        self._phase_times = threading.local()
         self.counters: Dict[str, int] = {"restarts": 0, "timeouts": 0, "crashes": 0,
                                          "memory_limit_exceeded": 0, "reloads": 0,
                                          "reload_failures": 0, "hangs": 0, "abandoned": 0,
@@ -322,6 +325,12 @@ class WorkerPool:
             return {"worker_pid": None}
         return {"worker_pid": worker.pid, "worker_loaded_kb": worker.loaded_kb,
                 "max_pixels": worker.max_pixels}
+
+    def phase_times(self) -> Dict[str, float]:
+        """Queue, decode and inference seconds of this thread's last answered request."""
+        times = getattr(self._phase_times, "phases", {})
+        self._phase_times.phases = {}
+        return times
 
     def worker_pid(self) -> Optional[int]:
         worker = self._worker
@@ -407,6 +416,7 @@ class WorkerPool:
             self.recent_s = elapsed if not self.recent_s else 0.8 * self.recent_s + 0.2 * elapsed
             self._check_memory_after(worker, invocation_id)
             if message[0] == "ok":
+                self._phase_times.phases = dict(message[2] if len(message) > 2 else {}, queue=started - now)
                 return "ok", message[1]
             return "error", (message[1], message[2])
         finally:

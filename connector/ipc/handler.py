@@ -198,6 +198,12 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
                 raise Refusal(405, "{} supports GET".format(path), "MethodNotAllowed",
                               [("Allow", "GET")])
             return self._probe(probe)
+        if path == protocol.METRICS_PATH:
+            if self.command not in ("GET", "HEAD"):
+                raise Refusal(405, "{} supports GET".format(path), "MethodNotAllowed", [("Allow", "GET")])
+            self._authenticate()  # any valid token: the rule of the detailed health document
+            status, text = self.server.ipc_host.metrics()
+            return self._send(status, text.encode("utf-8"), content_type="text/plain; version=0.0.4; charset=utf-8")
         principal = self._authenticate()
         parsed = protocol.parse_function_path(path)
         if parsed is None:

@@ -240,6 +240,7 @@ class IPCHost(object):
         self._principals: Dict[bytes, Principal] = {_digest(self.token): CALLER}
         self._function_tokens: Dict[str, str] = {}
         self._health = health
+        self._metrics: Optional[Callable[[], str]] = None
         self._readiness: Optional[Callable[[], bool]] = None
         self._ready = False
         self._server: Optional[_Server] = None
@@ -357,6 +358,21 @@ class IPCHost(object):
 
     def set_health(self, health: Optional[HealthCallback]) -> None:
         self._health = health
+
+    def set_metrics(self, metrics: Optional[Callable[[], str]]) -> None:
+        """``GET /metrics`` (with a valid token) answers this callback's Prometheus text."""
+        self._metrics = metrics
+
+    def metrics(self) -> Tuple[int, str]:
+        """(status, text) of ``GET /metrics``."""
+        callback = self._metrics
+        if callback is None:
+            return 404, "no metrics: this host serves no connector in-process\n"
+        try:
+            return 200, callback()
+        except Exception as exc:  # the scrape must say why, not drop the connection
+            log.exception("metrics callback failed")
+            return 500, "metrics failed: {}\n".format(str(exc)[:200])
 
     def set_readiness(self, readiness: Optional[Callable[[], bool]]) -> None:
         """``GET /readyz`` answers 200 only while this says True (and the host is ready)."""

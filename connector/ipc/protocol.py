@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote
 API_VERSION = "2016-11-01"
 FUNCTIONS_PREFIX = "/{}/functions/".format(API_VERSION)
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"  # Prometheus text format; a valid token required, as for the health details
 
 HEADER_AUTH_TOKEN = "Authorization"
 HEADER_INVOCATION_ID = "X-Amz-InvocationId"

@@ -177,6 +177,12 @@ class WorkBoard(object):
             fn = self._functions.get(function_arn)
             return dict(fn.counters) if fn else dict(_Function(self._lock).counters)
 
+    def queue_depth(self, function_arn: str) -> int:
+        """Invocations of `function_arn` waiting to be taken (get_work not yet called for them)."""
+        with self._lock:
+            fn = self._functions.get(function_arn)
+            return len(fn.queue) if fn is not None else 0
+
     def timeout_of(self, function_arn: str) -> float:
         with self._lock:
             fn = self._functions.get(function_arn)

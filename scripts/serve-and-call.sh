@@ -22,12 +22,13 @@ service=$!
 trap 'kill -TERM $service 2>/dev/null; wait $service 2>/dev/null || true' EXIT
 deadline=$((SECONDS + ${READY_WAIT_S:-30}))
 port=""
+port_of() {  # the service's entry in the client file (absent until the host has written it)
+  "$py" -c 'import sys; from connector.ipc import clientfile; print(clientfile.read(sys.argv[1], "objectDetection")["port"])' "$GG_ML_IPC_FILE" 2>/dev/null || true
+}
 while :; do  # the service writes the client file, then answers /healthz when ready
-  if [ -f "$GG_ML_IPC_FILE" ]; then
-    port=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$GG_ML_IPC_FILE")
-    if "$py" -c 'import sys,urllib.request; urllib.request.urlopen("http://127.0.0.1:%s/healthz" % sys.argv[1], timeout=2)' "$port" 2>/dev/null; then
-      break
-    fi
+  [ -f "$GG_ML_IPC_FILE" ] && port=$(port_of)
+  if [ -n "$port" ] && "$py" -c 'import sys,urllib.request; urllib.request.urlopen("http://127.0.0.1:%s/healthz" % sys.argv[1], timeout=2)' "$port" 2>/dev/null; then
+    break
   fi
   kill -0 $service 2>/dev/null || { echo "the service failed to start:" >&2; cat "$out/service.log" >&2; exit 1; }
   [ $SECONDS -lt $deadline ] || { echo "the service was not ready after ${READY_WAIT_S:-30} s:" >&2; cat "$out/service.log" >&2; exit 1; }

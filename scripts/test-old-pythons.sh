@@ -33,7 +33,7 @@ for v in "${versions[@]}"; do
   venv=".venv-py${v/./}"
   start=$SECONDS
   if [ ! -x "$venv/bin/python" ]; then "$py" -m venv "$venv"; fi
-  deps=(pytest pytest-timeout hypothesis pillow "numpy>=1.16" "opencv-python-headless>=4.2" "pyyaml>=5.1" "dlr==1.6.0")
+  deps=(pytest pytest-timeout hypothesis pillow wheel "numpy>=1.16" "opencv-python-headless>=4.2" "pyyaml>=5.1" "dlr==1.6.0")
   [ "$v" = 3.7 ] || deps+=("onnxruntime>=1.18,<1.33" onnx)
   log=$(mktemp)
   if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "${deps[@]}" >"$log" 2>&1; then

@@ -125,6 +125,8 @@ def test_metrics_need_a_valid_token(served):
     assert scrape(info["port"], "wrong-token")[0] == 403
     assert scrape(info["port"], info["token"], method="POST")[0] == 405
     assert scrape(info["port"], info["token"])[0] == 200
+    assert scrape(info["port"], "Bearer " + info["token"])[0] == 200  # Prometheus' authorization
+    assert scrape(info["port"], "Bearer wrong-token")[0] == 403
 
 
 def test_one_request_log_line_per_invocation(served):

@@ -201,7 +201,7 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
         if path == protocol.METRICS_PATH:
             if self.command not in ("GET", "HEAD"):
                 raise Refusal(405, "{} supports GET".format(path), "MethodNotAllowed", [("Allow", "GET")])
-            self._authenticate()  # any valid token: the rule of the detailed health document
+            self._authenticate(bearer=True)  # any valid token: the rule of the detailed health document
             status, text = self.server.ipc_host.metrics()
             return self._send(status, text.encode("utf-8"), content_type="text/plain; version=0.0.4; charset=utf-8")
         principal = self._authenticate()
@@ -225,8 +225,12 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
         self.server.guard.handling(self.connection)
         getattr(self, route)(function_arn, body)
 
-    def _authenticate(self) -> Principal:
+    def _authenticate(self, bearer: bool = False) -> Principal:
+        """The principal of the request's token; with `bearer` also "Bearer <token>" (what
+        Prometheus' scrape `authorization` sends; the IPC protocol itself uses the raw token)."""
         given = self.headers.get(protocol.HEADER_AUTH_TOKEN)
+        if bearer and given is not None and given.startswith("Bearer "):
+            given = given[len("Bearer "):]
         if given is None:
             raise Refusal(401, "missing Authorization header (the raw IPC token)", "Unauthorized")
         principal = self.server.ipc_host.principal(given)

@@ -404,3 +404,15 @@ def test_the_sdk_gives_up_after_the_services_timeout_when_the_host_hangs(tmp_pat
         took = time.monotonic() - started
     assert code == 3 and "GreengrassDependencyException" in out and "timed out" in out, out
     assert took < 30, took  # 1 s + the 5 s margin, on a busy machine
+
+
+def test_start_time_a_few_ticks_off_is_the_same_process(tmp_path):
+    """Under qemu-user a host reads its own start time from qemu, a few ticks after the kernel's
+    (seen in the ARM chroots: 2); readers must still take the entry, in the SDK as in the host."""
+    from greengrass_machine_learning_sdk import _endpoint
+    now = clientfile.process_start(os.getpid())
+    assert now is not None
+    for module in (clientfile, _endpoint):
+        assert module.is_alive({"pid": os.getpid(), "started": now + 2})
+        assert module.is_alive({"pid": os.getpid(), "started": now - 2})
+        assert not module.is_alive({"pid": os.getpid(), "started": now + 60 * os.sysconf("SC_CLK_TCK")})

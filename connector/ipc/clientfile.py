@@ -157,6 +157,9 @@ def _directory_reason(directory: str) -> Optional[str]:
 
 # -- processes ---------------------------------------------------------------------------------
 
+START_TOLERANCE_TICKS = 5 * (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+
+
 def process_start(pid: int) -> Optional[int]:
     """The start time of process `pid` (clock ticks since boot, from /proc), None if unknown."""
     try:
@@ -179,7 +182,13 @@ def is_alive(entry: Mapping[str, Any]) -> bool:
     except PermissionError:
         pass  # alive, another user's
     started = entry.get("started")
-    return started is None or process_start(pid) in (None, started)
+    if not isinstance(started, int):
+        return True
+    now = process_start(pid)
+    # Close, not equal: under qemu-user emulation a process reads its own /proc stat from qemu,
+    # which reports qemu's start a few ticks after the kernel's (seen: 2 ticks). A pid reused by
+    # another process within seconds of the first one's start is not a practical case.
+    return now is None or abs(now - started) <= START_TOLERANCE_TICKS
 
 
 # -- reading -----------------------------------------------------------------------------------

@@ -115,8 +115,8 @@ def test_doctor_reports_the_real_binaries_requirements():
 
 
 def test_doctor_fails_on_a_bad_model_directory(tmp_path):
-    (tmp_path / "model.onnx").write_bytes(b"not a model")
-    out = run_doctor("--model-dir", str(tmp_path))
+    (tmp_path / "model").mkdir()  # empty: refused whatever runtimes are installed
+    out = run_doctor("--model-dir", str(tmp_path / "model"))
     assert out.returncode == 1, out.stdout
     assert re.search(r"FAIL .*model", out.stdout), out.stdout
     assert "the service CANNOT run here" in out.stdout

@@ -214,7 +214,9 @@ def _encode(kind: str, image: Image.Image) -> bytes:
         "png-rgb": lambda: image.save(buf, "PNG", compress_level=1),
         "png-rgba": lambda: image.convert("RGBA").save(buf, "PNG", compress_level=1),
         "png-palette": lambda: image.convert("P").save(buf, "PNG", compress_level=1),
-        "png-gray16": lambda: image.convert("I;16").save(buf, "PNG", compress_level=1),
+        # From a uint16 array: older Pillow (Python 3.7's) cannot convert RGB to I;16.
+        "png-gray16": lambda: Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
+        .save(buf, "PNG", compress_level=1),
     }[kind]
     save()
     return buf.getvalue()

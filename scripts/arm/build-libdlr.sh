@@ -3,7 +3,7 @@
 # x86_64 only) for an ARM Linux target, with Debian's cross compilers.
 #   scripts/arm/build-libdlr.sh aarch64|armv7 OUT_DIR
 # Writes OUT_DIR/libdlr.so. Needs: git, cmake, make and g++-aarch64-linux-gnu or
-# g++-arm-linux-gnueabihf. ~18 min (aarch64) / ~13 min (armv7) on 2 cores.
+# g++-arm-linux-gnueabihf. 7-22 minutes on 2 cores (425 s aarch64, 1312 s armv7 on a busy host).
 # Sources: DLR_SRC=<a checkout of v1.6.0 with its submodules>, or else a clone from GitHub; set
 # GIT_MIRRORS=<dir> to clone from local mirrors named <owner>+<repo>/repo instead (no network).
 # The result links against the build host's glibc: one built on Debian 12 needs glibc >= 2.34, so it

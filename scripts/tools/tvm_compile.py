@@ -51,11 +51,12 @@ from pattern import pattern_image  # noqa: E402
 
 TARGETS = {
     # (LLVM target, C compiler for export_library); hhb-tvm's default llvm target is RISC-V
-    "x86_64": ("llvm -mtriple=x86_64-linux-gnu -mcpu=x86-64", "gcc"),
+    "x86_64": ("llvm -mtriple=x86_64-linux-gnu -mcpu=x86-64", "gcc"),  # any x86_64 (SSE2 only)
+    "x86_64-avx2": ("llvm -mtriple=x86_64-linux-gnu -mcpu=core-avx2", "gcc"),  # Haswell and later
     "aarch64": ("llvm -mtriple=aarch64-linux-gnu -mattr=+neon", "aarch64-linux-gnu-gcc"),
     "armv7": ("llvm -mtriple=armv7l-linux-gnueabihf -mattr=+neon -mfloat-abi=hard", "arm-linux-gnueabihf-gcc"),
 }
-NEO_DEVICE = {"x86_64": "ml_c5", "aarch64": "jetson_nano", "armv7": "rasp3b"}
+NEO_DEVICE = {"x86_64": "ml_c5", "x86_64-avx2": "ml_c5", "aarch64": "jetson_nano", "armv7": "rasp3b"}
 OUTPUT_NAMES = ("ids", "scores", "bboxes")
 # the demo detectors' post-processing (scripts/train_demo_detectors.py: MAX_DETS, NMS_IOU, SCORE_MIN)
 DEMO_MAX_DETS, DEMO_NMS_IOU, DEMO_SCORE_MIN = 100, 0.45, 0.05
@@ -139,7 +140,8 @@ def write_neo_dir(mod, params, shape: List[int], out: str, arch: str, framework:
         factory = relay.build(mod, target=tvm.target.Target(target), params=params)
     build_s = time.time() - t0
     lib_path = os.path.join(out, "compiled.so")
-    if arch == "x86_64":
+    native = arch.startswith("x86_64")
+    if native:
         factory.get_lib().export_library(lib_path)
     else:
         factory.get_lib().export_library(lib_path, fcompile=cc.cross_compiler(compiler))
@@ -147,7 +149,8 @@ def write_neo_dir(mod, params, shape: List[int], out: str, arch: str, framework:
     with open(os.path.join(out, "compiled_model.json"), "w") as f:
         f.write(graph)
     with open(os.path.join(out, "compiled.params"), "wb") as f:
-        f.write(relay.save_param_dict(factory.get_params()))
+        # sorted: the build's dict order varies from run to run, and a rerun should be byte-identical
+        f.write(relay.save_param_dict(dict(sorted(factory.get_params().items()))))
     n_out = len(json.loads(graph)["heads"])
     names = list(OUTPUT_NAMES) if n_out == 3 else ["output_{}".format(i) for i in range(n_out)]
     meta = {"Requirements": {"TargetDevice": NEO_DEVICE[arch].upper(), "TargetDeviceType": "cpu"},
@@ -160,7 +163,7 @@ def write_neo_dir(mod, params, shape: List[int], out: str, arch: str, framework:
         json.dump([{"data": shape}], f)
     with open(os.path.join(out, "hyperparams.json"), "w") as f:
         json.dump({"framework": framework, "target": NEO_DEVICE[arch]}, f)
-    if arch == "x86_64":
+    if native:
         np.savez_compressed(os.path.join(out, "reference.npz"), **reference_outputs(out, shape))
     return dict(extra, cpu=arch, target=target, build_seconds=round(build_s, 1), input_shape=shape)
 

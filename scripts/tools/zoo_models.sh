@@ -4,6 +4,7 @@
 # check through the connector. Random weights (pretrained=False: nothing can be downloaded).
 # ON DEMAND ONLY (minutes per model, ~100-250 MB of output): never in CI, nothing here is committed.
 #   scripts/tools/zoo_models.sh [OUT_DIR (default .tools/zoo)] [model ...]
+# ZOO_ARCH=x86_64-avx2 compiles for Haswell and later instead of any x86_64 (SSE2 only).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:-.tools/zoo}"; shift || true
@@ -21,7 +22,7 @@ for m in $models; do
   t0=$(date +%s.%N)
   step .tools/gluoncv/bin/python scripts/tools/gluoncv_export.py --arch "$m" --size 512 --layout HWC --onnx --out "$out/$m/export"
   t1=$(date +%s.%N)
-  step .tools/tvm/bin/python scripts/tools/tvm_compile.py mxnet "$out/$m/export" "$out/$m/neo"
+  step .tools/tvm/bin/python scripts/tools/tvm_compile.py mxnet "$out/$m/export" "$out/$m/neo" --arch "${ZOO_ARCH:-x86_64}"
   t2=$(date +%s.%N)
   mkdir -p "$out/$m/onnx" && ln -sf ../export/model.onnx "$out/$m/onnx/model.onnx"
   for kind in onnx neo; do  # the zoo's class names (VOC), from the export's record

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import sys
 import time
 from typing import Dict, List, Tuple
@@ -149,8 +150,7 @@ def write_neo_dir(mod, params, shape: List[int], out: str, arch: str, framework:
     with open(os.path.join(out, "compiled_model.json"), "w") as f:
         f.write(graph)
     with open(os.path.join(out, "compiled.params"), "wb") as f:
-        # sorted: the build's dict order varies from run to run, and a rerun should be byte-identical
-        f.write(relay.save_param_dict(dict(sorted(factory.get_params().items()))))
+        f.write(sorted_param_blob(relay.save_param_dict(factory.get_params())))
     n_out = len(json.loads(graph)["heads"])
     names = list(OUTPUT_NAMES) if n_out == 3 else ["output_{}".format(i) for i in range(n_out)]
     meta = {"Requirements": {"TargetDevice": NEO_DEVICE[arch].upper(), "TargetDeviceType": "cpu"},
@@ -166,6 +166,42 @@ def write_neo_dir(mod, params, shape: List[int], out: str, arch: str, framework:
     if native:
         np.savez_compressed(os.path.join(out, "reference.npz"), **reference_outputs(out, shape))
     return dict(extra, cpu=arch, target=target, build_seconds=round(build_s, 1), input_shape=shape)
+
+
+def sorted_param_blob(blob: bytes) -> bytes:
+    """The same params file with its arrays in name order.
+
+    save_param_dict writes them in the order of a TVM Map, which changes from run to run; sorted,
+    a rerun gives the same bytes. Layout (TVM's and libdlr's reader): u64 list magic, u64 reserved,
+    u64 count + (u64 length, name) each, u64 count, then each array as u64 magic, u64 reserved,
+    i32 device type, i32 device id, i32 ndim, u8 code, u8 bits, u16 lanes, i64 shape[ndim],
+    i64 byte size, data.
+    """
+    def u64(at: int) -> int:
+        return struct.unpack_from("<Q", blob, at)[0]
+
+    at, names = 16, []
+    for _ in range(u64(at)):
+        length = u64(at + 8)
+        names.append(blob[at + 16:at + 16 + length])
+        at += 8 + length
+    at += 8
+    count, at, arrays = u64(at), at + 8, []
+    assert count == len(names), "params file: {} names, {} arrays".format(len(names), count)
+    for _ in range(count):
+        ndim = struct.unpack_from("<i", blob, at + 24)[0]
+        size_at = at + 32 + 8 * ndim
+        end = size_at + 8 + u64(size_at)
+        arrays.append(blob[at:end])
+        at = end
+    assert at == len(blob), "params file: {} trailing bytes".format(len(blob) - at)
+    order = sorted(range(count), key=lambda i: names[i])
+    out = [blob[:16], struct.pack("<Q", count)]
+    out += [struct.pack("<Q", len(names[i])) + names[i] for i in order]
+    out += [struct.pack("<Q", count)] + [arrays[i] for i in order]
+    sorted_blob = b"".join(out)
+    assert len(sorted_blob) == len(blob)
+    return sorted_blob
 
 
 def reference_outputs(out: str, shape: List[int]) -> Dict[str, np.ndarray]:

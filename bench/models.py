@@ -100,7 +100,7 @@ def main() -> int:
         os.environ.pop(var, None)
     work = Path(tempfile.mkdtemp(prefix="bench-models-"))
     try:
-        models = build_models(work) + [(os.path.basename(os.path.abspath(d)), d)
+        models = build_models(work) + [(os.path.basename(os.path.abspath(d)), os.path.abspath(d))
                                        for d in args.model_dirs]
         rng = np.random.RandomState(3)
         jpeg = images.jpeg(rng.randint(0, 256, (480, 640, 3)).astype(np.uint8))

@@ -14,7 +14,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import ModelDirectoryError
 from .model_dir import ModelMetadata
@@ -235,7 +235,3 @@ def describe_input(meta: ModelMetadata) -> str:
         meta.dtype, meta.color, ", mean {} std {}".format(list(meta.mean), list(meta.std))
         if meta.normalises else "", ", letterboxed" if meta.resize == "letterbox" else "",
         meta.contract_source or "model.yaml")
-
-
-def names_of(specs: Sequence[TensorSpec]) -> List[str]:
-    return [s.name for s in specs]

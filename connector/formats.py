@@ -84,24 +84,25 @@ def _same_length(**arrays: np.ndarray) -> None:
             ", ".join("{} {}".format(k, len(v)) for k, v in arrays.items())))
 
 
-def decode_gluoncv(outputs: Sequence[np.ndarray], meta: ModelMetadata) -> Detections:
+def _decode_named(outputs: Sequence[np.ndarray], meta: ModelMetadata, class_role: str,
+                  box_role: str) -> Detections:
+    """Formats whose model has filtered and suppressed already: class, score and box outputs,
+    rows with a negative class are padding (GluonCV) and NaN classes are dropped too."""
     by_role = _by_role(outputs, meta)
-    ids = _flat(by_role["ids"], 1, "ids")
+    classes = _flat(by_role[class_role], 1, class_role)
     scores = _flat(by_role["scores"], 1, "scores")
-    boxes = _flat(by_role["bboxes"], 4, "bboxes")
-    _same_length(ids=ids, scores=scores, bboxes=boxes)
-    keep = ids >= 0  # padding rows; NaN ids are dropped too
-    return ids[keep].astype(np.int64), scores[keep], boxes[keep]
+    boxes = _flat(by_role[box_role], 4, box_role)
+    _same_length(**{class_role: classes, "scores": scores, box_role: boxes})
+    keep = classes >= 0
+    return classes[keep].astype(np.int64), scores[keep], boxes[keep]
+
+
+def decode_gluoncv(outputs: Sequence[np.ndarray], meta: ModelMetadata) -> Detections:
+    return _decode_named(outputs, meta, "ids", "bboxes")
 
 
 def decode_torchvision(outputs: Sequence[np.ndarray], meta: ModelMetadata) -> Detections:
-    by_role = _by_role(outputs, meta)
-    labels = _flat(by_role["labels"], 1, "labels")
-    scores = _flat(by_role["scores"], 1, "scores")
-    boxes = _flat(by_role["boxes"], 4, "boxes")
-    _same_length(labels=labels, scores=scores, boxes=boxes)
-    keep = labels >= 0  # like GluonCV's, these exports have filtered and suppressed already
-    return labels[keep].astype(np.int64), scores[keep], boxes[keep]
+    return _decode_named(outputs, meta, "labels", "boxes")
 
 
 def _single(outputs: Sequence[np.ndarray], meta: ModelMetadata) -> np.ndarray:

@@ -2,20 +2,22 @@
 
 Two layouts are understood:
 
-* a SageMaker Neo / TVM graph-runtime directory (run with DLR): exactly one ``*.so`` model library,
-  one ``*.json`` graph, one ``*.params`` file, optionally ``*.meta`` (input/output names) and
-  ``libdlr.so`` (the runtime Neo ships beside the model);
-* an ONNX directory (run with ONNX Runtime): exactly one ``*.onnx`` file.
+* a SageMaker Neo / TVM graph-runtime directory (run with DLR), read as DLR reads it: one ``*.so``
+  model library, one ``*.json`` graph, one ``*.params`` file, optionally one ``*.meta`` and
+  ``libdlr.so`` (the runtime Neo ships beside the model). Like DLR, the auxiliary JSON files of a
+  Neo output (``model-shapes.json``, ``hyperparams.json``) are not graphs, and files DLR never
+  opens (README, notes, ``*.partial``) are ignored;
+* an ONNX directory (run with ONNX Runtime): exactly one ``*.onnx`` file; other files are ignored.
 
-Both may carry ``model.yaml`` (YAML or JSON) describing the input and outputs, and ``labels.txt``
-(one class name per line, line number = class id). Without them the GluonCV export defaults of the
-SPEC apply: input ``data``, float32 NHWC (1, 512, 512, 3), RGB pixel values 0-255, outputs
-``ids, scores, bboxes`` in that order.
+Both may carry ``model.yaml`` (YAML or JSON) with what the model itself cannot say (mean/std,
+colour order, output roles, format), and ``labels.txt`` (one class name per line, line number =
+class id). The input contract (name, shape, layout, dtype) is read from the model once it is
+loaded (connector.contract); the defaults here are GluonCV's and are only placeholders until then.
 """
 from __future__ import annotations
 
-import os
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 

@@ -54,11 +54,15 @@ def to_tensor(bgr: np.ndarray, meta: ModelMetadata) -> Tuple[np.ndarray, Frame]:
     """One image laid out as the model takes it, and the frame that maps its boxes back."""
     # Resize before the colour swap and the float cast: both then touch only model-size pixels.
     pixels, frame = (_letterbox if meta.resize == "letterbox" else _stretch)(bgr, meta)
-    if meta.dtype == "float32" and meta.layout == "NCHW" and len(set(meta.std)) == 1:
+    if meta.dtype == "float32" and meta.layout == "NCHW":
         # One OpenCV pass does the swap, the mean, the scale and the transpose (~3x faster than
-        # the numpy steps below on a 640x640 input). Its mean is in the swapped (model) order.
-        tensor = cv2.dnn.blobFromImage(pixels, 1.0 / meta.std[0], mean=meta.mean,
-                                       swapRB=meta.color == "RGB")
+        # the numpy steps below on a 640x640 input). Its mean is in the swapped (model) order;
+        # its scale is one number, so per-channel stds are applied afterwards, in place.
+        uniform = len(set(meta.std)) == 1
+        tensor = cv2.dnn.blobFromImage(pixels, 1.0 / meta.std[0] if uniform else 1.0,
+                                       mean=meta.mean, swapRB=meta.color == "RGB")
+        if not uniform:
+            tensor *= (1.0 / np.asarray(meta.std, np.float32))[None, :, None, None]
         return (tensor if meta.batch_axis else tensor[0]), frame
     if meta.color == "RGB":
         pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)

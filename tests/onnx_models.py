@@ -155,3 +155,21 @@ def classifier(path: str, size: int = 224) -> str:
     return _save(nodes, [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, size, size])],
                  [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 1000])],
                  path, "classifier")
+
+
+def failing_detector(path: str, size: int = 256) -> str:
+    """Loads (GluonCV-shaped outputs) but fails every run: its score gathers an element far
+    outside the input ("indices element out of data bounds" from ONNX Runtime)."""
+    nodes = [
+        helper.make_node("Flatten", ["data"], ["flat"], axis=0),
+        helper.make_node("Constant", [], ["far"],
+                         value=numpy_helper.from_array(np.array([[10 ** 9]], np.int64), "far")),
+        helper.make_node("Gather", ["flat", "far"], ["picked"], axis=1),  # (1, 1, 1)
+        _const("ids", [[[0.0]]]),
+        _const("bboxes", [[BOX]]),
+        helper.make_node("Identity", ["picked"], ["scores"]),
+    ]
+    return _save(nodes, [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, size, size, 3])],
+                 [helper.make_tensor_value_info(o, TensorProto.FLOAT, s) for o, s in
+                  (("ids", [1, 1, 1]), ("scores", [1, 1, 1]), ("bboxes", [1, 1, 4]))],
+                 path, "failing_detector")

@@ -202,15 +202,17 @@ def test_normalisation_metadata_reaches_the_model(tmp_path):
 
 @pytest.mark.parametrize("color", ["RGB", "BGR"])
 @pytest.mark.parametrize("batch", [True, False])
-def test_nchw_tensor_matches_the_plain_numpy_recipe(color, batch):
+@pytest.mark.parametrize("std", [(127.5, 127.5, 127.5), (58.4, 57.1, 57.4)])
+def test_nchw_tensor_matches_the_plain_numpy_recipe(color, batch, std):
     from connector import preprocess
     rng = np.random.RandomState(0)
     bgr = rng.randint(0, 256, (48, 64, 3)).astype(np.uint8)
     meta = ModelMetadata(layout="NCHW", height=48, width=64, color=color, mean=(127.5, 10.0, 0.0),
-                         std=(127.5,) * 3, batch_axis=batch)
+                         std=std, batch_axis=batch)
     tensor, frame = preprocess.to_tensor(bgr, meta)
     pixels = bgr[:, :, ::-1] if color == "RGB" else bgr
-    expected = ((pixels.astype(np.float32) - np.array(meta.mean, np.float32)) / 127.5).transpose(2, 0, 1)
+    expected = ((pixels.astype(np.float32) - np.array(meta.mean, np.float32))
+                / np.array(std, np.float32)).transpose(2, 0, 1)
     assert tensor.shape == ((1,) if batch else ()) + (3, 48, 64) and tensor.dtype == np.float32
     assert np.allclose(tensor.reshape(expected.shape), expected, atol=1e-6)
     assert (frame.scale_x, frame.scale_y, frame.pad_x, frame.pad_y) == (1.0, 1.0, 0.0, 0.0)

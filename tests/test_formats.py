@@ -12,7 +12,7 @@ import pytest
 from connector import formats
 from connector.contract import TensorSpec
 from connector.engine import Engine
-from connector.errors import BackendError, ModelDirectoryError
+from connector.errors import ModelDirectoryError
 from connector.model_dir import ModelMetadata
 from tests import images
 from tests.onnx_models import (FORMAT_BOXES, classifier, torchvision_detector,

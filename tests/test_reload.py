@@ -184,13 +184,13 @@ def test_bad_watch_interval_is_a_parameter_error(raw):
 
 
 def test_version_that_loads_but_cannot_run_is_refused_at_load(versions, tmp_path):
-    # Its graph wants 256x256 while nothing says so: it loads, but fails its first inference. The
-    # warm-up inference at load finds that, so the reload fails and the old version serves on.
-    from tests.onnx_models import red_detector
+    # It loads, but every run fails in the runtime. The warm-up inference at load finds that, so
+    # the reload fails and the old version serves on.
+    from tests.onnx_models import failing_detector
     current, v1, v2, v3 = versions
     v4 = tmp_path / "v4"
     v4.mkdir()
-    red_detector(str(v4 / "model.onnx"), size=256)
+    failing_detector(str(v4 / "model.onnx"))
     pool = WorkerPool(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
     try:
         swap_symlink(current, v4)

@@ -22,17 +22,33 @@ ORT_QUIET = 4
 
 # Session creation failing inside a graph optimiser, not in the model: ORT >= 1.25 fails with
 # "AddInitializedOrtValue Attempt to replace the existing tensor" in constant folding on
-# GluonCV's YOLOv3 export (1.16-1.24 load it), and in MatMulAddFusion on graphs it folded itself.
-_OPTIMIZER_FAILURE = re.compile(r"AddInitializedOrtValue|Attempt to replace the existing tensor")
-# What to switch off, in order, until the model loads: the named optimisers first (everything
-# else stays optimised), then all but the basic level, then everything.
-RETRIES: Tuple[Tuple[str, Dict[str, Any]], ...] = (
-    ("the ConstantFolding optimizer", {"disabled_optimizers": ["ConstantFolding"]}),
-    ("the ConstantFolding and MatMulAddFusion optimizers",
-     {"disabled_optimizers": ["ConstantFolding", "MatMulAddFusion"]}),
-    ("graph optimizations above the basic level", {"level": "ORT_ENABLE_BASIC"}),
-    ("all graph optimizations", {"level": "ORT_DISABLE_ALL"}),
-)
+# GluonCV's YOLOv3 export (and in MatMulAddFusion on graphs it folded itself); ORT 1.18.0's
+# GatherSliceToSplitFusion names two nodes alike in GluonCV's SSD export ("two nodes with same
+# node name (/GatherSliceToSplitFusion/)"). Failures that no optimiser can cause are not retried.
+_ADD_INITIALIZER = re.compile(r"AddInitializedOrtValue|Attempt to replace the existing tensor")
+_NAMED_OPTIMIZER = re.compile(r"\b([A-Z][A-Za-z]*(?:Fusion|Folding|Elimination|Fuse|Transformer))\b")
+_NOT_AN_OPTIMIZER = re.compile(r"Protobuf parsing failed|No such file|Unsupported model IR version|"
+                               r"opset|not a registered function|NOT_IMPLEMENTED|INVALID_PROTOBUF")
+
+
+def retries(message: str) -> List[Tuple[str, Dict[str, Any]]]:
+    """What to switch off, in order, until the model loads: the optimisers the error names (or
+    constant folding, for the initializer clash), then all but the basic level, then all."""
+    if _NOT_AN_OPTIMIZER.search(message):
+        return []
+    steps: List[Tuple[str, Dict[str, Any]]] = []
+    named = sorted(set(_NAMED_OPTIMIZER.findall(message)))
+    if _ADD_INITIALIZER.search(message):
+        named = sorted(set(named) | {"ConstantFolding"})
+    if named:
+        steps.append(("the {} optimizer{}".format(" and ".join(named), "s" if len(named) > 1 else ""),
+                      {"disabled_optimizers": named}))
+    if _ADD_INITIALIZER.search(message):
+        steps.append(("the ConstantFolding and MatMulAddFusion optimizers",
+                      {"disabled_optimizers": sorted(set(named) | {"MatMulAddFusion"})}))
+    steps.append(("graph optimizations above the basic level", {"level": "ORT_ENABLE_BASIC"}))
+    steps.append(("all graph optimizations", {"level": "ORT_DISABLE_ALL"}))
+    return steps
 
 
 def _options(ort: Any, level: str = "") -> Any:
@@ -59,28 +75,28 @@ def create_session(ort: Any, path: str, providers: List[str]) -> Any:
         return ort.InferenceSession(path, sess_options=_options(ort), providers=providers)
     except Exception as e:  # ORT raises its own exception types from C++
         first = e
-    if not _OPTIMIZER_FAILURE.search(str(first)):
-        raise BackendError("ONNX Runtime cannot load {!r}: {}".format(path, first)) from None
-    for what, how in RETRIES:
+    steps = retries(str(first))
+    for what, how in steps:
         try:
             session = ort.InferenceSession(
                 path, sess_options=_options(ort, how.get("level", "")), providers=providers,
                 **({"disabled_optimizers": how["disabled_optimizers"]}
                    if "disabled_optimizers" in how else {}))
-        except Exception as e:
-            if _OPTIMIZER_FAILURE.search(str(e)):
-                continue
-            raise BackendError("ONNX Runtime cannot load {!r}: {}".format(path, e)) from None
+        except Exception:  # the next step switches off more
+            continue
         log.warning("ONNX Runtime %s failed to optimise %s (%s); loaded it with %s disabled",
                     ort.__version__, os.path.basename(path), _short(first), what)
         return session
-    raise BackendError("ONNX Runtime cannot load {!r}, not even with graph optimizations "
-                       "disabled: {}".format(path, first))
+    raise BackendError("ONNX Runtime cannot load {!r}{}: {}".format(
+        path, ", not even with graph optimizations disabled" if steps else "", first)) from None
 
 
 def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text[-200:]
+    """The innermost of ORT's nested messages, without its C++ source location."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    parts = [p.strip() for p in re.split(r"\[ONNXRuntimeError\] : \d+ : \w+ :", text) if p.strip()]
+    inner = parts[-1] if parts else text
+    return re.sub(r"^\S+\.(cc|h|cpp):\d+ ", "", inner)[:300]
 
 
 class OnnxBackend:

@@ -88,6 +88,8 @@ def build_yolo3(size: int) -> YOLOV3:
 
 
 def _fix_ssd_heads(net, seed: int) -> None:
+    """Random SSD heads score every anchor 1.0 and give boxes that overflow exp(): near-zero
+    predictor weights and random biases keep the scores spread and the boxes finite."""
     rng = np.random.RandomState(seed + 1)
     for name, p in net.collect_params().items():
         if "predictor" not in name:

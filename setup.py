@@ -14,6 +14,8 @@ RUNTIME = {
 }
 DEV = [
     "pytest>=7", "pytest-timeout", "hypothesis", "pillow", "pycocotools", "vermin", "onnx",
+    # the feedback tests: a real S3 API server that checks signatures, and the MQTT/S3 clients
+    "moto[server]>=5", "boto3", "paho-mqtt>=1.6",
     "torch==2.13.0",  # training the demo detectors only; the runtime never imports it
 ]
 

@@ -65,19 +65,36 @@ def cmd_check_model(args: argparse.Namespace) -> int:
     return check_main(args.model_dir, args.device, args.runs)
 
 
+def _mqtt(args: argparse.Namespace) -> "Optional[object]":
+    from .mqtt_router import MqttSettings
+    return MqttSettings.from_options(args.mqtt_url, args.mqtt_client_id, args.mqtt_ca, args.mqtt_cert,
+                                     args.mqtt_key)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
-    return serve(args.config, args.port, args.bind, max_body_bytes=args.max_body_bytes)
+    return serve(args.config, args.port, args.bind, max_body_bytes=args.max_body_bytes,
+                 feedback_config=args.feedback_config, mqtt=_mqtt(args),
+                 client_file_group=args.client_file_group)
 
 
 def cmd_host(args: argparse.Namespace) -> int:
     from .serve import host_only
-    return host_only(args.port, args.bind, max_body_bytes=args.max_body_bytes)
+    return host_only(args.port, args.bind, max_body_bytes=args.max_body_bytes, mqtt=_mqtt(args),
+                     functions=args.function, name=args.name,
+                     client_file_group=args.client_file_group)
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from .serve import attach_feedback
+    return attach_feedback(args.config, function_token_file=args.function_token_file,
+                           host_name=args.host_name)
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
     from .serve import attach
-    return attach(args.config)
+    return attach(args.config, function_token_file=args.function_token_file,
+                  host_name=args.host_name)
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -92,6 +109,30 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-bytes", type=_positive_int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
                    help="refuse request bodies larger than N bytes with 413, unread "
                         "(default {} = 16 MiB)".format(DEFAULT_MAX_BODY_BYTES))
+    p.add_argument("--client-file-group", metavar="GROUP",
+                   help="let this group read the client file (the callers' token); default: "
+                        "only this user")
+
+
+def _add_mqtt(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("MQTT (the host's GGRouter forwards Lambda publishes to this broker)")
+    g.add_argument("--mqtt-url", metavar="URL",
+                   help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (default $GG_MQTT_URL; none: "
+                        "MQTT publishes are refused)")
+    g.add_argument("--mqtt-client-id", metavar="ID", help="MQTT client id (default $GG_MQTT_CLIENT_ID, "
+                   "else greengrass-ml-<hostname>-<pid>)")
+    g.add_argument("--mqtt-ca", metavar="FILE", help="CA certificate(s) for TLS (default $GG_MQTT_CA_FILE)")
+    g.add_argument("--mqtt-cert", metavar="FILE",
+                   help="client certificate, e.g. an AWS IoT device certificate ($GG_MQTT_CERT_FILE)")
+    g.add_argument("--mqtt-key", metavar="FILE", help="its private key ($GG_MQTT_KEY_FILE)")
+
+
+def _add_function_token(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--function-token-file", metavar="FILE",
+                   help="file holding this function's token (default: $AWS_CONTAINER_AUTHORIZATION_"
+                        "TOKEN, else the token `host --function` wrote)")
+    p.add_argument("--host-name", metavar="NAME",
+                   help="the host's entry in the client file (default: the only running one)")
 
 
 def _positive_int(text: str) -> int:
@@ -132,15 +173,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the local inference service (IPC host + connector)")
     _add_config(p)
     _add_listen(p)
+    p.add_argument("--feedback-config", metavar="FILE",
+                   help="YAML/JSON file of ML Feedback parameters (FeedbackConfigurationMap, "
+                        "RequestLimit, FeedbackSpool...): also run the feedback service")
+    _add_mqtt(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("host", help="run only the Greengrass-compatible IPC host")
     _add_listen(p)
+    _add_mqtt(p)
+    p.add_argument("--function", action="append", default=[], metavar="ARN",
+                   help="a function that may attach (repeatable); its own token goes to the 0600 "
+                        "function-token file beside the client file, where `attach` and `feedback` "
+                        "find it")
+    p.add_argument("--name", default="ipc-host",
+                   help="this host's entry in the client file (default ipc-host)")
     p.set_defaults(func=cmd_host)
 
     p = sub.add_parser("attach", help="run only the connector, polling a Greengrass core or host")
     _add_config(p)
+    _add_function_token(p)
     p.set_defaults(func=cmd_attach)
+
+    p = sub.add_parser("feedback", help="run only the ML Feedback service, polling a Greengrass core or host")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML/JSON file of ML Feedback parameters (environment variables win)")
+    _add_function_token(p)
+    p.set_defaults(func=cmd_feedback)
     return parser
 
 

@@ -34,6 +34,8 @@ class Engine:
         self.format = fmt
         self.backend = backend
         self.max_pixels = max_pixels
+        # Memory decoding may take (None: max_pixels at the cheapest kind's bytes a pixel).
+        self.max_decode_bytes: Optional[int] = None
 
     @classmethod
     def from_model_dir(cls, path: str, device: str = "cpu",
@@ -66,7 +68,7 @@ class Engine:
         """The prediction document for JPEG/PNG bytes; InvalidImageError for anything else."""
         if content_type is not None:
             imaging.check_content_type(content_type)
-        bgr = imaging.decode_bgr(data, self.max_pixels)
+        bgr = imaging.decode_bgr(data, self.max_pixels, self.max_decode_bytes)
         return postprocess.prediction_document(self.detect(bgr))
 
     def infer_text(self, data: bytes, content_type: Optional[str] = None) -> str:

@@ -11,6 +11,15 @@ any pixel is decoded, the structure is walked (cheap: a few `find` calls and CRC
 
 OpenCV then decodes (with EXIF orientation applied), converting every PNG colour type and bit
 depth and CMYK or progressive JPEG to 8-bit colour.
+
+Decoding memory (:func:`decode_cost`, checked against a byte budget before decoding): OpenCV
+holds the 3-byte BGR result plus about as much again of working buffers, 6.3 bytes a pixel
+measured for every PNG kind and for baseline JPEG; we count 8. A progressive JPEG (and a
+sequential one whose first scan does not carry every component) is decoded by libjpeg from a
+buffer of all its DCT coefficients, 2 bytes per sample of every component plane, so 3 for
+4:2:0 YCbCr, 6 for 4:4:4 and 8 for CMYK at full resolution: 9.2 and 11.2 bytes a pixel measured
+for the last two. Such a file counts 3.5 + 1.1 x its coefficient bytes a pixel (at least 8).
+``tests/test_imaging.py`` measures the real peak of each kind against this estimate.
 """
 from __future__ import annotations
 
@@ -27,6 +36,11 @@ ACCEPTED_CONTENT_TYPES = ("image/jpeg", "image/png")
 DEFAULT_MAX_PIXELS = 40_000_000  # about 8K x 5K; the service lowers it from its memory limit
 # Decoding holds the 3-byte BGR image plus the codec's buffers; 8 bytes a pixel leaves room for both.
 BYTES_PER_DECODED_PIXEL = 8
+# A coefficient-buffered JPEG (see the module docstring): output and working rows, plus its
+# coefficients with a margin for block padding.
+BUFFERED_JPEG_BASE = 3.5
+COEFFICIENT_MARGIN = 1.1
+_PROGRESSIVE_SOF = frozenset((0xC2, 0xC6, 0xCA, 0xCE))
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8\xff"
@@ -41,9 +55,54 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 def pixel_limit_for_memory(free_kb: int) -> int:
-    """The largest image (in pixels) whose decoding fits in `free_kb` of memory (the worker passes
-    what the loaded model leaves of LocalInferenceServiceMemoryLimitKB)."""
+    """The largest image (in pixels) of the cheapest kind whose decoding fits in `free_kb` of
+    memory (the worker passes what the loaded model leaves of LocalInferenceServiceMemoryLimitKB);
+    dearer kinds are held to the same bytes by :func:`decode_cost`."""
     return max(1, min(DEFAULT_MAX_PIXELS, free_kb * 1024 // BYTES_PER_DECODED_PIXEL))
+
+
+class DecodeCost(object):
+    """What decoding an image will take, from its header alone."""
+
+    __slots__ = ("fmt", "width", "height", "kind", "bytes_per_pixel")
+
+    def __init__(self, fmt: str, width: int, height: int, kind: str, bytes_per_pixel: float) -> None:
+        self.fmt, self.width, self.height = fmt, width, height
+        self.kind, self.bytes_per_pixel = kind, bytes_per_pixel
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def bytes(self) -> int:
+        return int(self.pixels * self.bytes_per_pixel)
+
+
+def decode_cost(data: bytes) -> DecodeCost:
+    """The estimated peak memory of decoding `data` (see the module docstring)."""
+    fmt = sniff_format(data)
+    if fmt == "png":
+        width, height = _png_size(data)
+        return _checked(DecodeCost("png", width, height, "PNG", BYTES_PER_DECODED_PIXEL))
+    frame = _jpeg_frame(data)
+    width, height = frame[0], frame[1]
+    kind = "{}{}-component JPEG".format("progressive " if frame[2] else "", len(frame[3]))
+    if not frame[2] and not frame[4]:
+        return _checked(DecodeCost("jpeg", width, height, kind, BYTES_PER_DECODED_PIXEL))
+    h_max = max(h for h, _ in frame[3]) or 1
+    v_max = max(v for _, v in frame[3]) or 1
+    coefficients = 2.0 * sum(h * v for h, v in frame[3]) / (h_max * v_max)
+    per_pixel = max(float(BYTES_PER_DECODED_PIXEL),
+                    BUFFERED_JPEG_BASE + COEFFICIENT_MARGIN * coefficients)
+    return _checked(DecodeCost("jpeg", width, height, kind, per_pixel))
+
+
+def _checked(cost: DecodeCost) -> DecodeCost:
+    if cost.width <= 0 or cost.height <= 0:
+        raise InvalidImageError("the {} header declares an empty image ({}x{})".format(
+            cost.fmt.upper(), cost.width, cost.height))
+    return cost
 
 
 def check_content_type(content_type: Optional[str]) -> str:
@@ -78,20 +137,29 @@ def sniff_format(data: bytes) -> str:
 
 def image_size(data: bytes) -> Tuple[str, int, int]:
     """(format, width, height) from the header, after checking the file is complete."""
-    fmt = sniff_format(data)
-    width, height = _png_size(data) if fmt == "png" else _jpeg_size(data)
-    if width <= 0 or height <= 0:
-        raise InvalidImageError("the {} header declares an empty image ({}x{})".format(
-            fmt.upper(), width, height))
-    return fmt, width, height
+    cost = decode_cost(data)
+    return cost.fmt, cost.width, cost.height
 
 
-def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode to an 8-bit BGR array (OpenCV's native order), refusing bombs and broken files."""
-    fmt, width, height = image_size(data)
+def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_bytes: Optional[int] = None) -> np.ndarray:
+    """Decode to an 8-bit BGR array (OpenCV's native order), refusing bombs and broken files.
+
+    :param max_bytes: memory decoding may take (default: max_pixels at 8 bytes a pixel), so a
+        progressive CMYK JPEG within the pixel limit is still refused when it would not fit.
+    """
+    cost = decode_cost(data)
+    fmt, width, height = cost.fmt, cost.width, cost.height
     if width * height > max_pixels:
         raise InvalidImageError("the image is {}x{} = {} pixels, over the limit of {} pixels".format(
             width, height, width * height, max_pixels))
+    budget = max_bytes if max_bytes is not None else max_pixels * BYTES_PER_DECODED_PIXEL
+    if cost.bytes > budget:
+        raise InvalidImageError(
+            "the {}x{} {} needs about {} MB to decode ({:.1f} bytes a pixel), over the {} MB the "
+            "memory limit leaves; send a baseline JPEG or a smaller image".format(
+                width, height, cost.kind, cost.bytes // 2 ** 20, cost.bytes_per_pixel,
+                budget // 2 ** 20))
     # IMREAD_COLOR applies EXIF orientation and converts gray/alpha/palette/16-bit/CMYK to 8-bit BGR.
     pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if pixels is None or pixels.size == 0:
@@ -135,8 +203,11 @@ def _png_size(data: bytes) -> Tuple[int, int]:
         pos = end
 
 
-def _jpeg_size(data: bytes) -> Tuple[int, int]:
+def _jpeg_frame(data: bytes) -> Tuple[int, int, bool, "list[Tuple[int, int]]", bool]:
+    """(width, height, progressive, [(h, v) sampling per component], buffered) of a complete
+    JPEG; buffered: its first scan lacks some component, so libjpeg keeps all coefficients."""
     pos, size, dims = 2, len(data), None
+    progressive, components = False, []
     while True:
         # Markers may be preceded by any number of 0xFF fill bytes.
         while pos < size and data[pos] == 0xFF and pos + 1 < size and data[pos + 1] == 0xFF:
@@ -162,6 +233,11 @@ def _jpeg_size(data: bytes) -> Tuple[int, int]:
                 raise InvalidImageError("the JPEG image is corrupt: its frame header is too short")
             height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
             dims = (width, height)
+            progressive = marker in _PROGRESSIVE_SOF
+            count = data[pos + 9] if pos + 9 < size else 0
+            table = data[pos + 10:pos + 10 + 3 * count]
+            components = [(table[i + 1] >> 4, table[i + 1] & 0x0F)
+                          for i in range(0, len(table) - 2, 3)]
         if marker == 0xDA:  # start of scan: entropy-coded data follows
             if dims is None:
                 raise InvalidImageError("the JPEG image is corrupt: a scan starts before any frame "
@@ -171,5 +247,8 @@ def _jpeg_size(data: bytes) -> Tuple[int, int]:
             if data.find(b"\xff\xd9", pos + 2 + length) < 0:
                 raise InvalidImageError("the JPEG image is truncated: its end-of-image marker is "
                                         "missing ({} bytes received)".format(size))
-            return dims
+            scan_components = data[pos + 4] if pos + 4 < size else 0
+            components = components or [(1, 1)]
+            return (dims[0], dims[1], progressive, components,
+                    progressive or scan_components < len(components))
         pos += 2 + length

@@ -15,6 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from .errors import ConnectorError, ParameterError
 from . import logs
+from .feedback.feeder import FeedbackFeeder, feeder_for
 from .logs import configure_logging
 from .params import load_parameters
 from .service import InferenceService, SupervisedService
@@ -24,11 +25,12 @@ Service = Union[InferenceService, SupervisedService]
 log = logging.getLogger("connector.lambda")
 
 _service: Optional[Service] = None
+_feeder: Optional[FeedbackFeeder] = None
 
 
 def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) -> Service:
     """Load the parameters and the model once; tell the core the outcome where it listens."""
-    global _service
+    global _service, _feeder
     env = os.environ if environ is None else environ
     try:
         params = load_parameters(environ=env)
@@ -48,6 +50,10 @@ def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) 
         raise
     log.info("serving %s (resource %s) from %s", params.service_name, params.model_resource_id,
              params.model_path)
+    if params.feedback_config_id:
+        from .ipc.client import IPCClient
+        _feeder = feeder_for(params, IPCClient.from_environment(env, timeout=30),
+                             env.get("AWS_REGION") or "us-east-1", env)
     if report:
         _report_initialized(env, True, "model {} loaded".format(params.model_resource_id))
     return _service
@@ -59,6 +65,12 @@ def use_service(service: Optional[Service]) -> None:
     _service = service
 
 
+def use_feeder(feeder: Optional[FeedbackFeeder]) -> None:
+    """Hand every answered request to this feeder (MLFeedbackConnectorConfigId is set)."""
+    global _feeder
+    _feeder = feeder
+
+
 def function_handler(event: Any, context: Any) -> Dict[str, str]:
     if _service is None:
         raise RuntimeError("the inference service is not started: the connector parameters were "
@@ -67,10 +79,13 @@ def function_handler(event: Any, context: Any) -> Dict[str, str]:
     invocation = getattr(context, "invocation_id", None) or getattr(context, "aws_request_id", "-")
     with logs.invocation(invocation):
         try:
-            text = _service.infer(event, custom.get("Content-Type"), invocation)
+            text = _service.infer(event, custom.get("Content-Type"), invocation,
+                                  getattr(context, "deadline", None), getattr(context, "cancelled", None))
         except ConnectorError as e:
             log.warning("invocation %s failed: %s", invocation, e)
             raise
+    if _feeder is not None:  # only queued here; sent by the feeder's thread
+        _feeder.offer(event, text, custom.get("Content-Type"))
     return {"Body": text, "ContentType": "application/json"}
 
 

@@ -21,8 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
-import yaml
-
+from .config_files import ConfigFileError, load_file
 from .errors import ModelDirectoryError
 
 METADATA_FILE = "model.yaml"
@@ -200,10 +199,9 @@ def read_metadata(path: str) -> ModelMetadata:
 def load_settings_file(meta_file: str) -> Dict[str, Any]:
     """The mapping model.yaml (YAML or JSON) holds; ModelDirectoryError when it holds none."""
     try:
-        with open(meta_file, "r", encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ModelDirectoryError("cannot read {!r}: {}".format(meta_file, e)) from None
+        raw = load_file(meta_file, "model metadata") or {}
+    except ConfigFileError as e:
+        raise ModelDirectoryError(str(e)) from None
     if not isinstance(raw, dict):
         raise ModelDirectoryError(
             "{!r} must hold a mapping of settings, not {}".format(meta_file, type(raw).__name__))

@@ -4,20 +4,27 @@ Greengrass delivers every value as a string, through environment variables named
 parameters. Standalone, the same names can come from a YAML or JSON file whose top-level mapping
 uses them (the ``Parameters`` object of ``aws greengrass create-connector-definition`` works as is).
 Environment variables win over the file, so one file can serve several deployments.
+
+The file is untrusted input: it is read through :mod:`connector.config_files` (size cap, UTF-8,
+no YAML aliases), numbers are range-checked (``maximum`` of a rule), and messages quote values
+only as short excerpts.
 """
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 
-import yaml
-
+from .config_files import ConfigFileError, excerpt, load_file
 from .errors import ParameterError
 
 SERVICE_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9-]{1,62}$"
 POSITIVE_INT_PATTERN = r"^[1-9][0-9]*$"
+# The longest LocalInferenceServiceTimeoutSeconds accepted: Lambda's own maximum function timeout.
+MAX_TIMEOUT_SECONDS = 900
+# 1 TiB: beyond any edge device; larger numbers are typing mistakes.
+MAX_MEMORY_LIMIT_KB = 1024 ** 3
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,7 @@ class Rule:
     required: bool = True
     default: Optional[str] = None
     meaning: str = ""
+    maximum: Optional[int] = None  # for numbers
 
 
 # name -> rule; the patterns are the seed's, verbatim.
@@ -35,9 +43,11 @@ RULES: Dict[str, Rule] = {
     "LocalInferenceServiceName": Rule(SERVICE_NAME_PATTERN,
                                       meaning="name clients pass as ServiceName"),
     "LocalInferenceServiceTimeoutSeconds": Rule(POSITIVE_INT_PATTERN, default="10",
-                                                meaning="seconds before a request fails"),
+                                                meaning="seconds before a request fails",
+                                                maximum=MAX_TIMEOUT_SECONDS),
     "LocalInferenceServiceMemoryLimitKB": Rule(POSITIVE_INT_PATTERN,
-                                               meaning="memory the inference service may use"),
+                                               meaning="memory the inference service may use",
+                                               maximum=MAX_MEMORY_LIMIT_KB),
     # Required only by the Jetson variant; CPU elsewhere.
     "GPUAcceleration": Rule(r"^(CPU|GPU)$", required=False, default="CPU",
                             meaning="compute context, CPU or GPU"),
@@ -72,23 +82,25 @@ def load_parameters(file: Optional[str] = None,
     return parse_parameters(values)
 
 
-def read_parameter_file(path: str) -> Dict[str, Any]:
+def read_parameter_file(path: str, known: Iterable[str] = tuple(RULES), kind: str = "parameter"
+                        ) -> Dict[str, Any]:
+    """The mapping of a YAML/JSON parameter file; `known` are the names it may hold, `kind` names
+    the file in errors (the feedback service reads its own parameters the same way)."""
+    known = tuple(known)
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise ParameterError("cannot read parameter file {!r}: {}".format(path, e.strerror)) from None
-    except yaml.YAMLError as e:
-        raise ParameterError("parameter file {!r} is not valid YAML/JSON: {}".format(path, e)) from None
+        data = load_file(path, "{} file".format(kind))
+    except ConfigFileError as e:
+        raise ParameterError(str(e)) from None
     if isinstance(data, dict) and isinstance(data.get("Parameters"), dict):
         data = data["Parameters"]  # a whole connector entry of create-connector-definition
     if not isinstance(data, dict):
-        raise ParameterError("parameter file {!r} must hold a mapping of parameter names to values"
-                             .format(path))
-    unknown = sorted(str(k) for k in data if k not in RULES)
+        raise ParameterError("{} file {!r} must hold a mapping of parameter names to values"
+                             .format(kind, path))
+    unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
-        raise ParameterError("parameter file {!r} has unknown parameter(s) {}; known: {}".format(
-            path, ", ".join(unknown), ", ".join(RULES)))
+        raise ParameterError("{} file {} has unknown parameter(s) {}; known: {}".format(
+            kind, excerpt(path, 300), ", ".join(excerpt(k, 40) for k in unknown[:5]),
+            ", ".join(known)))
     return data
 
 
@@ -103,17 +115,24 @@ def parse_parameters(values: Mapping[str, Any]) -> Parameters:
                                      .format(name, rule.meaning, rule.pattern))
             raw = rule.default
         if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-            raise ParameterError("parameter {}={!r} must be a string matching {}".format(
-                name, raw, rule.pattern))
+            raise ParameterError("parameter {}={} must be a string matching {}".format(
+                name, excerpt(raw), rule.pattern))
         text = str(raw)
+        if "\0" in text:
+            raise ParameterError("parameter {}={} contains a NUL byte".format(name, excerpt(text)))
         # fullmatch: with re.match, `$` would also accept a trailing newline
         if re.fullmatch(rule.pattern, text) is None:
-            raise ParameterError("parameter {}={!r} does not match the rule {} ({})".format(
-                name, text, rule.pattern, rule.meaning))
+            raise ParameterError("parameter {}={} does not match the rule {} ({})".format(
+                name, excerpt(text), rule.pattern, rule.meaning))
+        if rule.maximum is not None and int(text) > rule.maximum:
+            raise ParameterError("parameter {}={} is above the maximum of {} ({}; rule: {} and at "
+                                 "most {})".format(name, excerpt(text), rule.maximum, rule.meaning,
+                                                   rule.pattern, rule.maximum))
         checked[name] = text
     path = checked["MLModelDestinationPath"]
     if not os.path.isabs(path):
-        raise ParameterError("parameter MLModelDestinationPath={!r} must be an absolute path".format(path))
+        raise ParameterError("parameter MLModelDestinationPath={} must be an absolute path".format(
+            excerpt(path)))
     return Parameters(
         model_path=path,
         model_resource_id=checked["MLModelResourceId"],

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from . import errors, imaging, postprocess
 from .engine import Engine
@@ -37,8 +37,11 @@ class InferenceService:
     def describe(self) -> Dict[str, Any]:
         return {"backend": self.engine.backend.name, "device": self.engine.backend.device}
 
-    def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-") -> str:
-        """The prediction document for one request; ConnectorError subclasses for bad requests."""
+    def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-",
+              deadline: Optional[float] = None, cancelled: Optional[Callable[[], bool]] = None) -> str:
+        """The prediction document for one request; ConnectorError subclasses for bad requests.
+        (`deadline` and `cancelled` are accepted for the common signature; in-process inference
+        cannot be cut short.)"""
         check_request(body, content_type)
         started = time.monotonic()
         bgr = imaging.decode_bgr(bytes(body), self.engine.max_pixels)  # outside the lock: decoding is thread-safe
@@ -112,13 +115,15 @@ class SupervisedService:
         with self._refused_lock:
             self.refused += 1
 
-    def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-") -> str:
+    def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-",
+              deadline: Optional[float] = None, cancelled: Optional[Callable[[], bool]] = None) -> str:
+        """See WorkerPool.infer for `deadline` and `cancelled`."""
         try:
             check_request(body, content_type)
         except (TypeError, errors.ConnectorError):
             self._refuse()
             raise
-        status, value = self.pool.infer(bytes(body), content_type, invocation_id)
+        status, value = self.pool.infer(bytes(body), content_type, invocation_id, deadline, cancelled)
         if status == "ok":
             return value
         kind, message = value

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .errors import ConnectorError
 
@@ -29,7 +29,24 @@ log = logging.getLogger("connector.workers")
 # through; the kernel's own limits (or the OOM killer) then end the worker, which is handled as a
 # crash. The decoder's pixel limit keeps the common case, a huge image, from getting that far.
 MEMORY_POLL_S = 0.01
+# While a model loads, the same watchdog, less often (loading is not a spike: it grows and stays).
+LOAD_MEMORY_POLL_S = 0.05
 RESPAWN_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# Error texts that reach health documents and log lines are cut to this (a broken model.yaml can
+# make a loader's message arbitrarily long).
+MAX_ERROR_CHARS = 500
+# Work with less time left than this is left to whoever owns the deadline to answer: an early
+# answer of our own could cross the deadline on its way and be counted twice.
+DEADLINE_MARGIN_S = 0.05
+TIMEOUT_MESSAGE = "no answer within LocalInferenceServiceTimeoutSeconds={seconds:g} s: {why}"
+
+
+def cut(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text`, or its start and a note of how much was left out."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return "{}... ({} more characters)".format(text[:limit], len(text) - limit)
 
 
 class WorkerError(ConnectorError):
@@ -46,6 +63,10 @@ class WorkerCrashedError(WorkerError):
 
 class MemoryLimitError(WorkerError):
     pass
+
+
+class AbandonedError(WorkerError):
+    """The caller stopped waiting before the worker was free; the work was never sent."""
 
 
 def _worker_main(conn: Connection, model_path: str, device: str, max_pixels: int,
@@ -75,6 +96,8 @@ def _worker_main(conn: Connection, model_path: str, device: str, max_pixels: int
         # An image whose decoding could not fit in what the model leaves free is refused from its
         # header, before a byte of it is decoded.
         engine.max_pixels = min(engine.max_pixels, imaging.pixel_limit_for_memory(headroom_kb))
+        # The same budget in bytes, for kinds that cost more than the cheapest (progressive JPEG).
+        engine.max_decode_bytes = headroom_kb * 1024
     try:
         conn.send(("ready", engine.backend.name, engine.backend.device, engine.max_pixels, loaded_kb))
     except OSError:
@@ -145,7 +168,7 @@ class Worker:
     """
 
     def __init__(self, model_path: str, device: str, max_pixels: int, memory_limit_kb: int,
-                 service_name: str) -> None:
+                 service_name: str, on_exit: Optional[Callable[["Worker"], None]] = None) -> None:
         ours, theirs = socket.socketpair()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "connector.workers", str(theirs.fileno()), model_path, device,
@@ -156,6 +179,18 @@ class Worker:
         self.backend: Tuple[str, str] = ("", "")
         self.max_pixels = 0
         self.loaded_kb = 0
+        if on_exit is not None and hasattr(os, "waitid"):
+            threading.Thread(target=self._watch_exit, args=(on_exit,), daemon=True,
+                             name="worker-{}-exit".format(self.pid)).start()
+
+    def _watch_exit(self, on_exit: Callable[["Worker"], None]) -> None:
+        """Tell the pool the moment the process ends, idle or not (WNOWAIT: Popen still reaps it,
+        so poll() and exit_reason() keep working)."""
+        try:
+            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+        except OSError:
+            pass  # already reaped
+        on_exit(self)
 
     @property
     def pid(self) -> int:
@@ -167,11 +202,22 @@ class Worker:
     def resident_kb(self) -> Optional[int]:
         return resident_kb(self.pid)
 
-    def wait_ready(self, timeout_s: float) -> None:
-        if not self.conn.poll(timeout_s):
-            self.kill()
-            raise WorkerError("the inference worker did not load the model within {:.0f} s"
-                              .format(timeout_s))
+    def wait_ready(self, timeout_s: float, memory_limit_kb: Optional[int] = None) -> None:
+        """Wait for the model to load; the memory limit holds meanwhile (a model, or a model.yaml,
+        that makes the loader grow without bound is killed at the limit, not at the OOM killer)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.conn.poll(min(LOAD_MEMORY_POLL_S, max(0.0, deadline - time.monotonic()))):
+            kb = self.resident_kb() if memory_limit_kb else None
+            if kb is not None and kb > memory_limit_kb:
+                self.kill()
+                raise MemoryLimitError(
+                    "the inference worker used {} KB while loading the model, more than "
+                    "LocalInferenceServiceMemoryLimitKB={}; it was stopped (raise the limit if the model "
+                    "needs it)".format(kb, memory_limit_kb))
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise WorkerError("the inference worker did not load the model within {:.0f} s"
+                                  .format(timeout_s))
         try:
             message = self.conn.recv()
         except EOFError:
@@ -180,7 +226,7 @@ class Worker:
                                      .format(self.exit_reason()))
         if message[0] != "ready":
             self.kill()
-            raise WorkerError("the inference worker could not load the model: {}".format(message[2]))
+            raise WorkerError("the inference worker could not load the model: {}".format(cut(message[2])))
         self.backend = (message[1], message[2])
         self.max_pixels, self.loaded_kb = message[3], message[4]
 
@@ -228,7 +274,11 @@ class WorkerPool:
         self.watch_interval_s = watch_interval_s
         self.counters: Dict[str, int] = {"restarts": 0, "timeouts": 0, "crashes": 0,
                                          "memory_limit_exceeded": 0, "reloads": 0,
-                                         "reload_failures": 0}
+                                         "reload_failures": 0, "hangs": 0, "abandoned": 0,
+                                         "shed": 0}
+        # Recent inference time (exponential average), to skip work that would finish only after
+        # its caller gave up.
+        self.recent_s = 0.0
         self.state = "starting"
         self.last_error: Optional[str] = None  # why the last start or reload failed
         self._counter_lock = threading.Lock()
@@ -237,6 +287,7 @@ class WorkerPool:
         self._worker: Optional[Worker] = None
         self._stopping = False
         self._reload_reason: Optional[str] = None
+        self._reloading = False
         self._spawn_failures = 0
         # The first load is synchronous: a model that cannot load is a start-up error.
         # Taken before loading: a version that lands during the load differs from it, so it is loaded too.
@@ -256,8 +307,8 @@ class WorkerPool:
     def _spawn(self) -> Worker:
         """A worker that has loaded the model directory as it is now."""
         worker = Worker(self.model_path, self.device, self.max_pixels, self.memory_limit_kb or 0,
-                        self.service_name)
-        worker.wait_ready(self.load_timeout_s)
+                        self.service_name, on_exit=self._worker_exited)
+        worker.wait_ready(self.load_timeout_s, self.memory_limit_kb)
         log.info("inference worker %d ready (%s on %s, %d KB resident, images up to %d pixels)",
                  worker.pid, worker.backend[0], worker.backend[1], worker.loaded_kb, worker.max_pixels)
         return worker
@@ -293,17 +344,48 @@ class WorkerPool:
 
     # -- serving requests -------------------------------------------------------------------
 
-    def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-") -> Tuple[str, Any]:
-        """("ok", text) or ("error", (type name, message)); raises WorkerError when the worker failed."""
-        deadline = time.monotonic() + self.timeout_s
-        if not self._busy.acquire(timeout=self.timeout_s):
-            raise self._timed_out("the request waited that long behind earlier ones for the "
-                                  "inference worker")
+    def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-",
+              deadline: Optional[float] = None,
+              cancelled: Optional[Callable[[], bool]] = None) -> Tuple[str, Any]:
+        """("ok", text) or ("error", (type name, message)); raises WorkerError when the worker failed.
+
+        :param deadline: when the caller stops waiting (time.monotonic); default timeout_s from
+            now. Work is never sent after it, nor once `cancelled()` says the caller left. A
+            given deadline belongs to whoever answers the caller at it (the IPC host), so the
+            timeouts it causes are counted there, not here.
+        """
+        now = time.monotonic()
+        external = deadline is not None
+        deadline = deadline if deadline is not None else now + self.timeout_s
+        if not self._busy.acquire(timeout=max(0.0, deadline - now)):
+            raise self._past_deadline("the request waited that long behind earlier ones for the "
+                                      "inference worker", external, cancelled)
         try:
-            worker = self._ready_worker(deadline)
+            if cancelled is not None and cancelled():
+                self._count("abandoned")
+                raise AbandonedError("the caller stopped waiting before the inference worker was free")
+            try:
+                worker = self._ready_worker(deadline, count=not external)
+            except InferenceTimeoutError as e:
+                raise self._past_deadline(str(e).split(": ", 1)[-1], external, cancelled)
+            remaining = deadline - time.monotonic()
+            if remaining <= DEADLINE_MARGIN_S:
+                raise self._past_deadline("the request waited that long for the inference worker",
+                                          external, cancelled)
+            if remaining < self.recent_s:
+                # Sent now, it would finish after its caller gave up: the caller is told now (and
+                # counted here: nobody else sees this timeout), the worker goes to the next one.
+                self._count("shed")
+                raise self._timed_out("the request waited {:.1f} s for the inference worker, which "
+                                      "takes about {:.1f} s a request; it would not finish in time"
+                                      .format(time.monotonic() - now, self.recent_s))
+            # The worker may take timeout_s from now before it counts as hung: a caller whose
+            # deadline comes first is answered by whoever owns that deadline.
+            started = time.monotonic()
+            hang_deadline = started + self.timeout_s if external else deadline
             try:
                 worker.send(content_type, invocation_id, body)
-                message = self._await_answer(worker, deadline)
+                message = self._await_answer(worker, hang_deadline)
             except (EOFError, OSError):
                 reason = worker.exit_reason()
                 self._count("crashes")
@@ -320,9 +402,12 @@ class WorkerPool:
                     "LocalInferenceServiceMemoryLimitKB={}; it was stopped and is being restarted"
                     .format(e.kb, self.memory_limit_kb))
             if message is None:
+                self._count("hangs")
                 self._retire(worker, "invocation {} took longer than {:.0f} s".format(
                     invocation_id, self.timeout_s))
-                raise self._timed_out("the inference worker is being restarted")
+                raise self._timed_out("the inference worker is being restarted", count=not external)
+            elapsed = time.monotonic() - started
+            self.recent_s = elapsed if not self.recent_s else 0.8 * self.recent_s + 0.2 * elapsed
             self._check_memory_after(worker, invocation_id)
             if message[0] == "ok":
                 return "ok", message[1]
@@ -330,7 +415,7 @@ class WorkerPool:
         finally:
             self._busy.release()
 
-    def _ready_worker(self, deadline: float) -> Worker:
+    def _ready_worker(self, deadline: float, count: bool = True) -> Worker:
         with self._cond:
             while True:
                 worker = self._worker
@@ -347,13 +432,24 @@ class WorkerPool:
                     raise WorkerError("the inference worker cannot be started: {}".format(self.last_error))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise self._timed_out("the inference worker was still restarting")
+                    raise self._timed_out("the inference worker was still restarting", count=count)
                 self._cond.wait(remaining)
 
-    def _timed_out(self, why: str) -> InferenceTimeoutError:
-        self._count("timeouts")
-        return InferenceTimeoutError("no answer within LocalInferenceServiceTimeoutSeconds={:.0f} s: {}"
-                                     .format(self.timeout_s, why))
+    def _past_deadline(self, why: str, external: bool,
+                       cancelled: Optional[Callable[[], bool]]) -> InferenceTimeoutError:
+        """The timeout of a request whose deadline passed. When the deadline came with the work,
+        its owner (the IPC host) answers the caller and counts it: wait (briefly) until it has, so
+        that this error never races it to the caller uncounted."""
+        if external and cancelled is not None:
+            limit = time.monotonic() + 1.0
+            while not cancelled() and time.monotonic() < limit:
+                time.sleep(0.005)
+        return self._timed_out(why, count=not external)
+
+    def _timed_out(self, why: str, count: bool = True) -> InferenceTimeoutError:
+        if count:
+            self._count("timeouts")
+        return InferenceTimeoutError(TIMEOUT_MESSAGE.format(seconds=self.timeout_s, why=why))
 
     def _over_limit(self, worker: Worker) -> Optional[int]:
         """The worker's resident KB when it is over the memory limit, else None."""
@@ -404,18 +500,61 @@ class WorkerPool:
                     self._cond.wait(tick)  # back off before trying a failing start again
                 else:
                     self._cond.wait_for(lambda: self._stopping or self._worker is None
-                                        or self._reload_reason is not None, tick)
+                                        or not self._worker.alive()
+                                        or (self._reload_reason is not None and not self._reloading),
+                                        tick)
                 if self._stopping:
                     return
                 need_worker = self._worker is None
-                reason, self._reload_reason = self._reload_reason, None
+                dead = self._worker is not None and not self._worker.alive()
+                reason = None
+                if not self._reloading:
+                    reason, self._reload_reason = self._reload_reason, None
+            if dead:
+                self._replace_dead_idle()
+                continue
             if need_worker:
                 self._respawn()
                 continue
-            if reason is None and self.watch_interval_s:
+            if reason is None and self.watch_interval_s and not self._reloading:
                 reason, candidate = self._watch(candidate)
             if reason is not None:
-                self._reload(reason)
+                self._start_reload(reason)
+
+    def _worker_exited(self, worker: Worker) -> None:
+        """A worker process ended (its exit watcher says so): wake the arbiter now."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _replace_dead_idle(self) -> None:
+        """A worker that died between requests is replaced at once, before any request finds it
+        (a request in flight finds out itself, and fails with the reason)."""
+        if not self._busy.acquire(blocking=False):
+            time.sleep(MEMORY_POLL_S)  # the request in flight retires it
+            return
+        try:
+            worker = self._worker
+            if worker is not None and not worker.alive():
+                self._count("crashes")
+                self._retire(worker, "worker {} died while idle ({})".format(worker.pid,
+                                                                           worker.exit_reason()))
+        finally:
+            self._busy.release()
+
+    def _start_reload(self, reason: str) -> None:
+        # Its own thread: loading can take minutes, and a crashed worker must be replaced meanwhile.
+        with self._cond:
+            self._reloading = True
+        threading.Thread(target=self._reload_then_done, args=(reason,), name="worker-reload",
+                         daemon=True).start()
+
+    def _reload_then_done(self, reason: str) -> None:
+        try:
+            self._reload(reason)
+        finally:
+            with self._cond:
+                self._reloading = False
+                self._cond.notify_all()
 
     def _respawn(self) -> None:
         fingerprint = model_fingerprint(self.model_path)
@@ -424,16 +563,17 @@ class WorkerPool:
         except Exception as e:  # noqa: BLE001 - an arbiter that died would leave no worker, ever
             with self._cond:
                 self._spawn_failures += 1
-                self.last_error = str(e)
+                self.last_error = cut(e)
                 self._cond.notify_all()  # waiting requests fail now with this reason
-            log.error("could not start an inference worker (attempt %d): %s", self._spawn_failures, e)
+            log.error("could not start an inference worker (attempt %d): %s", self._spawn_failures,
+                      cut(e))
             return
         with self._cond:
-            if self._stopping:
+            if self._stopping or self._worker is not None:  # stopping, or a reload got there first
                 worker.kill()
                 return
             self._worker, self._fingerprint = worker, fingerprint
-            self._spawn_failures, self.state = 0, "ready"
+            self._spawn_failures, self.state, self.last_error = 0, "ready", None
             self._cond.notify_all()
 
     def _watch(self, candidate: Optional[Tuple[Any, ...]]) -> "Tuple[Optional[str], Optional[Tuple[Any, ...]]]":
@@ -453,10 +593,10 @@ class WorkerPool:
             worker = self._spawn()
         except Exception as e:  # noqa: BLE001 - whatever the new version does, the old one serves on
             self._count("reload_failures")
-            self.last_error = str(e)
+            self.last_error = cut(e)
             # The version that was tried; one written meanwhile differs from it and is tried next.
             self._failed_fingerprint = fingerprint
-            log.error("reload failed, the previous model keeps serving: %s", e)
+            log.error("reload failed, the previous model keeps serving: %s", cut(e))
             return
         with self._cond:
             if self._stopping:
@@ -464,6 +604,7 @@ class WorkerPool:
                 return
             old, self._worker, self._fingerprint = self._worker, worker, fingerprint
             self._failed_fingerprint, self.state, self._spawn_failures = None, "ready", 0
+            self.last_error = None
             self._count("reloads")
             self._cond.notify_all()
         if old is not None:

@@ -23,7 +23,7 @@ service=$!
 trap 'kill -TERM $service 2>/dev/null; wait $service 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do  # the service writes the client file, then answers /healthz when ready
   if [ -f "$GG_ML_IPC_FILE" ]; then
-    port=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$GG_ML_IPC_FILE")
+    port=$("$py" -c 'import sys; from connector.ipc import clientfile; print(clientfile.read(sys.argv[1], "objectDetection")["port"])' "$GG_ML_IPC_FILE")
     if "$py" -c 'import sys,urllib.request; urllib.request.urlopen("http://127.0.0.1:%s/healthz" % sys.argv[1], timeout=1)' "$port" 2>/dev/null; then
       break
     fi

@@ -19,3 +19,13 @@ def sdk_env(monkeypatch):
               "GGC_MAX_INTERFACE_VERSION", "GG_ML_INFERENCE_FUNCTION_ARNS"):
         monkeypatch.delenv(k, raising=False)
     return monkeypatch
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server checking signatures (tests/feedback_servers.py), one per test session; a
+    test that stops it starts it again."""
+    from tests.feedback_servers import S3Server
+    server = S3Server()
+    yield server
+    server.stop()

@@ -4,12 +4,15 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
+
+from connector.ipc import clientfile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,11 +34,17 @@ def clean_env(ipc_file: Path, **extra: str) -> Dict[str, str]:
 
 
 class Proc:
-    def __init__(self, args, env: Dict[str, str], log: Path) -> None:
+    def __init__(self, args, env: Dict[str, str], log: Path, nofile: Optional[int] = None) -> None:
+        """:param nofile: the process's open-files limit (RLIMIT_NOFILE), as a small device has."""
         self.log_path = log
         self._log = open(log, "wb")
+
+        def limits() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.popen = subprocess.Popen([sys.executable, "-m", "connector", *args], env=env, cwd=ROOT,
-                                      stdout=self._log, stderr=subprocess.STDOUT)
+                                      stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=limits)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -52,24 +61,27 @@ class Proc:
             self._log.close()
 
 
-def wait_for_client_file(path: Path, proc: Proc, timeout: float = 30.0) -> dict:
+def wait_for_client_file(path: Path, proc: Proc, timeout: float = 30.0,
+                         name: Optional[str] = None) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
             raise AssertionError("process exited with {}:\n{}".format(proc.popen.returncode, proc.log()))
         if path.exists():
             try:
-                return json.loads(path.read_text())
+                if name is None or name in clientfile.entries(str(path)):
+                    return clientfile.read(str(path), name)  # the service's entry, flat
             except ValueError:
                 pass
         time.sleep(0.05)
     raise AssertionError("no client file after {} s:\n{}".format(timeout, proc.log()))
 
 
-def healthz(port: int) -> "tuple[int, dict]":
+def healthz(port: int, token: Optional[str] = None, path: str = "/healthz") -> "tuple[int, dict]":
+    """The probe's answer; with a token the whole document (errors included), else state only."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("GET", "/healthz")
+        conn.request("GET", path, headers={"Authorization": token} if token else {})
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read() or b"{}")
     finally:
@@ -93,11 +105,13 @@ def wait_ready(port: int, proc: Proc, timeout: float = 30.0) -> dict:
 
 def start_serve(tmp: Path, model_dir: Path, env_extra: Optional[Dict[str, str]] = None,
                 timeout: int = 10, memory_limit_kb: int = 500000,
-                extra_args: Sequence[str] = ()) -> "tuple[Proc, dict, Dict[str, str]]":
+                extra_args: Sequence[str] = (), nofile: Optional[int] = None
+                ) -> "tuple[Proc, dict, Dict[str, str]]":
     ipc = tmp / "ipc.json"
     env = clean_env(ipc, **(env_extra or {}))
     cfg = params_file(tmp / "params.json", model_dir, timeout=timeout, memory_limit_kb=memory_limit_kb)
-    proc = Proc(["serve", "--config", str(cfg), "--port", "0", *extra_args], env, tmp / "serve.log")
+    proc = Proc(["serve", "--config", str(cfg), "--port", "0", *extra_args], env, tmp / "serve.log",
+                nofile=nofile)
     info = wait_for_client_file(ipc, proc)
     wait_ready(info["port"], proc)
     return proc, info, env

@@ -183,7 +183,7 @@ def test_neo_directory_needs_exactly_one_of_each(tmp_path):
     ("std: [1, 0, 1]\n", "std must not contain 0"),
     ("colour: RGB\n", "unknown setting"),
     ("- just a list\n", "mapping"),
-    ("a: [unclosed\n", "cannot read"),
+    ("a: [unclosed\n", "not valid YAML"),
 ])
 def test_bad_metadata(tmp_path, text, words):
     (tmp_path / "m.onnx").write_bytes(b"x")

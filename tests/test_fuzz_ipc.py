@@ -46,13 +46,19 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 
-from connector.ipc import IPCError, protocol
+from connector.ipc import IPCClient, IPCError, protocol
 from connector.ipc.host import IPCHost
 from connector.ipc.runtime import run_lambda
 
-TOKEN = "fuzz-token-0123456789abcdefABCDEF_-xyz"
+TOKEN = "fuzz-token-0123456789abcdefABCDEF_-xyz"  # the callers'
+FN_TOKEN = "fuzz-function-token-of-the-served-arn"  # ARN's own
+OTHER_TOKEN = "fuzz-function-token-of-the-other-arn"  # OTHER_ARN's own
 ARN = "arn:aws:lambda:us-east-1:aws:function:GG-ML-INF-object-detection-fuzz"
 OTHER_ARN = "arn:aws:lambda:us-east-1:aws:function:GG-ML-INF-object-detection-nobody"
+# token -> the function it belongs to (None: a caller)
+TOKENS = {TOKEN: None, FN_TOKEN: ARN, OTHER_TOKEN: OTHER_ARN}
+# only the function's own token may use these
+FUNCTION_ONLY = {("work", "GET"), ("work", "POST"), ("initialized", "PUT")}
 MAX_BODY = 2048
 PIPELINED = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 ROUTES = {("", "POST"), ("", "GET"), ("work", "GET"), ("work", "POST"), ("initialized", "PUT")}
@@ -79,10 +85,11 @@ def rig():
     host = IPCHost(token=TOKEN, write_client_file=False, result_timeout_s=5.0, attach_grace_s=0.0,
                    max_body_bytes=MAX_BODY, idle_timeout_s=10.0).start()
     host.board.poll_slice_s = 0.02  # stray long polls notice their client left within 20 ms
-    host.register_function(ARN)
+    host.register_function(ARN, token=FN_TOKEN)
+    host.register_function(OTHER_ARN, token=OTHER_TOKEN, served=False)  # served only while polled
     host.set_ready()
     stop = threading.Event()
-    runtime = threading.Thread(target=run_lambda, args=(ARN, echo, host.client(timeout=10)),
+    runtime = threading.Thread(target=run_lambda, args=(ARN, echo, host.client(timeout=10, function_arn=ARN)),
                                kwargs={"stop_event": stop, "concurrency": 2}, daemon=True)
     runtime.start()
     state = types.SimpleNamespace(host=host, runtime=runtime, examples=0)
@@ -203,7 +210,7 @@ def simulate(stream: bytes, served_ok: bool = True) -> Expect:
     given = headers.get("Authorization")
     if given is None:
         return refuse(401, "Unauthorized")
-    if given.encode("latin-1", "replace") != TOKEN.encode():
+    if given not in TOKENS:
         return refuse(403, "Forbidden")
     parsed = protocol.parse_function_path(path)
     if parsed is None:
@@ -212,6 +219,8 @@ def simulate(stream: bytes, served_ok: bool = True) -> Expect:
     if (endpoint, command) not in ROUTES:
         allowed = ", ".join(sorted(m for (e, m) in ROUTES if e == endpoint))
         return refuse(405, "MethodNotAllowed", allowed)
+    if (endpoint, command) in FUNCTION_ONLY and TOKENS[given] != arn:
+        return refuse(403, "Forbidden")
     if headers.get("Transfer-Encoding"):
         return refuse(411, "LengthRequired")
     lengths = headers.get_all("Content-Length") or []
@@ -240,7 +249,8 @@ def simulate(stream: bytes, served_ok: bool = True) -> Expect:
             return refuse(400, "InvalidInvocationType")
         if arn != ARN or not served_ok:
             return refuse(404, "ResourceNotFoundException")
-        return answer(202, next_at, post={"body": body, "context": context, "type": kind})
+        return answer(202, next_at, post={"body": body, "context": context, "type": kind,
+                                          "token": given})
     if (endpoint, command) == ("work", "GET"):
         return Expect("poll", next_at=next_at)
     if (endpoint, command) in (("", "GET"), ("work", "POST")):
@@ -307,9 +317,7 @@ def rest_of_connection(sock: socket.socket, f) -> bytes:
 
 def host_connection_open(host: IPCHost, local_port: int) -> bool:
     """Whether a host thread still serves the connection from our `local_port`."""
-    server = host._server
-    with server._connections_lock:
-        connections = list(server._connections)
+    connections = host.guard.open_connections()
     for connection in connections:
         try:
             if connection.getpeername()[1] == local_port:
@@ -407,6 +415,12 @@ def check_side_effects(rig, expect: Expect) -> None:
     client = rig.host.client(timeout=10)
     if expect.post:
         post = expect.post
+        # Only who posted it may fetch the result: anybody else is told it does not exist.
+        others = [t for t in TOKENS if t != post["token"]]
+        with pytest.raises(IPCError) as e:
+            IPCClient("127.0.0.1", rig.host.port, others[0], timeout=10).get_work_result(ARN, post["id"])
+        assert e.value.status == 404
+        client = IPCClient("127.0.0.1", rig.host.port, post["token"], timeout=10)
         if post["type"] == "Event":
             with pytest.raises(IPCError) as e:  # no result kept, or already gone
                 client.get_work_result(ARN, post["id"])
@@ -425,7 +439,7 @@ def check_side_effects(rig, expect: Expect) -> None:
         with pytest.raises(IPCError) as e:
             client.post_work(ARN, b"x")
         assert e.value.status == 404 and "failed to initialize" in str(e.value)
-        client.initialized(ARN, True, "fuzz: back")
+        rig.host.client(timeout=10, function_arn=ARN).initialized(ARN, True, "fuzz: back")
 
 
 def good_invocation(rig) -> None:
@@ -538,7 +552,7 @@ EXTRA_LINES = st.sampled_from([b"Host: localhost", b"Connection: close", b"Conne
                                b"Expect: 100-continue", b"X-Junk: \xff\xfe\x00", b"NoColonHere",
                                b" folded continuation", b"Bad Name: x", b": empty name",
                                b"Content-Type: image/png", b"X-Long: " + b"v" * 9000])
-FAULTS = ["method", "target", "version", "auth", "no-auth", "second-auth", "context", "invocation-type",
+FAULTS = ["method", "target", "version", "auth", "role", "no-auth", "second-auth", "context", "invocation-type",
           "invocation-id", "function-error", "length", "transfer-encoding", "big-body", "init-body",
           "extra-lines", "many-headers", "prefix", "header-case"]
 
@@ -573,8 +587,12 @@ def requests(draw) -> Wire:
         return v.encode("utf-8", "surrogatepass").replace(b"\n", b"") if isinstance(v, str) else v
 
     fields = []  # (name, value) in the order they are sent
+    rightful = TOKEN if call not in ("get_work", "post_result", "initialized") \
+        else {ARN: FN_TOKEN, OTHER_ARN: OTHER_TOKEN}[arn]
+    if "role" in faults:  # a valid token, perhaps in the wrong role
+        rightful = draw(st.sampled_from(sorted(TOKENS)))
     if call != "healthz" and "no-auth" not in faults:
-        fields.append(("Authorization", draw(BAD_AUTHS) if "auth" in faults else TOKEN))
+        fields.append(("Authorization", draw(BAD_AUTHS) if "auth" in faults else rightful))
     if "second-auth" in faults:
         fields.append(("Authorization", draw(st.one_of(st.just(TOKEN), BAD_AUTHS))))
     if call == "post_work" or "context" in faults:
@@ -710,7 +728,7 @@ def test_a_poller_that_leaves_bytes_unread_behind_its_request_is_noticed(rig):
     the socket, and a peek for the client's leaving then sees data instead: the poll stayed open
     for good, the ARN counted as served, and the next work for it went to the dead connection."""
     request = "GET {} HTTP/1.1\r\nAuthorization: {}\r\n\r\n".format(
-        protocol.function_path(OTHER_ARN, "work"), TOKEN).encode()
+        protocol.function_path(OTHER_ARN, "work"), OTHER_TOKEN).encode()
     run_case(rig, request + b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"p" * 50_000 + b"\r\n\r\n")
     assert not rig.host.board.is_served(OTHER_ARN)
 

@@ -177,3 +177,81 @@ def test_declared_type_is_checked_but_format_comes_from_bytes():
         imaging.decode_image(pil_mode("P", "GIF"), "image/png")
     with pytest.raises(InvalidImageError, match="content type"):
         imaging.decode_image(images.png(), "image/gif")
+
+
+# -- the decoder's memory estimate against the real peak (issue 9, point 7) -------------------------
+
+PEAK_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from connector import imaging
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1])
+
+    data = open({path!r}, "rb").read()
+    cost = imaging.decode_cost(data)
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to now
+    before = status("VmRSS:")
+    pixels = imaging.decode_bgr(data, max_bytes=cost.bytes)
+    print(cost.bytes, (status("VmHWM:") - before) * 1024, cost.kind)
+""")
+
+
+def _encode(kind: str, image: Image.Image) -> bytes:
+    import io
+    buf = io.BytesIO()
+    save = {
+        "baseline-420": lambda: image.save(buf, "JPEG", quality=90),
+        "baseline-444": lambda: image.save(buf, "JPEG", quality=90, subsampling=0),
+        "progressive-420": lambda: image.save(buf, "JPEG", quality=90, progressive=True),
+        "progressive-444": lambda: image.save(buf, "JPEG", quality=90, progressive=True, subsampling=0),
+        "cmyk": lambda: image.convert("CMYK").save(buf, "JPEG", quality=90),
+        "cmyk-progressive": lambda: image.convert("CMYK").save(buf, "JPEG", quality=90, progressive=True),
+        "gray-progressive": lambda: image.convert("L").save(buf, "JPEG", quality=90, progressive=True),
+        "png-rgb": lambda: image.save(buf, "PNG", compress_level=1),
+        "png-rgba": lambda: image.convert("RGBA").save(buf, "PNG", compress_level=1),
+        "png-palette": lambda: image.convert("P").save(buf, "PNG", compress_level=1),
+        "png-gray16": lambda: image.convert("I;16").save(buf, "PNG", compress_level=1),
+    }[kind]
+    save()
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["baseline-420", "baseline-444", "progressive-420", "progressive-444",
+                                  "cmyk", "cmyk-progressive", "gray-progressive", "png-rgb",
+                                  "png-rgba", "png-palette", "png-gray16"])
+def test_decode_memory_estimate_holds_against_the_real_peak(tmp_path, kind):
+    """Each kind decoded in a fresh process: the estimate (what the worker checks against its
+    memory limit from the header) covers the real peak, and is not so loose it refuses for nothing."""
+    rng = np.random.default_rng(7)
+    small = rng.integers(0, 255, (250, 375, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((3000, 2000))  # 6 Mpx of smooth noise
+    path = tmp_path / "image.bin"
+    path.write_bytes(_encode(kind, image))
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT.format(root=root, path=str(path))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()
+    estimate, peak, label = out.stdout.decode().split(" ", 2)
+    estimate, peak = int(estimate), int(peak)
+    assert peak > 6_000_000 * 3  # the decoded image itself was measured
+    assert estimate >= peak, "{}: estimated {} bytes, the decoder peaked at {}".format(label, estimate, peak)
+    assert estimate <= 1.6 * peak, "{}: estimate {} is far above the peak {}".format(label, estimate, peak)
+
+
+def test_progressive_cmyk_at_the_pixel_limit_is_refused_from_its_header():
+    # The pixel limit alone (8 bytes a pixel) let this through and pushed the worker over its limit.
+    image = Image.fromarray(np.full((400, 500, 3), 90, np.uint8)).convert("CMYK")
+    import io
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", progressive=True, subsampling=0)
+    data = buf.getvalue()
+    pixels = 400 * 500
+    assert imaging.decode_cost(data).bytes_per_pixel > imaging.BYTES_PER_DECODED_PIXEL
+    with pytest.raises(InvalidImageError, match=r"progressive 4-component JPEG needs about"):
+        imaging.decode_bgr(data, max_pixels=pixels, max_bytes=pixels * imaging.BYTES_PER_DECODED_PIXEL)
+    # without a byte budget, the pixel limit's bytes (8 a pixel) are the budget
+    assert imaging.decode_bgr(data, max_pixels=2 * pixels).shape == (400, 500, 3)

@@ -30,10 +30,19 @@ def host():
     h.shutdown(grace_s=1.0)
 
 
+def rightful_token(h, path):
+    """The token the protocol wants: the function's own on its work and initialized endpoints,
+    the callers' elsewhere."""
+    parsed = protocol.parse_function_path(path)
+    if parsed and parsed[1] in ("work", "initialized"):
+        return h.function_token(parsed[0]) or h.register_function(parsed[0], served=False)
+    return h.token
+
+
 def call(h, method, path, body=None, headers=None, token=True, timeout=5.0):
     """One request on a fresh connection: (status, headers, body)."""
     connection = http.client.HTTPConnection("127.0.0.1", h.port, timeout=timeout)
-    all_headers = {"Authorization": h.token} if token is True else (
+    all_headers = {"Authorization": rightful_token(h, path)} if token is True else (
         {"Authorization": token} if token else {})
     all_headers.update(headers or {})
     try:
@@ -379,6 +388,8 @@ def test_healthz_before_and_after_ready(host):
         raise RuntimeError("worker 1 died")
     host.set_health(broken)
     status, _, body = call(host, "GET", "/healthz", token=None)
+    assert status == 500 and "worker 1" not in body.decode()  # reasons need the token
+    status, _, body = call(host, "GET", "/healthz", token=host.token)
     assert status == 500 and json.loads(body)["errorMessage"] == "worker 1 died"
 
 
@@ -434,11 +445,12 @@ def test_client_file_is_private_complete_and_removed(tmp_path):
     try:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
-        document = json.load(open(path))
+        document = clientfile.read(path)
         assert document["port"] == h.port and document["token"] == h.token
         assert document["region"] == "eu-central-1" and document["host"] == "127.0.0.1"
-        assert document["pid"] == os.getpid()
-        assert os.listdir(os.path.dirname(path)) == ["ipc.json"]  # no temporary left behind
+        assert document["pid"] == os.getpid() and document["name"] == "ipc-host"
+        # no temporary left behind, only the lock file of the entries' read-modify-write
+        assert sorted(os.listdir(os.path.dirname(path))) == [".ipc.json.lock", "ipc.json"]
     finally:
         h.shutdown(grace_s=0.5)
     assert not os.path.exists(path)
@@ -446,10 +458,12 @@ def test_client_file_is_private_complete_and_removed(tmp_path):
 
 def test_client_file_of_another_host_is_left_alone(tmp_path):
     path = str(tmp_path / "ipc.json")
-    first = IPCHost(client_file=path).start()
-    second = IPCHost(client_file=path).start()
+    first = IPCHost(client_file=path, name="first").start()
+    second = IPCHost(client_file=path, name="second").start()
+    assert clientfile.read(path, "first")["token"] == first.token
     first.shutdown(grace_s=0.5)
-    assert json.load(open(path))["token"] == second.token
+    assert clientfile.read(path, "second")["token"] == second.token
+    assert set(clientfile.entries(path)) == {"second"}
     second.shutdown(grace_s=0.5)
     assert not os.path.exists(path)
 
@@ -476,7 +490,6 @@ def test_answers_are_sent_without_nagle_delay():
         conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=10)
         conn.request("GET", "/healthz")
         assert conn.getresponse().read()
-        with host._server._connections_lock:
-            server_ends = list(host._server._connections)
+        server_ends = host.guard.open_connections()
         assert server_ends and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in server_ends)
         conn.close()

@@ -37,7 +37,7 @@ class Serving(object):
 
     def __init__(self, host, handler, arn=ARN, concurrency=1, client=None):
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=run_lambda, args=(arn, handler, client or host.client()),
+        self.thread = threading.Thread(target=run_lambda, args=(arn, handler, client or host.client(function_arn=arn)),
                                        kwargs={"stop_event": self.stop, "concurrency": concurrency},
                                        daemon=True)
 
@@ -161,18 +161,19 @@ def test_loop_waits_for_a_host_that_is_not_up_yet():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    client = IPCClient(host="127.0.0.1", port=port, token="t", timeout=5)
+    client = IPCClient(host="127.0.0.1", port=port, token="fn", timeout=5)
     stop = threading.Event()
     worker = threading.Thread(target=run_lambda, args=(ARN, upper_handler, client),
                               kwargs={"stop_event": stop}, daemon=True)
     worker.start()
     time.sleep(0.4)  # a few refused connections, retried with backoff
     late = IPCHost(port=port, token="t", write_client_file=False).start()
+    late.register_function(ARN, token="fn", served=False)  # the token a core would have handed out
     try:
         deadline = time.monotonic() + 5
         while not late.board.is_served(ARN) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert json.loads(invoke(client, b"late").payload)["Body"] == "LATE"
+        assert json.loads(invoke(late.client(timeout=5), b"late").payload)["Body"] == "LATE"
     finally:
         stop.set()
         worker.join(5)
@@ -182,7 +183,7 @@ def test_loop_waits_for_a_host_that_is_not_up_yet():
 
 def test_run_lambda_rejects_zero_concurrency(host):
     with pytest.raises(ValueError):
-        run_lambda(ARN, upper_handler, host.client(), concurrency=0)
+        run_lambda(ARN, upper_handler, host.client(function_arn=ARN), concurrency=0)
 
 
 WORKER_SCRIPT = textwrap.dedent("""
@@ -206,10 +207,13 @@ WORKER_SCRIPT = textwrap.dedent("""
 
 
 def test_worker_in_a_separate_process_attaches_like_a_lambda(tmp_path, monkeypatch):
-    # The owner does not register the ARN: the other process attaches through get_work alone.
+    # The owner only gives the function its token, as a core does before it starts a Lambda; the
+    # ARN counts as served once the other process attaches through get_work.
     client_file = str(tmp_path / "ipc.json")
     with IPCHost(client_file=client_file, region="eu-west-1", result_timeout_s=5.0) as h:
-        env = dict(os.environ, AWS_CONTAINER_AUTHORIZATION_TOKEN=h.token, GG_DAEMON_PORT=str(h.port),
+        token = h.register_function(ARN, served=False)
+        assert token != h.token
+        env = dict(os.environ, AWS_CONTAINER_AUTHORIZATION_TOKEN=token, GG_DAEMON_PORT=str(h.port),
                    MY_FUNCTION_ARN=ARN, PYTHONPATH=ROOT)
         worker = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT.format(root=ROOT, arn=ARN)],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -61,7 +61,7 @@ class Service(object):
         self.threads = []
         for arn in arns:
             self.host.register_function(arn)
-            thread = threading.Thread(target=run_lambda, args=(arn, handler, self.host.client()),
+            thread = threading.Thread(target=run_lambda, args=(arn, handler, self.host.client(function_arn=arn)),
                                       kwargs={"stop_event": self.stop, "concurrency": concurrency},
                                       daemon=True)
             thread.start()
@@ -403,6 +403,27 @@ def test_client_file_lookup_agrees_with_the_host(tmp_path):
         assert _endpoint.client_file_path(env) == clientfile.default_path(env)
 
 
+def test_client_file_safety_rule_and_entry_choice_agree_with_the_host(tmp_path):
+    """The SDK keeps its own copy of the safety rule and the entry format: both must agree."""
+    path = str(tmp_path / "ipc.json")
+    clientfile.write(path, "127.0.0.1", 1, "tok-a", "eu-west-1", name="alpha")
+    clientfile.write(path, "127.0.0.1", 2, "tok-b", "eu-west-1", name="beta")
+    for name in ("alpha", "beta"):
+        assert _endpoint.read_client_file(path, name)["token"] == clientfile.read(path, name)["token"]
+    with pytest.raises(ValueError, match="several hosts"):
+        _endpoint.read_client_file(path)
+    with pytest.raises(ValueError, match="several hosts"):
+        clientfile.read(path)
+    cases = [(0o700, 0o600), (0o777, 0o600), (0o770, 0o600), (0o1777, 0o600), (0o700, 0o666)]
+    for dir_mode, file_mode in cases:
+        os.chmod(str(tmp_path), dir_mode)
+        os.chmod(path, file_mode)
+        sdk, host = _endpoint.unsafe_reason(path), clientfile.unsafe_reason(path)
+        assert sdk == host, (oct(dir_mode), oct(file_mode), sdk, host)
+        assert (sdk is None) == (dir_mode == 0o700 and file_mode == 0o600), (oct(dir_mode), sdk)
+    os.chmod(str(tmp_path), 0o700)
+
+
 def test_sdk_is_self_contained():
     """It must import (and build a request) with nothing but the standard library and itself."""
     script = textwrap.dedent("""
@@ -436,7 +457,7 @@ def test_wire_format_matches_the_original_sdk(tmp_path):
     """What arrives at the service: the body as given, and the client context the AWS SDK sent."""
     host = IPCHost(client_file=str(tmp_path / "ipc.json"), region=REGION, result_timeout_s=5).start()
     host.register_function(ARN)
-    worker = host.client(timeout=5)
+    worker = host.client(timeout=5, function_arn=ARN)
     outcome = []
     caller = threading.Thread(target=lambda: outcome.append(infer(
         b"\x00\xffimage", ContentType="image/jpeg", Accept="application/json")))
@@ -477,8 +498,7 @@ def quiet_service(tmp_path):
 
 
 def host_connections(host):
-    with host._server._connections_lock:
-        return set(host._server._connections)
+    return set(host.guard.open_connections())
 
 
 def echo(client, payload):
@@ -499,7 +519,7 @@ def test_client_reuses_its_connection(quiet_service):
 def test_client_recovers_when_the_host_dropped_its_idle_connection(quiet_service):
     client = ml.client("inference", timeout=10)
     assert echo(client, b"one") == "ONE"
-    quiet_service._server.close_connections()  # as a restarting core or an idle timeout would
+    quiet_service.guard.hang_up_all()  # as a restarting core or an idle timeout would
     time.sleep(0.1)
     assert echo(client, b"two") == "TWO"
 

@@ -1,6 +1,8 @@
 """The service end to end: real processes, real HTTP on loopback, the real DLR runtime, the SDK."""
 import ast
 import json
+import os
+import stat
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import pytest
 
 from connector import lambda_function
 from connector.errors import InvalidImageError
-from connector.ipc import IPCClient, IPCError, protocol
+from connector.ipc import IPCClient, IPCError, clientfile, protocol
 from connector.service import InferenceService
 from connector.engine import Engine
 from tests import images
@@ -158,15 +160,19 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path, model_dir, s
 def test_connector_attaches_to_a_host_as_a_separate_lambda_process(tmp_path, model_dir, sdk_env):
     """One worker, two hosts: the connector polls get_work like a Lambda under a core."""
     ipc = tmp_path / "ipc.json"
-    host = Proc(["host", "--port", "0"], clean_env(ipc), tmp_path / "host.log")
+    user_arn = "arn:aws:lambda:us-east-1:123456789012:function:objectDetection-connector:1"
+    host = Proc(["host", "--port", "0", "--function", user_arn], clean_env(ipc), tmp_path / "host.log")
     worker = None
     try:
         info = wait_for_client_file(ipc, host)
         wait_ready(info["port"], host)
-        # As a Greengrass core starts a user Lambda: its own ARN, the token and port in the env.
-        user_arn = "arn:aws:lambda:us-east-1:123456789012:function:objectDetection-connector:1"
+        # As a Greengrass core starts a user Lambda: its own ARN, its own token and the port in
+        # the env (the token the host gave the function, not the callers' one).
+        function_token = clientfile.function_token(str(ipc), user_arn)
+        assert function_token and function_token != info["token"]
+        assert stat.S_IMODE(os.stat(str(ipc) + ".functions").st_mode) == 0o600
         # The connector parameters come as environment variables too, as Greengrass passes them.
-        lambda_env = clean_env(ipc, AWS_CONTAINER_AUTHORIZATION_TOKEN=info["token"],
+        lambda_env = clean_env(ipc, AWS_CONTAINER_AUTHORIZATION_TOKEN=function_token,
                                GG_DAEMON_PORT=str(info["port"]), MY_FUNCTION_ARN=user_arn,
                                AWS_REGION="us-east-1", MLModelDestinationPath=str(model_dir),
                                MLModelResourceId="fixture-model", LocalInferenceServiceName="objectDetection",

@@ -20,7 +20,11 @@ from typing import Dict, Mapping, Optional, Set, Tuple, Union
 from . import clientfile
 from . import protocol
 
-WorkItem = collections.namedtuple("WorkItem", ["invocation_id", "payload", "client_context"])
+# deadline (time.monotonic) and cancelled (True once the caller no longer waits) are known only
+# where the board is in the same process (connector.ipc.local); over HTTP they stay None.
+WorkItem = collections.namedtuple("WorkItem", ["invocation_id", "payload", "client_context",
+                                               "deadline", "cancelled"])
+WorkItem.__new__.__defaults__ = (None, None)
 GetWorkResultOutput = collections.namedtuple("GetWorkResultOutput", ["payload", "func_err"])
 
 Payload = Union[bytes, bytearray, memoryview, str, None]
@@ -84,12 +88,13 @@ class IPCClient(object):
                    timeout=timeout)
 
     @classmethod
-    def from_client_file(cls, path: Optional[str] = None, timeout: Optional[float] = None
-                         ) -> "IPCClient":
-        """A client for the standalone host described by its client file."""
-        document = clientfile.read(path or clientfile.default_path())
+    def from_client_file(cls, path: Optional[str] = None, timeout: Optional[float] = None,
+                         name: Optional[str] = None, token: Optional[str] = None) -> "IPCClient":
+        """A client for the standalone host described by its client file (entry `name`, else
+        the only live one); `token` replaces the callers' token (a function's own)."""
+        document = clientfile.read(path or clientfile.default_path(), name)
         return cls(host=document.get("host") or "127.0.0.1", port=int(document["port"]),
-                   token=str(document["token"]), timeout=timeout)
+                   token=token or str(document["token"]), timeout=timeout)
 
     def __repr__(self) -> str:
         return "IPCClient(host={!r}, port={})".format(self.host, self.port)

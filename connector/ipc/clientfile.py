@@ -1,30 +1,67 @@
 """The client file: how local programs find a standalone host without any configuration.
 
-The host writes a small JSON document ``{"host", "port", "token", "region", "pid"}`` that the
-bundled ``greengrass_machine_learning_sdk`` reads when the Greengrass Lambda environment
-(``AWS_CONTAINER_AUTHORIZATION_TOKEN`` / ``MY_FUNCTION_ARN``) is absent.
+The file is a JSON document ``{"version": 2, "services": {<name>: <entry>}}``; each running host
+keeps its own entry, named by its service (``serve``: LocalInferenceServiceName; ``host``:
+``--name``, default ``ipc-host``), ``{"host", "port", "token", "region", "pid", "started",
+"timeout_s"}``. Starting or stopping one host rewrites only its own entry (read-modify-write under
+an ``flock`` on a lock file beside it, then an atomic rename). An entry whose process is gone
+(``pid`` not running, or running since another time: ``started`` is the process start time from
+``/proc``) is stale: readers skip it, and a new host of that name takes it over; a host refuses to
+take over the entry of a live one. The bundled ``greengrass_machine_learning_sdk`` reads it when
+the Greengrass Lambda environment (``AWS_CONTAINER_AUTHORIZATION_TOKEN`` / ``MY_FUNCTION_ARN``) is
+absent, choosing the entry of the ServiceName it calls, else the only live one.
 
 Location, first match wins:
 
-1. ``$GG_ML_IPC_FILE`` (an explicit path; also how two hosts on one machine are kept apart);
+1. ``$GG_ML_IPC_FILE`` (an explicit path);
 2. ``$XDG_RUNTIME_DIR/greengrass-ml/ipc.json`` (per-user, tmpfs, gone at logout);
 3. ``~/.config/greengrass-ml/ipc.json``.
 
-The file holds the bearer token, so it is created mode 0600 in a 0700 directory and replaced
-atomically (a reader never sees half a file). The SDK keeps its own copy of this lookup because it
-must not import this package; ``tests/test_ml_sdk.py`` checks that the two agree.
+Safety (the rule OpenSSH applies to its files, ``safe_path`` in auth.c): the file holds the callers'
+token, and whoever can replace it redirects every client's images. So the file, its directory and
+every directory above must be owned by root or by the file's owner and writable by nobody else;
+only a directory *above* the file's own may be writable by others if it is sticky (``/tmp``),
+because nobody can rename another user's entry there. The host refuses to start on an unsafe
+directory (one line saying which and how to fix it) and creates a missing one 0700; the SDK
+refuses an unsafe file. The file is 0600, or 0640 for a group the owner lets read it
+(``--client-file-group``); group members may read, never write.
+
+Function tokens (for functions that attach from another process, see :mod:`connector.ipc.host`)
+live in a second file, ``<client file>.functions``, always 0600, ``{"version": 2, "functions":
+{<arn>: {"token", "host": <entry name>, "pid", "started"}}}``.
+
+The SDK keeps its own copy of the lookup and the safety rule because it must not import this
+package; ``tests/test_ml_sdk.py`` checks that the two agree.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import grp
 import json
+import logging
 import os
+import stat
 import tempfile
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
+
+from ..errors import ConnectorError
+
+log = logging.getLogger(__name__)
 
 ENV_CLIENT_FILE = "GG_ML_IPC_FILE"
 DIR_NAME = "greengrass-ml"
 FILE_NAME = "ipc.json"
-FORMAT_VERSION = 1
+FUNCTIONS_SUFFIX = ".functions"
+FORMAT_VERSION = 2
+DEFAULT_NAME = "ipc-host"
+# A client file is a few hundred bytes per entry; anything far larger was not written by a host.
+MAX_FILE_BYTES = 1024 * 1024
+
+
+class ClientFileError(ConnectorError):
+    """The client file cannot be written or read safely; the message says how to fix it."""
 
 
 def default_path(environ: Optional[Mapping[str, str]] = None) -> str:
@@ -40,56 +77,322 @@ def default_path(environ: Optional[Mapping[str, str]] = None) -> str:
     return os.path.join(home, ".config", DIR_NAME, FILE_NAME)
 
 
-def write(path: str, host: str, port: int, token: str, region: str) -> Dict[str, Any]:
-    """Atomically write the client file (mode 0600); return what was written."""
-    document = {
-        "version": FORMAT_VERSION,
-        "host": host,
-        "port": int(port),
-        "token": token,
-        "region": region,
-        "pid": os.getpid(),
-    }
+# -- safety ------------------------------------------------------------------------------------
+
+def unsafe_reason(path: str) -> Optional[str]:
+    """Why the file at `path` (or, when it does not exist, its directory) could have been replaced
+    by another unprivileged user; None when it could not (see the module docstring)."""
+    path = os.path.abspath(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        return "{} cannot be examined ({})".format(path, exc.strerror)
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            return "{} is a symbolic link".format(path)
+        owner = st.st_uid
+        if st.st_mode & 0o022:
+            return "{} is writable by {} (mode {:o})".format(
+                path, "others" if st.st_mode & 0o002 else "its group", stat.S_IMODE(st.st_mode))
+    else:
+        owner = None
+    directory, leaf = os.path.dirname(path), True
+    while True:
+        try:
+            dst = os.stat(directory)
+        except OSError as exc:
+            return "{} cannot be examined ({})".format(directory, exc.strerror)
+        if owner is None:
+            owner = dst.st_uid
+        if dst.st_uid not in (0, owner):
+            return "{} belongs to uid {}, not to root or the file's owner (uid {})".format(
+                directory, dst.st_uid, owner)
+        sticky = bool(dst.st_mode & stat.S_ISVTX)
+        if dst.st_mode & 0o022 and (leaf or not sticky):
+            return "{} is writable by {} (mode {:o})".format(
+                directory, "others" if dst.st_mode & 0o002 else "its group",
+                stat.S_IMODE(dst.st_mode))
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory, leaf = parent, False
+
+
+def check_directory(path: str) -> None:
+    """Make sure the host can write the client file at `path` safely: create a missing directory
+    0700; raise ClientFileError (one line, with the fix) otherwise."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    # mkstemp creates the file 0600 from the start: the token is never readable by others,
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ClientFileError("cannot create the client-file directory {}: {} (set {} to a file in a "
+                              "directory you can write)".format(directory, _reason(exc),
+                                                                ENV_CLIENT_FILE)) from None
+    # The file itself is replaced by a rename, whoever wrote what is there now: the directory
+    # is what must be safe.
+    reason = _directory_reason(directory)
+    if reason:
+        raise ClientFileError("unsafe client file location: {}; another user could replace the file "
+                              "and receive the images. Fix: chmod go-w (and chown to this user) the "
+                              "directories named, or set {} to a file in a directory only you can "
+                              "write".format(reason, ENV_CLIENT_FILE))
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ClientFileError("cannot write the client file in {}: permission denied (set {} to a "
+                              "file in a directory you can write)".format(directory, ENV_CLIENT_FILE))
+    if os.path.isdir(path):
+        raise ClientFileError("the client file {} is a directory; remove it or set {}".format(
+            path, ENV_CLIENT_FILE))
+
+
+def _directory_reason(directory: str) -> Optional[str]:
+    # The directory must be safe for a file created there by us.
+    st = os.stat(directory)
+    if st.st_uid not in (0, os.geteuid()):
+        return "{} belongs to uid {}, not to this user (uid {})".format(directory, st.st_uid,
+                                                                         os.geteuid())
+    return unsafe_reason(os.path.join(directory, ".probe-that-does-not-exist"))
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+def process_start(pid: int) -> Optional[int]:
+    """The start time of process `pid` (clock ticks since boot, from /proc), None if unknown."""
+    try:
+        with open("/proc/{}/stat".format(pid), "rb") as handle:
+            text = handle.read()
+        return int(text[text.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_alive(entry: Mapping[str, Any]) -> bool:
+    """False when the entry's process is gone (or its pid now belongs to a younger process)."""
+    pid = entry.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # an entry without a pid (written by hand): take it at its word
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    started = entry.get("started")
+    return started is None or process_start(pid) in (None, started)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def _load(path: str) -> Dict[str, Any]:
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError("{} is larger than {} bytes; not a client file".format(path, MAX_FILE_BYTES))
+    document = json.loads(data.decode("utf-8"))
+    if not isinstance(document, dict):
+        raise ValueError("{} is not a greengrass-ml client file".format(path))
+    if "services" not in document and {"port", "token"} <= set(document):
+        return {"version": FORMAT_VERSION, "services": {DEFAULT_NAME: document}}  # version 1
+    if not isinstance(document.get("services"), dict):
+        raise ValueError("{} is not a greengrass-ml client file (no services)".format(path))
+    return document
+
+
+def entries(path: str) -> Dict[str, Dict[str, Any]]:
+    """Every entry of the client file, live or stale, by name."""
+    return {str(k): v for k, v in _load(path)["services"].items()
+            if isinstance(v, dict) and {"port", "token"} <= set(v)}
+
+
+def read(path: str, name: Optional[str] = None) -> Dict[str, Any]:
+    """The entry of host `name` (else the only live one); OSError/ValueError when there is none."""
+    found = entries(path)
+    live = {k: v for k, v in found.items() if is_alive(v)}
+    if name is not None and name in found:
+        if name not in live:
+            raise ValueError("the client file {} names {} on port {}, but its process {} is gone "
+                             "(a stale entry)".format(path, name, found[name].get("port"),
+                                                      found[name].get("pid")))
+        return dict(found[name], name=name)
+    if len(live) == 1:
+        only = next(iter(live))
+        return dict(live[only], name=only)
+    if not live:
+        raise ValueError("the client file {} has no entry of a running host{}".format(
+            path, " ({} stale)".format(", ".join(sorted(found))) if found else ""))
+    raise ValueError("the client file {} lists several hosts ({}); name the one to use".format(
+        path, ", ".join(sorted(live))))
+
+
+def function_token(path: str, function_arn: str) -> Optional[str]:
+    """The token a running host gave `function_arn`, from the function-token file."""
+    try:
+        document = _load_functions(path + FUNCTIONS_SUFFIX)
+    except FileNotFoundError:
+        return None
+    entry = document["functions"].get(function_arn)
+    if not isinstance(entry, dict) or not is_alive(entry):
+        return None
+    token = entry.get("token")
+    return token if isinstance(token, str) and token else None
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+def publish(path: str, name: str, host: str, port: int, token: str, region: str,
+            timeout_s: Optional[float] = None, group: Optional[str] = None) -> Dict[str, Any]:
+    """Write (or take over a stale) entry `name`; ClientFileError when a live host holds it."""
+    check_directory(path)
+    entry = {"host": host, "port": int(port), "token": token, "region": region, "pid": os.getpid(),
+             "started": process_start(os.getpid())}
+    if timeout_s is not None:
+        entry["timeout_s"] = float(timeout_s)
+    gid = _group_id(group) if group else None
+    with _locked(path):
+        document = _load_for_update(path)
+        current = document["services"].get(name)
+        if (isinstance(current, dict) and current.get("token") != token and is_alive(current)
+                and current.get("pid") != os.getpid()):
+            raise ClientFileError(
+                "another host named {!r} (pid {}, port {}) is running and owns its entry in the "
+                "client file {}; stop it first, or give this service another name".format(
+                    name, current.get("pid"), current.get("port"), path))
+        document["services"][name] = entry
+        _atomic_write(path, document, 0o640 if gid is not None else 0o600, gid)
+    return entry
+
+
+def withdraw(path: str, name: str, token: str) -> bool:
+    """Remove entry `name` if it is still ours (holds `token`), and our function tokens."""
+    try:
+        with _locked(path):
+            removed = False
+            try:
+                document = _load(path)
+            except (OSError, ValueError):
+                document = None
+            if document is not None:
+                current = document["services"].get(name)
+                if isinstance(current, dict) and current.get("token") == token:
+                    del document["services"][name]
+                    removed = True
+                    if document["services"]:
+                        _atomic_write(path, document, stat.S_IMODE(os.stat(path).st_mode), None)
+                    else:
+                        os.unlink(path)
+            _withdraw_functions(path + FUNCTIONS_SUFFIX, name)
+            return removed
+    except OSError as exc:
+        log.warning("could not remove our entry from the client file %s: %s", path, exc)
+        return False
+
+
+def publish_function_tokens(path: str, name: str, tokens: Mapping[str, str]) -> None:
+    """Record the tokens of host `name`'s functions in ``<path>.functions`` (always 0600)."""
+    functions_path = path + FUNCTIONS_SUFFIX
+    with _locked(path):
+        try:
+            document = _load_functions(functions_path)
+        except (OSError, ValueError):
+            document = {"version": FORMAT_VERSION, "functions": {}}
+        for arn, token in tokens.items():
+            document["functions"][arn] = {"token": token, "host": name, "pid": os.getpid(),
+                                          "started": process_start(os.getpid())}
+        _atomic_write(functions_path, document, 0o600, None)
+
+
+def write(path: str, host: str, port: int, token: str, region: str,
+          name: str = DEFAULT_NAME) -> Dict[str, Any]:
+    """Publish one entry (what tests and tools that play a host use)."""
+    return publish(path, name, host, port, token, region)
+
+
+def remove_if_ours(path: str, token: str) -> bool:
+    """Remove whichever entry holds `token`; other hosts' entries are left alone."""
+    try:
+        found = entries(path)
+    except (OSError, ValueError):
+        return False
+    return any(withdraw(path, name, token) for name, entry in found.items()
+               if entry.get("token") == token)
+
+
+# -- internals ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    directory, base = os.path.split(os.path.abspath(path))
+    fd = os.open(os.path.join(directory, "." + base + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _load_for_update(path: str) -> Dict[str, Any]:
+    try:
+        return _load(path)
+    except FileNotFoundError:
+        return {"version": FORMAT_VERSION, "services": {}}
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        # Only this user can write the directory (checked), so this is our own leftover.
+        log.warning("replacing the unreadable client file %s: %s", path, exc)
+        return {"version": FORMAT_VERSION, "services": {}}
+
+
+def _load_functions(path: str) -> Dict[str, Any]:
+    with open(path, "rb") as handle:
+        document = json.loads(handle.read(MAX_FILE_BYTES).decode("utf-8"))
+    if not isinstance(document, dict) or not isinstance(document.get("functions"), dict):
+        raise ValueError("{} is not a function-token file".format(path))
+    return document
+
+
+def _withdraw_functions(path: str, name: str) -> None:
+    try:
+        document = _load_functions(path)
+    except (OSError, ValueError):
+        return
+    kept = {arn: e for arn, e in document["functions"].items()
+            if not (isinstance(e, dict) and e.get("host") == name and e.get("pid") == os.getpid())}
+    if kept:
+        _atomic_write(path, {"version": FORMAT_VERSION, "functions": kept}, 0o600, None)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _atomic_write(path: str, document: Dict[str, Any], mode: int, gid: Optional[int]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    # mkstemp creates the file 0600 from the start: a token is never readable by others,
     # not even for the instant between create and chmod.
-    fd, tmp = tempfile.mkstemp(prefix="." + FILE_NAME + ".", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(document, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
+        if gid is not None:
+            os.chown(tmp, -1, gid)
+        os.chmod(tmp, mode & 0o640)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
-    return document
 
 
-def read(path: str) -> Dict[str, Any]:
-    """The client file's content; OSError/ValueError when it is missing or not a client file."""
-    with open(path, "r", encoding="utf-8") as handle:
-        document = json.load(handle)
-    if not isinstance(document, dict) or not {"port", "token"} <= set(document):
-        raise ValueError("{} is not a greengrass-ml client file (needs port and token)".format(path))
-    return document
-
-
-def remove_if_ours(path: str, token: str) -> bool:
-    """Remove the client file only if it still describes our host (holds our token).
-
-    A second host may have replaced the file since we wrote it; deleting that one would strand
-    its clients.
-    """
+def _group_id(group: str) -> int:
     try:
-        if read(path).get("token") != token:
-            return False
-        os.unlink(path)
-        return True
-    except (OSError, ValueError):
-        return False
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ClientFileError("client-file group {!r} does not exist".format(group)) from None
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return exc.strerror or str(exc)

@@ -8,6 +8,11 @@ in a 200 answer with ``X-Amz-Function-Error``, as greengrasssdk ``Lambda.Client.
 post_work accepted                          202 + X-Amz-InvocationId
 get_work / get_work_result / others ok      200
 missing / wrong Authorization               401 / 403
+a caller's token on a function's endpoint   403 (get_work, results, initialized: only the
+                                            function's own token)
+another principal's invocation id           404 (as if unknown: nothing is revealed)
+queue or body budget full                   429 TooManyRequestsException (retry later)
+connections full of busy clients            503 (answered before a thread is started)
 unknown path / method on a known path       404 / 405 (+ Allow)
 bad header, bad client context, bad JSON    400
 Content-Length missing / body too large     411 / 413
@@ -15,6 +20,7 @@ request line too long / HTTP/2+ version     414 / 505
 ARN nobody serves, unknown invocation id    404
 result for a finished / undelivered item    409
 host shutting down                          503
+head / body not complete in time            connection closed (see connections.py)
 function timed out (get_work_result)        200 + X-Amz-Function-Error: Unhandled
 ==========================================  =====================================================
 
@@ -23,17 +29,19 @@ the server.
 """
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import select
 import socket
 import time
 from http.server import BaseHTTPRequestHandler
-from typing import Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Iterable, Optional, Tuple
 
 from . import protocol
 from . import workboard
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .host import Principal
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,13 @@ _DISCARD_IDLE_S = 0.25
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 
 
+# Unauthenticated probes (see connector.ipc.host).
+_PROBES = {protocol.HEALTH_PATH: "health", "/livez": "live", "/readyz": "ready"}
+# Endpoints only the function's own token may use, and what they do (for the refusal).
+_FUNCTION_ONLY = {"_get_work": "take its work", "_post_work_result": "answer its work",
+                  "_initialized": "report its initialization"}
+
+
 class Refusal(Exception):
     """An answer other than success, raised anywhere below the dispatcher."""
 
@@ -76,6 +91,7 @@ _BOARD_REFUSALS = {
     workboard.AlreadyFinished: (409, "InvocationAlreadyFinished"),
     workboard.NotDelivered: (409, "InvocationNotDelivered"),
     workboard.Draining: (503, "ServiceUnavailable"),
+    workboard.Busy: (429, "TooManyRequestsException"),
 }
 
 
@@ -91,14 +107,18 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.ipc_host.idle_timeout_s
         super().setup()
-        self.server.track_connection(self.connection)
         self._body_consumed = True
+        self._principal: Optional[Principal] = None
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            self.server.untrack_connection(self.connection)
+            self.server.guard.release(self.connection)
+
+    def handle_one_request(self) -> None:
+        self.server.guard.waiting(self.connection)  # the head's deadline starts now
+        super().handle_one_request()
 
     def __getattr__(self, name: str):
         # Every method, standard or invented, goes through one dispatcher, so an unknown method
@@ -150,6 +170,7 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         host = self.server.ipc_host
         host._request_started()
+        self.server.guard.handling(self.connection)
         try:
             self._body_consumed = not self._may_have_body()
             if self.request_version == "HTTP/0.9":
@@ -171,11 +192,13 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
 
     def _route(self) -> None:
         path = self.path.split("?", 1)[0]
-        if path == protocol.HEALTH_PATH:
+        probe = _PROBES.get(path)
+        if probe is not None:
             if self.command not in ("GET", "HEAD"):
-                raise Refusal(405, "/healthz supports GET", "MethodNotAllowed", [("Allow", "GET")])
-            return self._health()
-        self._authenticate()
+                raise Refusal(405, "{} supports GET".format(path), "MethodNotAllowed",
+                              [("Allow", "GET")])
+            return self._probe(probe)
+        principal = self._authenticate()
         parsed = protocol.parse_function_path(path)
         if parsed is None:
             raise Refusal(404, "unknown path {!r}; expected {}<function-arn>[/work|/initialized]"
@@ -187,16 +210,23 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
             raise Refusal(405, "{} is not supported on {}; use {}".format(
                 self.command, path, " or ".join(allowed)), "MethodNotAllowed",
                 [("Allow", ", ".join(allowed))])
+        if route in _FUNCTION_ONLY and not principal.serves(function_arn):
+            raise Refusal(403, "only {}'s own token may {} (this token is a {}'s)".format(
+                function_arn, _FUNCTION_ONLY[route], "caller" if principal.function_arn is None
+                else "different function"), "Forbidden")
+        self._principal = principal
         body = self._read_body()
+        self.server.guard.handling(self.connection)
         getattr(self, route)(function_arn, body)
 
-    def _authenticate(self) -> None:
+    def _authenticate(self) -> Principal:
         given = self.headers.get(protocol.HEADER_AUTH_TOKEN)
         if given is None:
             raise Refusal(401, "missing Authorization header (the raw IPC token)", "Unauthorized")
-        expected = self.server.ipc_host.token
-        if not hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("utf-8")):
+        principal = self.server.ipc_host.principal(given)
+        if principal is None:
             raise Refusal(403, "wrong Authorization token", "Forbidden")
+        return principal
 
     # -- the protocol's calls -----------------------------------------------------------------
 
@@ -212,7 +242,7 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
                 protocol.HEADER_INVOCATION_TYPE, ", ".join(protocol.INVOCATION_TYPES),
                 invocation_type), "InvalidInvocationType")
         invocation = self._board(lambda b: b.submit(function_arn, body, client_context,
-                                                    invocation_type))
+                                                    invocation_type, self._principal.name))
         self._send(202, headers=[(protocol.HEADER_INVOCATION_ID, invocation.invocation_id)])
 
     def _get_work(self, function_arn: str, body: bytes) -> None:
@@ -246,7 +276,11 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
 
     def _get_work_result(self, function_arn: str, body: bytes) -> None:
         invocation_id = self._required_invocation_id()
-        invocation = self._board(lambda b: b.wait_result(function_arn, invocation_id))
+        invocation = self._board(lambda b: b.wait_result(
+            function_arn, invocation_id, self._principal.name, cancelled=self._client_gone))
+        if invocation.function_error and self._client_gone():
+            self.close_connection = True  # the caller left; nobody to answer
+            return
         headers = []
         if invocation.function_error:
             headers.append((protocol.HEADER_FUNCTION_ERROR, invocation.function_error))
@@ -268,8 +302,14 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
         self.server.ipc_host.board.note_initialized(function_arn, document["Success"], response)
         self._send(200)
 
-    def _health(self) -> None:
-        status, document = self.server.ipc_host.health()
+    def _probe(self, which: str) -> None:
+        host = self.server.ipc_host
+        if which == "health":
+            # Details (errors, paths) only for a valid token; without one, state only.
+            given = self.headers.get(protocol.HEADER_AUTH_TOKEN)
+            status, document = host.health(given is not None and host.principal(given) is not None)
+        else:
+            status, document = host.liveness() if which == "live" else host.readiness()
         self._send(status, json.dumps(document).encode("utf-8"), content_type="application/json")
 
     # -- helpers ------------------------------------------------------------------------------
@@ -311,7 +351,16 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
         if length > limit:
             raise Refusal(413, "body of {} bytes is over the limit of {} bytes".format(length, limit),
                           "PayloadTooLarge")
-        body = self.rfile.read(length) if length else b""
+        guard = self.server.guard
+        if not guard.reserve(length):
+            raise Refusal(429, "the IPC host is busy receiving other bodies ({} bytes at most at "
+                          "once); retry later".format(guard.max_reading_bytes),
+                          "TooManyRequestsException")
+        try:
+            guard.reading(self.connection)  # the body's deadline starts now
+            body = self.rfile.read(length) if length else b""
+        finally:
+            guard.unreserve(length)
         if len(body) != length:
             raise Refusal(400, "body ended after {} of {} bytes".format(len(body), length),
                           "IncompleteBody")

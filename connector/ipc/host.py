@@ -4,24 +4,44 @@ It speaks the core's local IPC protocol (see :mod:`connector.ipc.protocol` and t
 :mod:`connector.ipc.handler`) on loopback, so the unchanged ``greengrass_machine_learning_sdk`` and
 any Lambda-style worker (:func:`connector.ipc.runtime.run_lambda`) work without Greengrass::
 
-    host = IPCHost(port=0, result_timeout_s=10).start()
-    host.register_function(service_arn)          # post_work for it is accepted from now on
-    threading.Thread(target=run_lambda, args=(service_arn, handler, host.client()),
+    host = IPCHost(port=0, result_timeout_s=10, name="objectDetection").start()
+    token = host.register_function(service_arn)  # post_work for it is accepted from now on
+    threading.Thread(target=run_lambda, args=(service_arn, handler, host.function_client(service_arn)),
                      kwargs={"stop_event": stop}).start()
     host.set_ready()                             # GET /healthz answers 200 from now on
     ...
     host.shutdown(grace_s=5)
 
-Which ARNs count as served is documented in :mod:`connector.ipc.workboard`. The client file that
-lets the SDK find the host is documented in :mod:`connector.ipc.clientfile`. ``GET /healthz`` is
-the one path that needs no token, so that process supervisors can probe it without reading the
-0600 client file.
+Credentials (SPEC section 4, "Who may do what"), as a Greengrass core hands them out:
+
+* **callers** hold :attr:`IPCHost.token` (the client file carries it); they may post work to any
+  served function and fetch the result of work *they* posted (an invocation belongs to the
+  principal that posted it; for anybody else it does not exist), nothing else;
+* **each function** has its own token, returned by :meth:`IPCHost.register_function` (random
+  unless given). Only that token may take the function's work (get_work), answer it
+  (post_work_result, post_handler_err) or report its initialization; a function may also call
+  other functions, as a caller, with it.
+
+How a function gets its token: in this process, :meth:`IPCHost.function_client` (no token
+travels at all); in another process, the way a core hands it to its Lambda, in
+``AWS_CONTAINER_AUTHORIZATION_TOKEN``, or from the host's function-token file next to the client
+file (mode 0600, never group-readable; see :mod:`connector.ipc.clientfile`), which ``attach``
+reads.
+
+Which ARNs count as served is documented in :mod:`connector.ipc.workboard`; the bounds on
+connections and bodies in :mod:`connector.ipc.connections`. Probes need no token: ``GET /livez``
+(the host answers), ``GET /readyz`` (a request now would be served without waiting) and
+``GET /healthz`` (state only: numbers and one-word states; with any valid token, the whole
+document, errors included).
 """
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import socketserver
@@ -29,15 +49,20 @@ import sys
 import threading
 import time
 from http.server import ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional, Tuple
 
+from ..errors import ConnectorError
 from . import clientfile
 from . import protocol
+from .clientfile import DEFAULT_NAME
+from .connections import (BUSY_RESPONSE, DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEAD_TIMEOUT_S,
+                          DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_READING_BYTES, ConnectionGuard)
 from .handler import IPCRequestHandler
-from .workboard import WorkBoard
+from .workboard import DEFAULT_MAX_QUEUED, DEFAULT_MAX_QUEUED_BYTES, WorkBoard
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import IPCClient
+    from .local import BoardClient
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +70,13 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 HealthCallback = Callable[[], Dict[str, Any]]
+# Refused connections kept open to be drained (see _Server), and for how long at most.
+MAX_LINGERING = 16
+LINGER_S = 1.0
+
+
+class HostStartError(ConnectorError):
+    """The host cannot start (address in use, unsafe client-file directory); one line says why."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -58,8 +90,11 @@ class _Server(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.ipc_host = ipc_host
-        self._connections: Set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
+        self.guard = ipc_host.guard
+        # Refused connections stay open (write side shut) for a moment, drained, so that the
+        # client's request bytes arriving after our 503 do not make the kernel reset the
+        # connection before the client has read the answer.
+        self._lingering: Deque[Tuple[float, socket.socket]] = collections.deque()
         super().__init__(address, IPCRequestHandler)
 
     def server_bind(self) -> None:
@@ -68,6 +103,54 @@ class _Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name = str(self.server_address[0])
         self.server_port = int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Admission before a thread exists: a flood of connections costs no threads beyond the cap.
+        if not self.guard.admit(request):
+            body = protocol.error_body("the IPC host is busy: {} connections are open and none is "
+                                       "idle; retry later".format(self.guard.max_connections),
+                                       "ServiceUnavailable")
+            try:
+                request.setblocking(False)
+                request.send(BUSY_RESPONSE % (len(body), body))
+                request.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            if len(self._lingering) < MAX_LINGERING:
+                self._lingering.append((time.monotonic() + LINGER_S, request))
+            else:
+                self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:  # no thread could be started: refuse this one, keep serving
+            self.guard.release(request)
+            self.shutdown_request(request)
+
+    def service_actions(self) -> None:
+        # serve_forever calls this every poll interval (0.1 s): the deadlines' clock.
+        self.guard.enforce()
+        now, kept = time.monotonic(), collections.deque()
+        while self._lingering:
+            deadline, sock = self._lingering.popleft()
+            try:
+                while sock.recv(65536):  # drain what the client sent; b"": it closed
+                    pass
+                gone = True
+            except BlockingIOError:
+                gone = False
+            except OSError:
+                gone = True
+            if gone or now >= deadline:
+                sock.close()
+            else:
+                kept.append((deadline, sock))
+        self._lingering = kept
+
+    def server_close(self) -> None:
+        super().server_close()
+        while self._lingering:
+            self._lingering.popleft()[1].close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver prints a traceback to stderr for any error; a client that resets its
@@ -78,23 +161,26 @@ class _Server(ThreadingHTTPServer):
         else:
             log.exception("error serving %s", client_address)
 
-    def track_connection(self, connection: socket.socket) -> None:
-        with self._connections_lock:
-            self._connections.add(connection)
 
-    def untrack_connection(self, connection: socket.socket) -> None:
-        with self._connections_lock:
-            self._connections.discard(connection)
+class Principal(object):
+    """Who made a request: a caller (the client token) or the function a token belongs to."""
 
-    def close_connections(self) -> None:
-        """Unblock threads parked on idle keep-alive connections so they end now."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+    __slots__ = ("name", "function_arn")
+
+    def __init__(self, name: str, function_arn: Optional[str] = None) -> None:
+        self.name, self.function_arn = name, function_arn
+
+    def serves(self, function_arn: str) -> bool:
+        return self.function_arn == function_arn
+
+
+CALLER = Principal("caller")
+
+
+def _digest(token: str) -> bytes:
+    # Tokens are looked up by their digest: a dict lookup on the token itself would compare the
+    # given bytes with stored ones, whose timing says how much of a guess was right.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 class IPCHost(object):
@@ -104,60 +190,104 @@ class IPCHost(object):
                  region: Optional[str] = None, client_file: Optional[str] = None,
                  write_client_file: bool = True, result_timeout_s: float = 30.0,
                  attach_grace_s: float = 60.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 idle_timeout_s: float = 120.0, health: Optional[HealthCallback] = None) -> None:
+                 idle_timeout_s: float = 60.0, health: Optional[HealthCallback] = None,
+                 name: str = DEFAULT_NAME, client_file_group: Optional[str] = None,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
+                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+                 max_reading_bytes: int = DEFAULT_MAX_READING_BYTES,
+                 max_queued: int = DEFAULT_MAX_QUEUED,
+                 max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES) -> None:
         """
-        :param host: address to bind; loopback unless you mean it (the token is the only guard).
+        :param host: address to bind; loopback unless you mean it (the tokens are the only guard).
         :param port: TCP port; 0 picks a free one (read it back from :attr:`port`).
-        :param token: the Authorization token; default ``$AWS_CONTAINER_AUTHORIZATION_TOKEN`` or
-            a fresh random one.
+        :param token: the callers' token (written to the client file); default
+            ``$AWS_CONTAINER_AUTHORIZATION_TOKEN`` or a fresh random one. Functions get their own
+            (:meth:`register_function`).
         :param region: written to the client file so the SDK builds the same ARNs as the owner;
             default ``$AWS_REGION`` or us-east-1.
         :param client_file: where to write the client file; default
             :func:`connector.ipc.clientfile.default_path`.
         :param write_client_file: False for hosts that clients find by other means (tests).
         :param result_timeout_s: how long after post_work an invocation may take before the
-            caller gets an ``Unhandled`` timeout error.
+            caller gets an ``Unhandled`` timeout error (per function: :meth:`register_function`).
         :param attach_grace_s: see the served-ARN rule in :mod:`connector.ipc.workboard`.
         :param max_body_bytes: larger request bodies are refused with 413.
         :param idle_timeout_s: an idle keep-alive connection is closed after this long.
         :param health: returns the JSON document of ``GET /healthz`` once :meth:`set_ready`.
+        :param name: this host's entry in the client file (``serve`` uses its service name).
+        :param client_file_group: a group that may read the client file (not the function tokens).
+        :param max_connections, head_timeout_s, body_timeout_s, max_reading_bytes: see
+            :mod:`connector.ipc.connections`.
+        :param max_queued, max_queued_bytes: see :mod:`connector.ipc.workboard`.
         """
         self.bind_host = host
         self.requested_port = int(port)
         self.token = token or os.environ.get(protocol.ENV_AUTH_TOKEN) or secrets.token_urlsafe(32)
         self.region = region or os.environ.get(protocol.ENV_REGION) or DEFAULT_REGION
+        self.name = name
         self.client_file_path = (client_file or clientfile.default_path()) if write_client_file else None
+        self.client_file_group = client_file_group
         self.max_body_bytes = int(max_body_bytes)
         self.idle_timeout_s = float(idle_timeout_s)
-        self.board = WorkBoard(result_timeout_s=result_timeout_s, attach_grace_s=attach_grace_s)
+        # A body the host accepts must fit the budgets, or it would be refused as "busy" forever.
+        self.guard = ConnectionGuard(max_connections=max_connections, head_timeout_s=head_timeout_s,
+                                     idle_timeout_s=idle_timeout_s, body_timeout_s=body_timeout_s,
+                                     max_reading_bytes=max(max_reading_bytes, self.max_body_bytes))
+        self.board = WorkBoard(result_timeout_s=result_timeout_s, attach_grace_s=attach_grace_s,
+                               max_queued=max_queued,
+                               max_queued_bytes=max(max_queued_bytes, self.max_body_bytes))
+        self._principals: Dict[bytes, Principal] = {_digest(self.token): CALLER}
+        self._function_tokens: Dict[str, str] = {}
         self._health = health
+        self._readiness: Optional[Callable[[], bool]] = None
         self._ready = False
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
         self._inflight = 0
         self._inflight_changed = threading.Condition()
         self._stopped = False
+        self._published = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> "IPCHost":
-        """Bind, start serving in a background thread and write the client file."""
+        """Bind, start serving in a background thread and write the client file.
+
+        Raises :class:`HostStartError` (one line: what failed and how to fix it) when the
+        address cannot be bound or the client file cannot be written safely."""
         if self._server is not None:
             raise RuntimeError("IPCHost already started")
-        self._server = _Server((self.bind_host, self.requested_port), self)
+        if self.client_file_path:
+            clientfile.check_directory(self.client_file_path)  # before binding: fail fast, clean
+        try:
+            self._server = _Server((self.bind_host, self.requested_port), self)
+        except (OSError, OverflowError, UnicodeError, ValueError) as exc:
+            raise HostStartError("cannot listen on {}:{}: {}".format(
+                self.bind_host, self.requested_port, _reason(exc))) from None
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="ipc-host-{}".format(self.port), daemon=True)
         self._thread.start()
         if self.client_file_path:
-            clientfile.write(self.client_file_path, self.connect_host, self.port, self.token,
-                             self.region)
-        log.info("IPC host listening on %s:%d%s", self.bind_host, self.port,
+            try:
+                clientfile.publish(self.client_file_path, self.name, self.connect_host, self.port,
+                                   self.token, self.region, timeout_s=self.board.result_timeout_s,
+                                   group=self.client_file_group)
+                self._published = True
+                self._publish_function_tokens()
+            except Exception:
+                self._server.shutdown()
+                self._server.server_close()
+                raise
+        # debug: a start-up that fails after this must print one line, its error
+        log.debug("IPC host listening on %s:%d%s", self.bind_host, self.port,
                  " (client file {})".format(self.client_file_path) if self.client_file_path else "")
         return self
 
     def shutdown(self, grace_s: float = 5.0) -> None:
         """Stop gracefully: refuse new work (503), let in-flight requests finish for up to
-        `grace_s` seconds, fail what is still unanswered, then close and remove the client file."""
+        `grace_s` seconds, fail what is still unanswered, then close and remove our client-file
+        entry (never another host's)."""
         if self._server is None or self._stopped:
             return
         self._stopped = True
@@ -169,12 +299,12 @@ class IPCHost(object):
             self._wait_idle(1.0)
         self._server.shutdown()
         self._server.server_close()
-        self._server.close_connections()
+        self.guard.hang_up_all()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
-        if self.client_file_path:
-            clientfile.remove_if_ours(self.client_file_path, self.token)
-        log.info("IPC host on port %d stopped", self.port)
+        if self._published and self.client_file_path:
+            clientfile.withdraw(self.client_file_path, self.name, self.token)
+        log.debug("IPC host on port %d stopped", self.port)
 
     def __enter__(self) -> "IPCHost":
         return self.start() if self._server is None else self
@@ -184,12 +314,42 @@ class IPCHost(object):
 
     # -- what the owner controls --------------------------------------------------------------
 
-    def register_function(self, function_arn: str) -> None:
-        """Declare that a worker will serve `function_arn` (post_work for it is accepted)."""
-        self.board.register(function_arn)
+    def register_function(self, function_arn: str, token: Optional[str] = None, served: bool = True,
+                          timeout_s: Optional[float] = None,
+                          timeout_message: Optional[str] = None) -> str:
+        """Declare a function this host serves and return its token (see the module docstring).
+
+        :param token: the function's token; default a fresh random one.
+        :param served: True: post_work for it is accepted from now on (the function runs in this
+            process or is sure to attach); False: only while its worker polls (served-ARN rule).
+        :param timeout_s, timeout_message: its invocations' timeout and the caller's message.
+        """
+        token = token or self._function_tokens.get(function_arn) or secrets.token_urlsafe(32)
+        if _digest(token) in self._principals and self._function_tokens.get(function_arn) != token:
+            raise ValueError("every function needs its own token, distinct from the callers'")
+        old = self._function_tokens.get(function_arn)
+        if old is not None:
+            self._principals.pop(_digest(old), None)
+        self._function_tokens[function_arn] = token
+        self._principals[_digest(token)] = Principal("function " + function_arn, function_arn)
+        self.board.register(function_arn, served=served, timeout_s=timeout_s,
+                            timeout_message=timeout_message)
+        self._publish_function_tokens()
+        return token
 
     def unregister_function(self, function_arn: str) -> None:
+        """Stop accepting work for it; its token stays valid for the work already taken."""
         self.board.unregister(function_arn)
+
+    def function_token(self, function_arn: str) -> Optional[str]:
+        return self._function_tokens.get(function_arn)
+
+    def function_client(self, function_arn: str) -> "BoardClient":
+        """The in-process worker side of a registered function (what ``serve`` runs)."""
+        from .local import BoardClient
+        if function_arn not in self._function_tokens:
+            self.register_function(function_arn)
+        return BoardClient(self.board, function_arn)
 
     def set_ready(self, ready: bool = True) -> None:
         """From now on ``GET /healthz`` answers 200 with the health callback's document."""
@@ -198,14 +358,27 @@ class IPCHost(object):
     def set_health(self, health: Optional[HealthCallback]) -> None:
         self._health = health
 
+    def set_readiness(self, readiness: Optional[Callable[[], bool]]) -> None:
+        """``GET /readyz`` answers 200 only while this says True (and the host is ready)."""
+        self._readiness = readiness
+
     def initialization(self, function_arn: str) -> Optional[Dict[str, object]]:
         """``{"Success", "Response"}`` as a worker reported it via ``initialized``, or None."""
         return self.board.initialization(function_arn)
 
-    def client(self, timeout: Optional[float] = None) -> "IPCClient":
-        """An :class:`connector.ipc.client.IPCClient` connected to this host."""
+    def client(self, timeout: Optional[float] = None,
+               function_arn: Optional[str] = None) -> "IPCClient":
+        """An :class:`connector.ipc.client.IPCClient` for this host: a caller's, or with
+        `function_arn` that function's (registering it when needed)."""
         from .client import IPCClient  # the host must not need the client to import
-        return IPCClient(host=self.connect_host, port=self.port, token=self.token, timeout=timeout)
+        token = self.token
+        if function_arn is not None:
+            token = self._function_tokens.get(function_arn) or self.register_function(function_arn)
+        return IPCClient(host=self.connect_host, port=self.port, token=token, timeout=timeout)
+
+    def principal(self, token: str) -> Optional[Principal]:
+        """Who holds `token`, None for nobody."""
+        return self._principals.get(_digest(token))
 
     # -- facts --------------------------------------------------------------------------------
 
@@ -229,8 +402,8 @@ class IPCHost(object):
         host = self.connect_host
         return "http://{}:{}".format("[{}]".format(host) if ":" in host else host, self.port)
 
-    def health(self) -> Tuple[int, Dict[str, Any]]:
-        """(status, document) of ``GET /healthz``."""
+    def health(self, detailed: bool = True) -> Tuple[int, Dict[str, Any]]:
+        """(status, document) of ``GET /healthz``; without `detailed` (no token) state only."""
         if self.board.draining:
             return 503, {"status": "stopping"}
         if not self._ready:
@@ -242,10 +415,34 @@ class IPCHost(object):
             if not isinstance(document, dict):
                 raise TypeError("health callback returned {}, not a dict".format(type(document).__name__))
             json.dumps(document)  # fail here, with the reason, rather than in the handler
-            return 200, document
         except Exception as exc:  # the probe must say why, not drop the connection
             log.exception("health callback failed")
-            return 500, {"status": "error", "errorMessage": str(exc)}
+            return 500, {"status": "error", "errorMessage": str(exc)[:200] if detailed else "see the log"}
+        return 200, (document if detailed else public_view(document))
+
+    def liveness(self) -> Tuple[int, Dict[str, Any]]:
+        """``GET /livez``: the host answers (even while its function's worker restarts)."""
+        return (503, {"status": "stopping"}) if self.board.draining else (200, {"status": "alive"})
+
+    def readiness(self) -> Tuple[int, Dict[str, Any]]:
+        """``GET /readyz``: a request sent now can be served without waiting for a restart."""
+        if self.board.draining:
+            return 503, {"status": "stopping"}
+        if not self._ready:
+            return 503, {"status": "starting"}
+        try:
+            ready = self._readiness() if self._readiness is not None else True
+        except Exception:  # a probe must answer
+            log.exception("readiness callback failed")
+            ready = False
+        return (200, {"status": "ready"}) if ready else (503, {"status": "not ready"})
+
+    # -- function tokens for functions attaching from other processes --------------------------
+
+    def _publish_function_tokens(self) -> None:
+        if self._published and self.client_file_path and self._function_tokens:
+            clientfile.publish_function_tokens(self.client_file_path, self.name,
+                                               dict(self._function_tokens))
 
     # -- in-flight accounting (called by the request handler) ---------------------------------
 
@@ -267,3 +464,27 @@ class IPCHost(object):
                     return False
                 self._inflight_changed.wait(remaining)
             return True
+
+
+_STATE_TEXT = re.compile(r"^[A-Za-z0-9_.:-]{0,100}$")
+
+
+def public_view(document: Dict[str, Any], depth: int = 3) -> Dict[str, Any]:
+    """What an unauthenticated prober may see: numbers, booleans and one-word states, also inside
+    nested sections (counters of the feedback service); no paths, messages or listings (they
+    contain a slash or a blank)."""
+    view: Dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            if depth > 0:
+                view[key] = public_view(value, depth - 1)
+        elif value is None or isinstance(value, (bool, int, float)) \
+                or (isinstance(value, str) and _STATE_TEXT.match(value)):
+            view[key] = value
+    return view
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 from ..logs import invocation
@@ -45,8 +46,14 @@ class ClientContext(object):
 class LambdaContext(object):
     """The ``context`` argument of a handler, with the attributes Greengrass functions use."""
 
-    def __init__(self, function_arn: str, invocation_id: str, client_context: ClientContext) -> None:
+    def __init__(self, function_arn: str, invocation_id: str, client_context: ClientContext,
+                 deadline: Optional[float] = None,
+                 cancelled: Optional[Callable[[], bool]] = None) -> None:
         name, qualifier = protocol.function_name_of(function_arn)
+        # When the caller stops waiting (time.monotonic), and a check whether it already has;
+        # known when the host's board is in this process, None otherwise.
+        self.deadline = deadline
+        self.cancelled = cancelled
         self.invoked_function_arn = function_arn
         self.function_name = name
         self.function_version = qualifier or "$LATEST"
@@ -54,6 +61,12 @@ class LambdaContext(object):
         self.aws_request_id = invocation_id  # what Lambda code (e.g. the ML Feedback connector) reads
         self.client_context = client_context
         self.identity = None
+
+    def get_remaining_time_in_millis(self) -> Optional[int]:
+        """Lambda's call: milliseconds until the caller gives up (None when not known)."""
+        if self.deadline is None:
+            return None
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
 
     def __repr__(self) -> str:
         return "LambdaContext(function_name={!r}, invocation_id={!r})".format(
@@ -66,7 +79,8 @@ def build_context(function_arn: str, work: WorkItem) -> LambdaContext:
     custom = document.get("custom")
     return LambdaContext(function_arn, work.invocation_id,
                          ClientContext(custom if isinstance(custom, dict) else {},
-                                       document.get("client"), document.get("env")))
+                                       document.get("client"), document.get("env")),
+                         deadline=work.deadline, cancelled=work.cancelled)
 
 
 def encode_result(result: Any) -> bytes:
@@ -116,7 +130,7 @@ def _handle_work(function_arn: str, handler: Handler, client: IPCClient, work: W
                             len(payload), exc), "PayloadTooLarge")
             return
         # Typically the invocation timed out meanwhile; the caller already has its answer.
-        log.warning("could not post the result of invocation %s of %s: %s", work.invocation_id,
+        (log.debug if exc.status == 409 else log.warning)("could not post the result of invocation %s of %s: %s", work.invocation_id,
                     function_arn, exc)
 
 
@@ -125,7 +139,8 @@ def _post_error(client: IPCClient, function_arn: str, invocation_id: str, messag
     try:
         client.post_handler_err(function_arn, invocation_id, message, error_type)
     except IPCError as exc:
-        log.warning("could not post the error of invocation %s of %s: %s", invocation_id,
+        # 409: the caller was answered already (its deadline passed, or it left); routine under load.
+        (log.debug if exc.status == 409 else log.warning)("could not post the error of invocation %s of %s: %s", invocation_id,
                     function_arn, exc)
 
 

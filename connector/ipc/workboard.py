@@ -15,10 +15,19 @@ timeout): an ARN is served while
 and its function did not report a failed initialization (``initialized`` with ``"Success":
 false``; callers then get that reason) since its last successful one.
 
-Every invocation gets a deadline ``result_timeout_s`` after it was posted. A get_work_result still
-waiting then is answered with an ``Unhandled`` function error (what the Greengrass core reports for
-a function timeout); queued work past its deadline is dropped, and a result posted after it is
-refused.
+Every invocation gets a deadline: its function's timeout (``register(..., timeout_s=)``, else the
+board's ``result_timeout_s``) after it was posted. A get_work_result still waiting then is answered
+with an ``Unhandled`` function error carrying the function's timeout message (what the Greengrass
+core reports for a function timeout); queued work past its deadline, or whose caller hung up
+(:meth:`WorkBoard.wait_result` with ``cancelled``), is never handed to a worker, and a result
+posted after it is refused and counted as late.
+
+Who may do what is decided by the caller (the HTTP handler authenticates the token); the board
+keeps each invocation's owner so that only the principal who posted it gets its result.
+
+Bounds (``max_queued``, ``max_queued_bytes``): unfinished invocations, Event ones included, and
+the payload bytes they hold. A post_work beyond either is refused at once with :class:`Busy`; a
+payload is released as soon as its invocation finishes.
 """
 from __future__ import annotations
 
@@ -64,12 +73,17 @@ class NotDelivered(WorkBoardError):
     """A result was posted for an invocation no worker has taken yet."""
 
 
+class Busy(WorkBoardError):
+    """Too many invocations (or payload bytes) are queued; the caller should retry later."""
+
+
 class Invocation(object):
     """One piece of posted work and, once finished, its result."""
 
     def __init__(self, invocation_id: str, function_arn: str, payload: bytes, client_context: str,
-                 invocation_type: str, deadline: float) -> None:
+                 invocation_type: str, deadline: float, owner: str = "") -> None:
         self.invocation_id = invocation_id
+        self.owner = owner
         self.function_arn = function_arn
         self.payload = payload
         self.client_context = client_context
@@ -80,6 +94,13 @@ class Invocation(object):
         self.function_error: Optional[str] = None
         self.finished_at = 0.0
         self.done = threading.Event()
+        self.taken = False  # handed to a worker at least once
+        self.answered = False  # a worker posted its result or error
+        self.handed_over = False  # its caller got the outcome
+
+    def cancelled(self) -> bool:
+        """True once nobody waits for this invocation any more (answered, timed out, abandoned)."""
+        return self.done.is_set()
 
     @property
     def is_event(self) -> bool:
@@ -94,6 +115,17 @@ class _Function(object):
         self.last_seen = float("-inf")
         self.registered = False
         self.initialization: Optional[Dict[str, object]] = None
+        self.timeout_s: Optional[float] = None
+        self.timeout_message = DEFAULT_TIMEOUT_MESSAGE
+        # What callers experienced: the board's timeouts, callers that hung up before their answer,
+        # and results a worker posted after their caller had been answered.
+        self.counters: Dict[str, int] = {"timeouts": 0, "abandoned": 0, "late_results": 0,
+                                         "busy": 0}
+
+
+DEFAULT_TIMEOUT_MESSAGE = "{function_arn} did not answer invocation {invocation_id} within {seconds:g} s"
+DEFAULT_MAX_QUEUED = 256
+DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 
 def _failed_initialization(fn: _Function) -> bool:
@@ -105,8 +137,13 @@ class WorkBoard(object):
 
     def __init__(self, result_timeout_s: float = 30.0, attach_grace_s: float = 60.0,
                  result_ttl_s: float = 60.0, poll_slice_s: float = 0.25,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_queued: int = DEFAULT_MAX_QUEUED,
+                 max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES) -> None:
         self.result_timeout_s = float(result_timeout_s)
+        self.max_queued = int(max_queued)
+        self.max_queued_bytes = int(max_queued_bytes)
+        self._unfinished = 0
+        self._unfinished_bytes = 0
         self.attach_grace_s = float(attach_grace_s)
         # Results nobody fetched (the caller died) are forgotten this long after their deadline.
         self.result_ttl_s = float(result_ttl_s)
@@ -121,9 +158,29 @@ class WorkBoard(object):
 
     # -- who serves what ----------------------------------------------------------------------
 
-    def register(self, function_arn: str) -> None:
+    def register(self, function_arn: str, served: bool = True, timeout_s: Optional[float] = None,
+                 timeout_message: Optional[str] = None) -> None:
+        """Declare `function_arn`. served=False: it counts as served only while a worker polls it
+        (see the served-ARN rule). timeout_message may use {function_arn}, {invocation_id} and
+        {seconds}."""
         with self._lock:
-            self._function(function_arn).registered = True
+            fn = self._function(function_arn)
+            fn.registered = served
+            if timeout_s is not None:
+                fn.timeout_s = float(timeout_s)
+            if timeout_message is not None:
+                fn.timeout_message = timeout_message
+
+    def counters(self, function_arn: str) -> Dict[str, int]:
+        """What callers of `function_arn` experienced: timeouts, abandoned, late_results, busy."""
+        with self._lock:
+            fn = self._functions.get(function_arn)
+            return dict(fn.counters) if fn else dict(_Function(self._lock).counters)
+
+    def timeout_of(self, function_arn: str) -> float:
+        with self._lock:
+            fn = self._functions.get(function_arn)
+            return fn.timeout_s if fn is not None and fn.timeout_s is not None else self.result_timeout_s
 
     def unregister(self, function_arn: str) -> None:
         with self._lock:
@@ -152,8 +209,8 @@ class WorkBoard(object):
     # -- the caller's side --------------------------------------------------------------------
 
     def submit(self, function_arn: str, payload: bytes, client_context: str,
-               invocation_type: str) -> Invocation:
-        """Queue work for `function_arn`; raises Draining or NotServed instead of queueing."""
+               invocation_type: str, owner: str = "") -> Invocation:
+        """Queue work for `function_arn`; raises Draining, NotServed or Busy instead of queueing."""
         with self._lock:
             if self._draining:
                 raise Draining("the IPC host is shutting down and accepts no new work")
@@ -164,32 +221,63 @@ class WorkBoard(object):
                     raise NotServed("{} reported that it failed to initialize: {}".format(
                         function_arn, fn.initialization.get("Response") or "(no reason given)"))
                 raise NotServed("no function serves {} on this host".format(function_arn))
+            fn = self._function(function_arn)
+            if (self._unfinished >= self.max_queued
+                    or self._unfinished_bytes + len(payload) > self.max_queued_bytes):
+                fn.counters["busy"] += 1
+                raise Busy("the host is busy: {} invocation(s) holding {} bytes are waiting (limits: "
+                           "{} invocations, {} bytes); retry later".format(
+                               self._unfinished, self._unfinished_bytes, self.max_queued,
+                               self.max_queued_bytes))
             now = self._clock()
             invocation = Invocation(self._new_id(), function_arn, payload, client_context,
-                                    invocation_type, now + self.result_timeout_s)
+                                    invocation_type, now + self.timeout_of(function_arn), owner)
             self._invocations[invocation.invocation_id] = invocation
-            fn = self._function(function_arn)
+            self._unfinished += 1
+            self._unfinished_bytes += len(payload)
             fn.queue.append(invocation)
             fn.work_arrived.notify_all()
             return invocation
 
-    def wait_result(self, function_arn: str, invocation_id: str) -> Invocation:
-        """Block until the invocation is finished or its deadline passes; then hand it over once."""
+    def wait_result(self, function_arn: str, invocation_id: str, owner: str = "",
+                    cancelled: Callable[[], bool] = lambda: False) -> Invocation:
+        """Block until the invocation is finished or its deadline passes; then hand it over once.
+
+        Only its owner (the principal that posted it) may wait: for anybody else it does not
+        exist. When `cancelled()` turns true (the caller hung up) the invocation is abandoned:
+        it is never handed to a worker, and None of it is kept."""
         with self._lock:
             invocation = self._invocations.get(invocation_id)
-            if invocation is None or invocation.function_arn != function_arn:
+            if (invocation is None or invocation.function_arn != function_arn
+                    or invocation.owner != owner or invocation.handed_over):
                 raise UnknownInvocation(
                     "no invocation {} for {} (unknown, already answered or expired)".format(
                         invocation_id, function_arn))
             if invocation.is_event:
                 raise NoResultKept(
                     "invocation {} is an Event invocation; no result is kept".format(invocation_id))
-        remaining = invocation.deadline - self._clock()
-        if not invocation.done.wait(max(0.0, remaining)):
-            with self._lock:
-                self._expire(invocation)
+        while True:
+            remaining = invocation.deadline - self._clock()
+            if invocation.done.wait(max(0.0, min(remaining, self.poll_slice_s))):
+                break
+            if remaining <= self.poll_slice_s:
+                with self._lock:
+                    self._expire(invocation)
+                break
+            if cancelled():
+                with self._lock:
+                    if not invocation.done.is_set():
+                        self._function(function_arn).counters["abandoned"] += 1
+                        self._finish(invocation, protocol.error_body(
+                            "the caller hung up before the answer", "Abandoned"),
+                            protocol.FUNCTION_ERROR_UNHANDLED)
+                break
         with self._lock:
-            self._invocations.pop(invocation_id, None)
+            invocation.handed_over = True
+            if not invocation.taken or invocation.answered:
+                # Kept otherwise, so that the worker's late answer is recognised (and counted) as
+                # late; the sweep forgets it after result_ttl_s.
+                self._invocations.pop(invocation_id, None)
         return invocation
 
     # -- the worker's side --------------------------------------------------------------------
@@ -212,6 +300,7 @@ class WorkBoard(object):
                             self._expire(invocation)
                             continue
                         invocation.state = RUNNING
+                        invocation.taken = True
                         return invocation
                     if self._draining or cancelled():
                         return None
@@ -240,10 +329,14 @@ class WorkBoard(object):
             if invocation is None or invocation.function_arn != function_arn:
                 raise UnknownInvocation("no invocation {} for {}".format(invocation_id, function_arn))
             if invocation.done.is_set():
+                if invocation.taken and not invocation.answered:
+                    invocation.answered = True  # count a late result once
+                    fn.counters["late_results"] += 1
                 raise AlreadyFinished(
                     "invocation {} is already finished (answered or timed out)".format(invocation_id))
             if invocation.state == QUEUED:
                 raise NotDelivered("invocation {} was not taken by get_work yet".format(invocation_id))
+            invocation.answered = True
             self._finish(invocation, payload, function_error)
             if invocation.is_event:
                 self._invocations.pop(invocation_id, None)
@@ -291,6 +384,15 @@ class WorkBoard(object):
         return "{}-{}".format(uuid.uuid4(), next(self._sequence))
 
     def _finish(self, invocation: Invocation, payload: bytes, function_error: Optional[str]) -> None:
+        if not invocation.done.is_set():
+            self._unfinished -= 1
+            self._unfinished_bytes -= len(invocation.payload)
+        if invocation.state == QUEUED:
+            try:
+                self._function(invocation.function_arn).queue.remove(invocation)
+            except ValueError:
+                pass
+        invocation.payload = b""  # the bytes are the worker's now, or nobody's
         invocation.result = payload
         invocation.function_error = function_error
         invocation.state = DONE
@@ -300,13 +402,12 @@ class WorkBoard(object):
     def _expire(self, invocation: Invocation) -> None:
         if invocation.done.is_set():
             return
-        if invocation.state == QUEUED:
-            try:
-                self._function(invocation.function_arn).queue.remove(invocation)
-            except ValueError:
-                pass
-        message = "{} did not answer invocation {} within {:g} s".format(
-            invocation.function_arn, invocation.invocation_id, self.result_timeout_s)
+        fn = self._function(invocation.function_arn)
+        if not invocation.is_event:
+            fn.counters["timeouts"] += 1
+        message = fn.timeout_message.format(function_arn=invocation.function_arn,
+                                            invocation_id=invocation.invocation_id,
+                                            seconds=self.timeout_of(invocation.function_arn))
         self._finish(invocation, protocol.error_body(message, "TimeoutError"),
                      protocol.FUNCTION_ERROR_UNHANDLED)
 

@@ -46,8 +46,9 @@ Beyond the original:
     The same for ``client('feedback')``: the function ARN of the ML Feedback service.
 
 Clients also take an optional ``timeout`` (seconds per IPC request), e.g.
-``ml.client('inference', timeout=30)``; by default they wait as long as the service takes, like
-the original.
+``ml.client('inference', timeout=30)``; by default a call gives up 5 s after the service's own
+timeout (the standalone host's client file gives it), or after 120 s where that is unknown
+(inside Greengrass), so a hung endpoint never hangs the caller.
 """
 from __future__ import annotations
 

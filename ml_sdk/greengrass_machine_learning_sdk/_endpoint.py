@@ -2,12 +2,22 @@
 
 Inside Greengrass (``AWS_CONTAINER_AUTHORIZATION_TOKEN`` or ``MY_FUNCTION_ARN`` set) the core is at
 ``localhost:$GG_DAEMON_PORT`` (8000) with that token, in ``$AWS_REGION``. Otherwise the standalone
-host's client file gives host, port, token and region. Its location (kept in step with
-``connector/ipc/clientfile.py``, which this SDK must not import):
+host's client file gives host, port, token, region and the service's timeout. Its location and
+format (kept in step with ``connector/ipc/clientfile.py``, which this SDK must not import, because
+it must stay copyable alone into a Lambda):
 
 1. ``$GG_ML_IPC_FILE``;
 2. ``$XDG_RUNTIME_DIR/greengrass-ml/ipc.json``;
-3. ``~/.config/greengrass-ml/ipc.json``.
+3. ``~/.config/greengrass-ml/ipc.json``;
+
+``{"version": 2, "services": {<name>: {"host", "port", "token", "region", "pid", "started",
+"timeout_s"}}}``: the entry named like the ServiceName called, else the only entry whose process
+still runs (an entry of a dead process is stale and never used).
+
+The file is refused when another unprivileged user could have replaced it (OpenSSH's rule: the
+file and every directory above it owned by root or the file's owner and writable by nobody else,
+except sticky directories above the file's own, like ``/tmp``): whoever can swap it receives the
+images and answers for the service.
 
 The file's region wins over ``$AWS_REGION`` there: the ARNs must be the ones the host's owner
 registered, whatever region the user's shell happens to be set to.
@@ -17,7 +27,8 @@ from __future__ import annotations
 import collections
 import json
 import os
-from typing import Mapping, Optional
+import stat
+from typing import Any, Dict, Mapping, Optional
 
 from .exception import GreengrassDependencyException
 
@@ -27,8 +38,12 @@ ENV_DAEMON_PORT = "GG_DAEMON_PORT"
 ENV_REGION = "AWS_REGION"
 ENV_CLIENT_FILE = "GG_ML_IPC_FILE"
 DEFAULT_DAEMON_PORT = 8000
+MAX_FILE_BYTES = 1024 * 1024
 
-Endpoint = collections.namedtuple("Endpoint", ["host", "port", "token", "region", "source"])
+# timeout_s: the service's own timeout where the client file says it (None inside Greengrass).
+Endpoint = collections.namedtuple("Endpoint", ["host", "port", "token", "region", "source",
+                                               "timeout_s"])
+Endpoint.__new__.__defaults__ = (None,)
 
 
 def client_file_path(environ: Optional[Mapping[str, str]] = None) -> str:
@@ -44,12 +59,95 @@ def client_file_path(environ: Optional[Mapping[str, str]] = None) -> str:
     return os.path.join(home, ".config", "greengrass-ml", "ipc.json")
 
 
+def unsafe_reason(path: str) -> Optional[str]:
+    """Why the file at `path` could have been replaced by another unprivileged user, else None."""
+    path = os.path.abspath(path)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return "{} is a symbolic link".format(path)
+    owner = st.st_uid
+    if st.st_mode & 0o022:
+        return "{} is writable by {} (mode {:o})".format(
+            path, "others" if st.st_mode & 0o002 else "its group", stat.S_IMODE(st.st_mode))
+    directory, leaf = os.path.dirname(path), True
+    while True:
+        dst = os.stat(directory)
+        if dst.st_uid not in (0, owner):
+            return "{} belongs to uid {}, not to root or the file's owner (uid {})".format(
+                directory, dst.st_uid, owner)
+        if dst.st_mode & 0o022 and (leaf or not dst.st_mode & stat.S_ISVTX):
+            return "{} is writable by {} (mode {:o})".format(
+                directory, "others" if dst.st_mode & 0o002 else "its group",
+                stat.S_IMODE(dst.st_mode))
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory, leaf = parent, False
+
+
+def process_start(pid: int) -> Optional[int]:
+    try:
+        with open("/proc/{}/stat".format(pid), "rb") as handle:
+            text = handle.read()
+        return int(text[text.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_alive(entry: Mapping[str, Any]) -> bool:
+    """False when the entry's host process is gone (a stale entry)."""
+    pid = entry.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = entry.get("started")
+    return started is None or process_start(pid) in (None, started)
+
+
+def read_client_file(path: str, service_name: Optional[str] = None) -> Dict[str, Any]:
+    """The entry to use; OSError/ValueError naming the problem."""
+    reason = unsafe_reason(path)
+    if reason:
+        raise ValueError("refusing it: {}, so another user could have replaced it (make it and its "
+                         "directories writable only by their owner)".format(reason))
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError("it is larger than {} bytes".format(MAX_FILE_BYTES))
+    document = json.loads(data.decode("utf-8"))
+    if isinstance(document, dict) and "services" not in document:
+        document = {"services": {"": document}}  # version 1: one host
+    services = document.get("services") if isinstance(document, dict) else None
+    if not isinstance(services, dict):
+        raise ValueError("it is not a greengrass-ml client file")
+    found = {k: v for k, v in services.items() if isinstance(v, dict) and "port" in v and "token" in v}
+    if service_name is not None and service_name in found:
+        if not is_alive(found[service_name]):
+            raise ValueError("its entry for {} belongs to process {}, which is gone (stale): the "
+                             "service is not running".format(service_name, found[service_name].get("pid")))
+        return found[service_name]
+    live = [v for v in found.values() if is_alive(v)]
+    if len(live) == 1:
+        return live[0]
+    if not live:
+        raise ValueError("it lists no running host{}".format(
+            " (stale: {})".format(", ".join(sorted(found))) if found else ""))
+    raise ValueError("it lists several hosts ({}) and none is named {}".format(
+        ", ".join(sorted(found)), service_name))
+
+
 def in_greengrass(environ: Optional[Mapping[str, str]] = None) -> bool:
     env = os.environ if environ is None else environ
     return bool(env.get(ENV_AUTH_TOKEN) or env.get(ENV_FUNCTION_ARN))
 
 
-def resolve(environ: Optional[Mapping[str, str]] = None) -> Endpoint:
+def resolve(environ: Optional[Mapping[str, str]] = None,
+            service_name: Optional[str] = None) -> Endpoint:
     """The endpoint to call now; GreengrassDependencyException when there is none."""
     env = os.environ if environ is None else environ
     if in_greengrass(env):
@@ -63,10 +161,11 @@ def resolve(environ: Optional[Mapping[str, str]] = None) -> Endpoint:
                         "Greengrass Lambda environment")
     path = client_file_path(env)
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            document = json.load(handle)
+        document = read_client_file(path, service_name)
         port = int(document["port"])
         token = str(document["token"])
+        timeout = document.get("timeout_s")
+        timeout = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
     except FileNotFoundError:
         raise GreengrassDependencyException(
             "no Greengrass core and no standalone inference host: {} and {} are not set and the "
@@ -76,4 +175,4 @@ def resolve(environ: Optional[Mapping[str, str]] = None) -> Endpoint:
         raise GreengrassDependencyException(
             "cannot use the standalone host's client file {}: {}".format(path, exc))
     return Endpoint(str(document.get("host") or "127.0.0.1"), port, token,
-                    document.get("region") or env.get(ENV_REGION), "client file " + path)
+                    document.get("region") or env.get(ENV_REGION), "client file " + path, timeout)

@@ -58,9 +58,23 @@ def error_type_of(payload: bytes) -> Optional[str]:
     return str(error_type) if error_type else None
 
 
+# The default socket timeout of an IPC request: the service's own timeout (from the standalone
+# host's client file) plus a margin for its answer to travel, so the service's timeout error
+# arrives first; where the service's timeout is unknown (inside Greengrass), a generous bound
+# that still ends a call to a core that hangs.
+TIMEOUT_MARGIN_S = 5.0
+DEFAULT_TIMEOUT_S = 120.0
+
+
+def default_timeout(endpoint: _endpoint.Endpoint) -> float:
+    if endpoint.timeout_s:
+        return float(endpoint.timeout_s) + TIMEOUT_MARGIN_S
+    return DEFAULT_TIMEOUT_S
+
+
 class GreengrassServiceClient(object):
     def __init__(self, timeout: Optional[float] = None) -> None:
-        """:param timeout: socket timeout of each IPC request (None: as long as the core takes)."""
+        """:param timeout: socket timeout of each IPC request (None: :func:`default_timeout`)."""
         self.timeout = timeout
         self._local = threading.local()  # .connections: (pid, host, port) -> this thread's open one
 
@@ -104,7 +118,9 @@ class GreengrassServiceClient(object):
         kept = kept_by_key.pop(key, None)
 
         def fresh() -> http.client.HTTPConnection:
-            return http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
+            return http.client.HTTPConnection(
+                endpoint.host, endpoint.port,
+                timeout=self.timeout if self.timeout is not None else default_timeout(endpoint))
 
         connection = kept or fresh()
         try:

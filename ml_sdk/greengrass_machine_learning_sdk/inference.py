@@ -125,8 +125,9 @@ class Client(object):
     """``greengrass_machine_learning_sdk.client('inference')``."""
 
     def __init__(self, timeout: Optional[float] = None) -> None:
-        """:param timeout: socket timeout of each IPC request, beyond the original SDK (None:
-        wait as long as the service takes; the service enforces its own timeout)."""
+        """:param timeout: socket timeout of each IPC request, beyond the original SDK (None: the
+        service's own timeout plus 5 s where the standalone host's client file gives it, else
+        120 s)."""
         ValidationUtil.validate_required_gg_interface()
         self._gg_service_client = GreengrassServiceClient(timeout=timeout)
 
@@ -165,7 +166,7 @@ class Client(object):
         context = base64.b64encode(json.dumps({"custom": metadata}).encode("utf-8"))
 
         try:
-            endpoint = _endpoint.resolve()
+            endpoint = _endpoint.resolve(service_name=service_name)
             address = service_address(algo_type, service_name, endpoint.region)
             output = self._gg_service_client.call(address, GreengrassServiceMessage(context, body),
                                                   endpoint)

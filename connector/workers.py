@@ -35,6 +35,9 @@ RESPAWN_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 # Error texts that reach health documents and log lines are cut to this (a broken model.yaml can
 # make a loader's message arbitrarily long).
 MAX_ERROR_CHARS = 500
+# Work with less time left than this is left to whoever owns the deadline to answer: an early
+# answer of our own could cross the deadline on its way and be counted twice.
+DEADLINE_MARGIN_S = 0.05
 TIMEOUT_MESSAGE = "no answer within LocalInferenceServiceTimeoutSeconds={seconds:g} s: {why}"
 
 
@@ -375,7 +378,7 @@ class WorkerPool:
             except InferenceTimeoutError as e:
                 raise self._past_deadline(str(e).split(": ", 1)[-1], external, cancelled)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= DEADLINE_MARGIN_S:
                 raise self._past_deadline("the request waited that long for the inference worker",
                                           external, cancelled)
             if remaining < self.recent_s:

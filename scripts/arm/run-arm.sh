@@ -44,7 +44,7 @@ mount_in() {  # fstype-or-bind source target
 }
 in_root() {  # command...: run inside the chroot with a clean environment
   chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    HOME=/root TMPDIR=/tmp LANG=C.UTF-8 READY_WAIT_S="${READY_WAIT_S:-900}" SERVICE_TIMEOUT_S=120 \
+    HOME=/root TMPDIR=/tmp LANG=C.UTF-8 READY_WAIT_S="${READY_WAIT_S:-900}" SERVICE_TIMEOUT_S=600 \
     CONNECTOR_MODEL_LOAD_TIMEOUT_SECONDS=900 \
     GG_ML_TEST_WAIT_FACTOR="${GG_ML_TEST_WAIT_FACTOR:-20}" "$@"
 }
@@ -79,10 +79,11 @@ install -D -m 0644 "$libdlr" "$root/opt/libdlr.so"
 rm -rf "$root/opt/src" && mkdir -p "$root/opt/src"
 tar -C "$repo" --exclude='./.venv*' --exclude=./.git --exclude=./out --exclude=./.tools -cf - . | tar -C "$root/opt/src" -xf -
 demo="${DEMO_DIR:-$repo/tests/models/neo-ssd-300-nhwc-$target}"
-rm -rf "$root/opt/demo-dlr" && cp -r "$demo" "$root/opt/demo-dlr"
+# On the tmpfs: 32-bit DLR cannot list a model directory on ext4 under qemu (EOVERFLOW above).
+rm -rf "$root/tmp/demo-dlr" && cp -r "$demo" "$root/tmp/demo-dlr"
 
 status=0
-if in_root bash /opt/src/scripts/install/"$installer" --yes --libdlr /opt/libdlr.so --model-dir /opt/demo-dlr; then
+if in_root bash /opt/src/scripts/install/"$installer" --yes --libdlr /opt/libdlr.so --model-dir /tmp/demo-dlr; then
   record "install + doctor" ok
 else
   record "install + doctor" FAIL; status=1
@@ -94,7 +95,7 @@ else
   record "install again (idempotent)" FAIL; status=1
 fi
 py=/opt/gg-ml-connector/bin/python
-if in_root bash -c "cd /opt/src && scripts/serve-and-call.sh $py /opt/demo-dlr out/demo-dlr 2"; then
+if in_root bash -c "cd /opt/src && scripts/serve-and-call.sh $py /tmp/demo-dlr out/demo-dlr 2"; then
   record "demo through service: DLR" ok
 else
   record "demo through service: DLR" FAIL; status=1

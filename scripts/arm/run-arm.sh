@@ -7,6 +7,7 @@
 # with scripts/arm/build-libdlr.sh), run the demo through the service with DLR (the Neo demo compiled
 # for the architecture, DEMO_DIR=<dir> to choose, else tests/models/neo-ssd-300-nhwc-<arch>) and,
 # on arm64, ONNX Runtime; then the tests that make sense there (runtime, service, IPC, SDK, doctor).
+# PHASES="install demo tests" (the default) chooses what runs after the chroot and the copy.
 set -euo pipefail
 arch="${1:-}"
 case "$arch" in
@@ -82,7 +83,12 @@ demo="${DEMO_DIR:-$repo/tests/models/neo-ssd-300-nhwc-$target}"
 # On the tmpfs: 32-bit DLR cannot list a model directory on ext4 under qemu (EOVERFLOW above).
 rm -rf "$root/tmp/demo-dlr" && cp -r "$demo" "$root/tmp/demo-dlr"
 
+phases=" ${PHASES:-install demo tests} "
+want() { case "$phases" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+# A run stopped during apt leaves dpkg half-configured; finish that first.
+in_root dpkg --configure -a >/dev/null 2>&1 || true
 status=0
+if want install; then
 if in_root bash /opt/src/scripts/install/"$installer" --yes --libdlr /opt/libdlr.so --model-dir /tmp/demo-dlr; then
   record "install + doctor" ok
 else
@@ -94,7 +100,9 @@ if in_root bash /opt/src/scripts/install/"$installer" --yes --libdlr /opt/libdlr
 else
   record "install again (idempotent)" FAIL; status=1
 fi
+fi
 py=/opt/gg-ml-connector/bin/python
+if want demo; then
 if in_root bash -c "cd /opt/src && scripts/serve-and-call.sh $py /tmp/demo-dlr out/demo-dlr 2"; then
   record "demo through service: DLR" ok
 else
@@ -107,7 +115,9 @@ if [ "$arch" = arm64 ]; then
     record "demo through service: ONNX" FAIL; status=1
   fi
 fi
+fi
 # The test subset: what runs on the device (no training, no x86-only artefacts, no benchmarks).
+if want tests; then
 in_root apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
 in_root "$py" -m pip install -q pytest pytest-timeout hypothesis pillow >/dev/null
 tests="tests/test_params.py tests/test_imaging.py tests/test_bad_input.py tests/test_dlr_backend.py
@@ -117,6 +127,7 @@ if in_root bash -c "cd /opt/src && $py -m pytest -q -p no:randomly -p no:cachepr
   record "tests" ok
 else
   record "tests" FAIL; status=1
+fi
 fi
 echo "results: $results"
 exit $status

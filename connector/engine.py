@@ -36,6 +36,8 @@ class Engine:
         self.max_pixels = max_pixels
         # Memory decoding may take (None: max_pixels at the cheapest kind's bytes a pixel).
         self.max_decode_bytes: Optional[int] = None
+        # Decode large JPEGs reduced by libjpeg (preprocess.reduction); off only to compare.
+        self.reduced_decoding = True
 
     @classmethod
     def from_model_dir(cls, path: str, device: str = "cpu",
@@ -68,7 +70,9 @@ class Engine:
         """The prediction document for JPEG/PNG bytes; InvalidImageError for anything else."""
         if content_type is not None:
             imaging.check_content_type(content_type)
-        bgr = imaging.decode_bgr(data, self.max_pixels, self.max_decode_bytes)
+        meta = self.model.metadata
+        reduce = (lambda w, h: preprocess.reduction(w, h, meta)) if self.reduced_decoding else None
+        bgr = imaging.decode_bgr(data, self.max_pixels, self.max_decode_bytes, reduce)
         return postprocess.prediction_document(self.detect(bgr))
 
     def infer_text(self, data: bytes, content_type: Optional[str] = None) -> str:

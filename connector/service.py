@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 from . import errors, imaging, postprocess
 from .engine import Engine
 from .params import Parameters
-from .workers import WorkerPool
+from .worker_set import WorkerSet, worker_count
 
 log = logging.getLogger("connector.service")
 
@@ -84,20 +84,22 @@ def watch_interval(environ: Optional[Mapping[str, str]] = None) -> Optional[floa
 
 
 class SupervisedService:
-    def __init__(self, params: Parameters, watch_interval_s: Optional[float] = DEFAULT_WATCH_S) -> None:
+    def __init__(self, params: Parameters, watch_interval_s: Optional[float] = DEFAULT_WATCH_S,
+                 workers: int = 1) -> None:
         self.params = params
         # The worker watches its memory against the limit and sizes the decoder's pixel limit from
         # what the loaded model leaves free of it.
-        self.pool = WorkerPool(params.model_path, params.device, max_pixels=imaging.DEFAULT_MAX_PIXELS,
-                               timeout_s=params.timeout_seconds, service_name=params.service_name,
-                               memory_limit_kb=params.memory_limit_kb, watch_interval_s=watch_interval_s)
+        self.pool = WorkerSet(workers, params.model_path, device=params.device,
+                              max_pixels=imaging.DEFAULT_MAX_PIXELS, timeout_s=params.timeout_seconds,
+                              service_name=params.service_name, memory_limit_kb=params.memory_limit_kb,
+                              watch_interval_s=watch_interval_s)
         self.refused = 0  # requests answered with an error about the request itself
         self._refused_lock = threading.Lock()
 
     @classmethod
     def from_parameters(cls, params: Parameters,
                         environ: Optional[Mapping[str, str]] = None) -> "SupervisedService":
-        return cls(params, watch_interval(environ))
+        return cls(params, watch_interval(environ), worker_count(environ))
 
     def describe(self) -> Dict[str, Any]:
         name, device = self.pool.backend

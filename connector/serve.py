@@ -30,7 +30,6 @@ from .feedback.config import load_parameters as load_feedback_parameters
 from .feedback.feeder import feeder_for
 from .host_services import HostServices
 from .ipc import IPCClient, IPCHost, run_lambda
-from .worker_set import worker_count
 from .ipc import clientfile, protocol
 from .ipc.host import DEFAULT_MAX_BODY_BYTES, DEFAULT_REGION
 from .logs import configure_logging
@@ -38,6 +37,7 @@ from .memory import limit_arenas
 from .mqtt_router import MqttSettings
 from .params import Parameters, load_parameters
 from .service import SupervisedService
+from .worker_set import worker_count
 from .workers import TIMEOUT_MESSAGE
 
 log = logging.getLogger("connector.serve")

@@ -5,6 +5,8 @@ For each model, on 640x480 and 1920x1080 JPEGs, interleaved request by request:
 
 * ``raw``     - the runtime alone (``backend.run``) on a ready tensor: the floor;
 * ``engine``  - ``Engine.infer_text`` in this process: decode, preprocess, run, postprocess, render;
+* ``worker``  - the same through one supervised worker process (``WorkerPool.infer``) called from
+  this process: the worker hop without HTTP, to split the service's overhead;
 * ``svc wN``  - a real ``python -m connector serve`` with N inference workers, through the
   unmodified ML SDK (one setting per ``--workers`` value);
 * ``peer``    - bench/peer_fastapi.py: FastAPI + uvicorn around the same Engine (thread spinning
@@ -39,6 +41,7 @@ import numpy as np  # noqa: E402
 from connector import imaging, preprocess  # noqa: E402
 from connector.engine import Engine  # noqa: E402
 from connector.models import model_path  # noqa: E402
+from connector.workers import WorkerPool  # noqa: E402
 from shapes_dataset import encode_mixed, make_sample  # noqa: E402
 from soak import percentile, process_tree, status_kb, table  # noqa: E402
 from tests.service_process import start_serve  # noqa: E402
@@ -199,7 +202,9 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
         "raw": lambda ctype, body: (engine.backend.run(tensors[body]), None)[1],
         "engine": lambda ctype, body: engine.infer_text(body, ctype),
     }
-    services, cold, rss = [], {"engine (in-process load)": engine_cold}, []
+    pool = WorkerPool(model_dir, args.device, timeout_s=60.0, service_name="perf")
+    methods["worker"] = lambda ctype, body: pool.infer(body, ctype)[1]
+    services, cold = [], {"engine (in-process load)": engine_cold}
     env_extra = {"GPUAcceleration": "GPU"} if args.device == "gpu" else {}
     try:
         for workers in args.workers:
@@ -251,7 +256,7 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
                      "{:.1f}".format(np.median(loop_lat)), "{:.1f}".format(percentile(loop_lat, 90)), 0])
         for clients in args.clients:
             for m in methods:
-                if m in ("raw", "engine"):
+                if m in ("raw", "engine", "worker"):
                     continue
                 rate, lat, errors = throughput(methods[m], images, clients, args.duration)
                 if errors:
@@ -271,6 +276,7 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
                 problems.append("a serve process did not stop with status 0")
         if "peer" in methods:
             peer.stop()
+        pool.close()
         engine.close()
 
 

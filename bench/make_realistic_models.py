@@ -110,19 +110,13 @@ class MobileNetV2SSD(nn.Module):
         feats = [f16, self.to32(f16)]
         for e in self.extras:
             feats.append(e(feats[-1]))
-        conf, loc = [], []
-        for f, h in zip(feats, self.heads):
-            p = h(f).permute(0, 2, 3, 1).reshape(f.shape[0], -1, NC + 5)
-            conf.append(p[..., :NC + 1])
-            loc.append(p[..., NC + 1:])
-        return torch.cat(conf, 1), torch.cat(loc, 1)
+        p = torch.cat([h(f).permute(0, 2, 3, 1).reshape(f.shape[0], -1, NC + 5)
+                       for f, h in zip(feats, self.heads)], 1)
+        return p[..., :NC + 1], p[..., NC + 1:]
 
-    def decode(self, out):
-        conf, loc = out
-        a = self.anchors
-        xy = a[:, :2] + loc[..., :2] * 0.1 * a[:, 2:]
-        wh = a[:, 2:] * torch.exp(torch.clamp(loc[..., 2:] * 0.2, max=4.0))
-        return torch.cat([xy - wh / 2, xy + wh / 2], -1), F.softmax(conf, -1)[..., 1:]
+    # The demo SSD's decoding (anchors in pixels, variances 0.1 and 0.2, softmax).
+    VAR = tdd.SSD.VAR
+    decode = tdd.SSD.decode
 
 
 # --------------------------------------------------------------------------- YOLOv3 DarkNet-53
@@ -209,7 +203,6 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(MODELS))
     parser.add_argument("--out", default=OUT)
     args = parser.parse_args()
-    tdd.NC = NC  # the export's NMS reads the class count from the graph; labels below
     for name, cls in MODELS.items():
         if args.only and name != args.only:
             continue

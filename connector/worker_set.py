@@ -11,7 +11,7 @@ deadline, for the first that frees up.
 The number comes from ``CONNECTOR_INFERENCE_WORKERS`` (1-16, or ``auto``; default 1).
 LocalInferenceServiceMemoryLimitKB holds for each worker, so n workers may use n times that:
 the default stays 1 so that an existing deployment's memory budget holds after an upgrade;
-``auto`` takes one worker per core, at most 4. With n > 1 each worker's runtime gets
+``auto`` takes one worker per CPU, at most 4. With n > 1 each worker's runtime gets
 cores / n threads (at least 1), so the workers do not fight over the cores.
 """
 from __future__ import annotations
@@ -31,11 +31,9 @@ AUTO_MAX_WORKERS = 4
 
 
 def cores() -> int:
-    """The cores this process may run on (its affinity), not all the machine's."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """The machine's CPUs. Not this thread's affinity: a runtime loaded in this process may have
+    pinned the calling thread to one core (TVM, under DLR, does: see workers._child_environment)."""
+    return os.cpu_count() or 1
 
 
 def worker_count(environ: Optional[Mapping[str, str]] = None) -> int:

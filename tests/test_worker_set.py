@@ -55,6 +55,24 @@ def test_workers_are_separate_processes_with_their_thread_share(workers):
         env = _environ(pid)
         share = str(threads_per_worker(2)).encode()
         assert env[b"CONNECTOR_INTRA_OP_THREADS"] == env[b"TVM_NUM_THREADS"] == share
+        assert env[b"TVM_BIND_THREADS"] == b"0"
+
+
+def test_workers_running_a_neo_model_are_not_pinned_to_one_core():
+    """TVM's thread pool (a Neo model under DLR) pins the thread that runs the model to core 0
+    unless TVM_BIND_THREADS=0: every worker would share that one core. (The C fixture model has
+    no TVM thread pool, so this takes the bundled Neo demo.)"""
+    import os
+    from connector.models import model_path
+    from connector import dlr_runtime
+    if dlr_runtime.find_dlr_package() is None:
+        pytest.skip("needs the dlr package (extra 'dlr')")
+    pool = WorkerSet(1, model_path("demo-ssd-neo"), timeout_s=30.0, service_name="pin-test").pools[0]
+    try:
+        assert pool.infer(images.jpeg(), "image/jpeg")[0] == "ok"
+        assert os.sched_getaffinity(pool.worker_pid()) == set(range(os.cpu_count()))
+    finally:
+        pool.close()
 
 
 def test_two_slow_requests_overlap(workers):

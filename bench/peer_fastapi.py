@@ -60,8 +60,10 @@ def main() -> int:
     args = parser.parse_args()
     engine = Engine.from_model_dir(args.model_dir, args.device)
     engine.warm_up()
+    # Keep-alive as long as a slow model's interleaved rounds can leave a connection idle
+    # (uvicorn closes idle ones after 5 s by default).
     uvicorn.run(build_app(engine), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False)
+                access_log=False, timeout_keep_alive=600)
     return 0
 
 

@@ -19,6 +19,9 @@ DEV = [
     "torch==2.13.0",  # training the demo detectors only; the runtime never imports it
 ]
 
+# bench/perf.py's peer service only (bench/peer_fastapi.py); neither tests nor the runtime use it.
+BENCH = ["fastapi", "uvicorn"]
+
 setup(
     name="connector",
     version="0.1.0",
@@ -36,7 +39,7 @@ setup(
                                        "*/compiled.*", "*/compiled_model.json", "*/model-shapes.json",
                                        "*/hyperparams.json", "*/MANIFEST"]},
     install_requires=["numpy>=1.16", "opencv-python-headless>=4.2", "pyyaml>=5.1"],
-    extras_require=dict(RUNTIME, dev=DEV,
+    extras_require=dict(RUNTIME, dev=DEV, bench=BENCH,
                         all=sorted({r for reqs in RUNTIME.values() for r in reqs} | set(DEV))),
     entry_points={"console_scripts": ["gg-ml-connector=connector.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Operating System :: POSIX :: Linux"],

@@ -32,7 +32,7 @@ AUTO_MAX_WORKERS = 4
 
 def cores() -> int:
     """The machine's CPUs. Not this thread's affinity: a runtime loaded in this process may have
-    pinned the calling thread to one core (TVM, under DLR, does: see workers._child_environment)."""
+    pinned the calling thread to one core (TVM, under DLR, did: see backends.dlr_backend)."""
     return os.cpu_count() or 1
 
 

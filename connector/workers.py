@@ -130,9 +130,6 @@ def _child_environment(threads: Optional[int] = None) -> Dict[str, str]:
         # Several workers share the cores: each runtime gets its share, or their thread pools
         # would fight over every core and wait for each other's descheduled threads.
         env[THREADS_ENV] = env["TVM_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
-    # TVM (under DLR) pins the thread that loads a model, and its pool, to fixed cores starting at
-    # core 0: every worker (and a reload's new one beside the old) would run on the same core.
-    env.setdefault("TVM_BIND_THREADS", "0")
     return env
 
 

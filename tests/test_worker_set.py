@@ -55,13 +55,12 @@ def test_workers_are_separate_processes_with_their_thread_share(workers):
         env = _environ(pid)
         share = str(threads_per_worker(2)).encode()
         assert env[b"CONNECTOR_INTRA_OP_THREADS"] == env[b"TVM_NUM_THREADS"] == share
-        assert env[b"TVM_BIND_THREADS"] == b"0"
 
 
 def test_workers_running_a_neo_model_are_not_pinned_to_one_core():
     """TVM's thread pool (a Neo model under DLR) pins the thread that runs the model to core 0
-    unless TVM_BIND_THREADS=0: every worker would share that one core. (The C fixture model has
-    no TVM thread pool, so this takes the bundled Neo demo.)"""
+    unless TVM_BIND_THREADS=0 (the DLR backend sets it): every worker would share that one core.
+    (The C fixture model has no TVM thread pool, so this takes the bundled Neo demo.)"""
     import os
     from connector.models import model_path
     from connector import dlr_runtime
@@ -119,3 +118,20 @@ def test_a_request_that_finds_no_free_worker_in_time_times_out(workers):
         with pytest.raises(InferenceTimeoutError, match="waited that long behind earlier ones"):
             workers.infer(images.png(red()), "image/png", deadline=time.monotonic() + 0.3)
         assert [f.result()[0] for f in busy] == ["ok", "ok"]
+
+
+def test_a_neo_model_in_this_process_leaves_its_thread_unpinned():
+    """The same in a host process (the CLI, tests): threads it starts later inherit the calling
+    thread's affinity, so a pinned main thread would put the IPC host's threads on one core too."""
+    import os
+    from connector import dlr_runtime
+    from connector.engine import Engine
+    from connector.models import model_path
+    if dlr_runtime.find_dlr_package() is None:
+        pytest.skip("needs the dlr package (extra 'dlr')")
+    engine = Engine.from_model_dir(model_path("demo-ssd-neo"))
+    try:
+        engine.infer(images.jpeg(), "image/jpeg")
+        assert os.sched_getaffinity(0) == set(range(os.cpu_count()))
+    finally:
+        engine.close()

@@ -130,6 +130,10 @@ class DLRBackend:
                     "exists: {}. The model in {!r} is not loaded; there is no CPU fallback - set "
                     "GPUAcceleration=CPU to run on the CPU.".format(problem, model.path))
         self._check_artefacts()
+        # TVM's thread pool pins the thread that runs the model (and threads it starts later
+        # inherit that) to fixed cores from core 0 unless this is 0: every worker, a reload
+        # beside the old worker, and any other thread of a host process would share one core.
+        os.environ.setdefault("TVM_BIND_THREADS", "0")
         dlr = import_dlr()
         self.library = self._find_library(dlr)
         self._load(dlr)

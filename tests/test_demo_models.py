@@ -132,10 +132,9 @@ def _large_map50(engine: Engine, samples: list) -> float:
     return _ap50(gt, results, list(range(1, len(samples) + 1)))
 
 
-@pytest.mark.parametrize("name", ONNX_MODELS)
-def test_reduced_decoding_keeps_the_map_on_large_pictures(name):
-    """Camera-size JPEGs decoded reduced (connector.preprocess.reduction) score at least as well
-    as decoded whole (measured: the same mAP within 0.005 on both demos)."""
+@pytest.fixture(scope="module")
+def large_set():
+    """Camera-size JPEGs (rendering them is most of this test's time, so both models share them)."""
     samples = []
     for i in range(LARGE_IMAGES):
         w, h = LARGE_SIZES[i % len(LARGE_SIZES)]
@@ -143,12 +142,20 @@ def test_reduced_decoding_keeps_the_map_on_large_pictures(name):
         data, kind = sd.encode_mixed(rgb, i * 4)  # index % 4 == 0: all JPEG
         assert kind == "image/jpeg"
         samples.append((data, kind, w, h, boxes))
+    return samples
+
+
+@pytest.mark.parametrize("name", ONNX_MODELS)
+def test_reduced_decoding_keeps_the_map_on_large_pictures(name, large_set):
+    """Camera-size JPEGs decoded reduced (connector.preprocess.reduction) score as well as decoded
+    whole, within 0.005 (measured on these 24: demo-ssd 0.9303 reduced vs 0.9310 whole,
+    demo-yolov3 0.9665 both)."""
     engine = Engine.from_model_dir(os.path.join(MODELS, name))
     try:
         engine.reduced_decoding = False
-        whole = _large_map50(engine, samples)
+        whole = _large_map50(engine, large_set)
         engine.reduced_decoding = True
-        reduced = _large_map50(engine, samples)
+        reduced = _large_map50(engine, large_set)
     finally:
         engine.close()
     assert reduced >= 0.90, "{}: mAP@0.5 {:.3f} reduced ({:.3f} whole)".format(name, reduced, whole)

@@ -7,6 +7,8 @@
   (ONNX Runtime vs DLR), the YOLOv3 one through the ORT constant-folding retry.
 * Ultralytics YOLOv8/YOLO11/YOLOv5u ONNX exports are recognised, letterboxed, and the raw export
   decoded here answers as the same network exported with Ultralytics' own NMS.
+* torchvision SSD/RetinaNet ONNX exports give on ONNX Runtime the detections torchvision's eager
+  forward gave at export time.
 * Every artefact directory is what its MANIFEST says, and the Neo metadata is in the format DLR reads.
 """
 from __future__ import annotations
@@ -68,6 +70,7 @@ def test_the_artefact_set_covers_layouts_sizes_and_cpus():
     assert {n.rsplit("-", 1)[1] for n in NEO_CROSS} == {"aarch64", "armv7"}
     assert {"gluoncv-ssd-300-onnx", "gluoncv-yolo3-416-onnx"} <= set(ONNX)
     assert {n.split("-")[1] for n in ALL if n.startswith("ultralytics-")} == {"yolov8n", "yolo11n", "yolov5nu"}
+    assert {n.split("-")[1] for n in ALL if n.startswith("torchvision-")} == {"ssd", "retinanet"}
     total = sum(os.path.getsize(os.path.join(MODELS, d, f)) for d in ALL for f in os.listdir(os.path.join(MODELS, d)))
     assert total < 14 << 20, "committed test artefacts grew to {:.1f} MB".format(total / 2**20)
 
@@ -223,3 +226,44 @@ def test_ultralytics_raw_export_decoded_here_answers_as_its_nms_export(arch):
         raw.close()
         nms.close()
     assert rows >= 20, "the exports should find something ({} rows)".format(rows)
+
+
+# ---- torchvision (scripts/tools/torchvision_export.py) -------------------------------------------
+
+TORCHVISION = _dirs(lambda n: n.startswith("torchvision-"))
+
+
+def _rows(boxes, scores, labels) -> np.ndarray:
+    return np.concatenate([np.asarray(labels, np.float64)[:, None], np.asarray(scores, np.float64)[:, None],
+                           np.asarray(boxes, np.float64)], axis=1)
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_export_on_onnx_runtime_gives_torchvision_eager_detections(name):
+    """ONNX Runtime (through the connector's backend) vs torchvision's own eager forward at export."""
+    engine = Engine.from_model_dir(os.path.join(MODELS, name))
+    try:
+        assert engine.format.name == "torchvision"
+        meta = engine.model.metadata
+        assert (meta.height, meta.width) == (320, 320)
+        out = dict(zip(("boxes", "scores", "labels"), engine.backend.run(pattern_image((1, 3, 320, 320))[0] / 255.0)))
+    finally:
+        engine.close()
+    ref = np.load(os.path.join(MODELS, name, "reference.npz"))
+    got, want = _rows(out["boxes"], out["scores"], out["labels"]), _rows(ref["boxes"], ref["scores"], ref["labels"])
+    assert len(want) >= 20 and len(got) == len(want)
+    assert (want[:, 0] >= 1).all(), "label 0 is the background"
+    lonely = [r for r in got if not (np.abs(want - r).max(axis=1) < 1e-3).any()]  # ties may swap places
+    assert not lonely, lonely[:3]
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_export_serves_pictures(name):
+    engine = Engine.from_model_dir(os.path.join(MODELS, name))
+    try:
+        for i, (w, h) in enumerate(PICTURE_SIZES):
+            rows = engine.infer(images.jpeg(sd.make_sample(np.random.default_rng([6, i]), w, h)[0]), "image/jpeg")["prediction"]
+            assert rows and all(c in (1, 2, 3) and 0 < s <= 1 and 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1
+                                for c, s, x0, y0, x1, y1 in rows)
+    finally:
+        engine.close()

@@ -4,6 +4,7 @@
 Runs in the GluonCV tool venv (`scripts/tools/make-venv.sh gluoncv`), never in the runtime:
 
     .tools/gluoncv/bin/python scripts/tools/gluoncv_export.py --arch ssd --size 300 --layout HWC --out DIR
+    .tools/gluoncv/bin/python scripts/tools/gluoncv_export.py --arch yolo3_darknet53_voc --size 512 --out DIR
 
 Writes DIR/<name>-symbol.json and DIR/<name>-0000.params with
 `gluoncv.utils.export_block(prefix, net, preprocess=True, layout='HWC', data_shape=(H, W, 3))`
@@ -87,6 +88,8 @@ def build_yolo3(size: int) -> YOLOV3:
 
 
 def _fix_ssd_heads(net, seed: int) -> None:
+    """Random SSD heads score every anchor 1.0 and give boxes that overflow exp(): near-zero
+    predictor weights and random biases keep the scores spread and the boxes finite."""
     rng = np.random.RandomState(seed + 1)
     for name, p in net.collect_params().items():
         if "predictor" not in name:
@@ -98,14 +101,27 @@ def _fix_ssd_heads(net, seed: int) -> None:
             p.set_data(mx.nd.array(rng.normal(0, 0.5, shape).astype(np.float32)))
 
 
+ZOO = ("ssd_512_mobilenet1.0_voc", "ssd_512_resnet50_v1_voc", "yolo3_mobilenet1.0_voc", "yolo3_darknet53_voc")
+
+
+def build(arch: str, size: int):
+    """arch "ssd" / "yolo3": the small networks; a model-zoo name: that full-size network."""
+    if arch in ("ssd", "yolo3"):
+        return build_ssd(size) if arch == "ssd" else build_yolo3(size)
+    from gluoncv import model_zoo
+    # pretrained weights can't be fetched here (and must not be): random weights, same graph
+    return model_zoo.get_model(arch, pretrained=False, pretrained_base=False)
+
+
 def export(arch: str, size: int, layout: str, out: str, seed: int, onnx: bool) -> dict:
     os.makedirs(out, exist_ok=True)
-    net = build_ssd(size) if arch == "ssd" else build_yolo3(size)
+    net = build(arch, size)
     mx.random.seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-    net.initialize(mx.init.Xavier(magnitude=2.0))
-    if arch == "ssd":
+    # the zoo networks keep GluonCV's own default initialisation (Xavier can't do their BN vectors)
+    net.initialize(mx.init.Xavier(magnitude=2.0) if arch in ("ssd", "yolo3") else mx.init.Uniform())
+    if arch.startswith("ssd"):
         net(mx.nd.zeros((1, 3, size, size)))  # finish deferred init so the heads have shapes
         _fix_ssd_heads(net, seed)
     # (YOLOv3 is exported before its first forward: a forward before export_block breaks it)
@@ -123,7 +139,7 @@ def export(arch: str, size: int, layout: str, out: str, seed: int, onnx: bool) -
                              onnx_file_path=path)
         files["onnx"] = path
     info = {"arch": arch, "size": size, "layout": layout, "seed": seed, "input_shape": shape,
-            "preprocess": layout == "HWC", "classes": CLASSES,
+            "preprocess": layout == "HWC", "classes": list(net.classes),
             "mean": None if layout == "HWC" else MEAN, "std": None if layout == "HWC" else STD,
             "files": {k: os.path.basename(v) for k, v in files.items()}}
     with open(os.path.join(out, "export.json"), "w") as f:
@@ -133,7 +149,8 @@ def export(arch: str, size: int, layout: str, out: str, seed: int, onnx: bool) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", choices=("ssd", "yolo3"), required=True)
+    ap.add_argument("--arch", choices=("ssd", "yolo3") + ZOO, required=True,
+                    help="ssd/yolo3: the small test networks; a zoo name: the full-size model (slow)")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--layout", choices=("HWC", "CHW"), default="HWC")
     ap.add_argument("--seed", type=int, default=0)

@@ -2,26 +2,27 @@
 # Regenerate the committed test artefacts under tests/models/ and the bundled Neo demos.
 # Needs the tool venvs (scripts/tools/make-venv.sh gluoncv|tvm|ultralytics); CI never runs this,
 # it uses the committed files. Deterministic: fixed seeds, fixed compile settings.
-#   scripts/tools/make_test_models.sh [gluoncv] [ultralytics] [demos]   (default: all three)
+#   scripts/tools/make_test_models.sh [gluoncv] [torch] [demos]   (default: all three)
+# (torch: the Ultralytics and torchvision exports, both made in the ultralytics venv)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GLUON=.tools/gluoncv/bin/python
 TVM=.tools/tvm/bin/python
 ULTRA=.tools/ultralytics/bin/python
-parts="${*:-gluoncv ultralytics demos}"
+parts="${*:-gluoncv torch demos}"
 want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 need() {
   [ -x "$1" ] || { echo "error: $1 missing: run scripts/tools/make-venv.sh $2 first" >&2; exit 1; }
 }
 want gluoncv && { need "$GLUON" gluoncv; need "$TVM" tvm; }
 want demos && need "$TVM" tvm
-want ultralytics && need "$ULTRA" ultralytics
+want torch && need "$ULTRA" ultralytics
 work=.tools/work
 mkdir -p "$work"
 versions() { "$1" -m pip list --format=freeze 2>/dev/null | grep -iE "^($2)==" | tr '\n' ' '; }
 GV=$(want gluoncv && versions "$GLUON" "mxnet|gluoncv|numpy|onnx" || true)
 TV=$(versions "$TVM" "hhb-tvm|mxnet|numpy|onnx" 2>/dev/null || true)
-UV=$(want ultralytics && versions "$ULTRA" "ultralytics|torch|torchvision|onnx|onnxslim" || true)
+UV=$(want torch && versions "$ULTRA" "ultralytics|torch|torchvision|onnx|onnxslim" || true)
 SEED=0
 quiet() { grep -v "not in feed graph\|value_info\|warnings.warn\|^WARNING:root:box_nms" || true; }
 
@@ -66,7 +67,7 @@ if command -v arm-linux-gnueabihf-gcc >/dev/null; then neo_one ssd 300 HWC armv7
 else echo "skipped armv7 (apt-get install gcc-arm-linux-gnueabihf)" >&2; fi
 fi
 
-if want ultralytics; then
+if want torch; then
   for m in yolov8n yolo11n yolov5nu; do
     YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$work/ultralytics-config" \
       "$ULTRA" scripts/tools/ultralytics_export.py --model $m --imgsz 256 --seed $SEED --out "$work/$m" >/dev/null
@@ -79,6 +80,13 @@ if want ultralytics; then
       python3 scripts/tools/manifest.py "$out" --seed $SEED --tools "$UV" \
         --made-by "ultralytics_export.py --model $m --imgsz 256 --seed $SEED ($k: export(format='onnx'$([ $k = nms ] && echo ", nms=True, conf=0.25, iou=0.45")))" >/dev/null
     done
+  done
+  for a in ssd retinanet; do
+    out="tests/models/torchvision-$a-320"
+    rm -rf "$out"
+    "$ULTRA" scripts/tools/torchvision_export.py --arch $a --size 320 --seed $SEED --out "$out" >/dev/null 2>&1
+    python3 scripts/tools/manifest.py "$out" --seed $SEED --tools "$UV" \
+      --made-by "torchvision_export.py --arch $a --size 320 --seed $SEED (torch.onnx.export(model, [image]))" >/dev/null
   done
 fi
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import sys
 import time
 from typing import Dict, List, Tuple
@@ -51,11 +52,12 @@ from pattern import pattern_image  # noqa: E402
 
 TARGETS = {
     # (LLVM target, C compiler for export_library); hhb-tvm's default llvm target is RISC-V
-    "x86_64": ("llvm -mtriple=x86_64-linux-gnu -mcpu=x86-64", "gcc"),
+    "x86_64": ("llvm -mtriple=x86_64-linux-gnu -mcpu=x86-64", "gcc"),  # any x86_64 (SSE2 only)
+    "x86_64-avx2": ("llvm -mtriple=x86_64-linux-gnu -mcpu=core-avx2", "gcc"),  # Haswell and later
     "aarch64": ("llvm -mtriple=aarch64-linux-gnu -mattr=+neon", "aarch64-linux-gnu-gcc"),
     "armv7": ("llvm -mtriple=armv7l-linux-gnueabihf -mattr=+neon -mfloat-abi=hard", "arm-linux-gnueabihf-gcc"),
 }
-NEO_DEVICE = {"x86_64": "ml_c5", "aarch64": "jetson_nano", "armv7": "rasp3b"}
+NEO_DEVICE = {"x86_64": "ml_c5", "x86_64-avx2": "ml_c5", "aarch64": "jetson_nano", "armv7": "rasp3b"}
 OUTPUT_NAMES = ("ids", "scores", "bboxes")
 # the demo detectors' post-processing (scripts/train_demo_detectors.py: MAX_DETS, NMS_IOU, SCORE_MIN)
 DEMO_MAX_DETS, DEMO_NMS_IOU, DEMO_SCORE_MIN = 100, 0.45, 0.05
@@ -139,7 +141,8 @@ def write_neo_dir(mod, params, shape: List[int], out: str, arch: str, framework:
         factory = relay.build(mod, target=tvm.target.Target(target), params=params)
     build_s = time.time() - t0
     lib_path = os.path.join(out, "compiled.so")
-    if arch == "x86_64":
+    native = arch.startswith("x86_64")
+    if native:
         factory.get_lib().export_library(lib_path)
     else:
         factory.get_lib().export_library(lib_path, fcompile=cc.cross_compiler(compiler))
@@ -147,7 +150,7 @@ def write_neo_dir(mod, params, shape: List[int], out: str, arch: str, framework:
     with open(os.path.join(out, "compiled_model.json"), "w") as f:
         f.write(graph)
     with open(os.path.join(out, "compiled.params"), "wb") as f:
-        f.write(relay.save_param_dict(factory.get_params()))
+        f.write(sorted_param_blob(relay.save_param_dict(factory.get_params())))
     n_out = len(json.loads(graph)["heads"])
     names = list(OUTPUT_NAMES) if n_out == 3 else ["output_{}".format(i) for i in range(n_out)]
     meta = {"Requirements": {"TargetDevice": NEO_DEVICE[arch].upper(), "TargetDeviceType": "cpu"},
@@ -160,9 +163,45 @@ def write_neo_dir(mod, params, shape: List[int], out: str, arch: str, framework:
         json.dump([{"data": shape}], f)
     with open(os.path.join(out, "hyperparams.json"), "w") as f:
         json.dump({"framework": framework, "target": NEO_DEVICE[arch]}, f)
-    if arch == "x86_64":
+    if native:
         np.savez_compressed(os.path.join(out, "reference.npz"), **reference_outputs(out, shape))
     return dict(extra, cpu=arch, target=target, build_seconds=round(build_s, 1), input_shape=shape)
+
+
+def sorted_param_blob(blob: bytes) -> bytes:
+    """The same params file with its arrays in name order.
+
+    save_param_dict writes them in the order of a TVM Map, which changes from run to run; sorted,
+    a rerun gives the same bytes. Layout (TVM's and libdlr's reader): u64 list magic, u64 reserved,
+    u64 count + (u64 length, name) each, u64 count, then each array as u64 magic, u64 reserved,
+    i32 device type, i32 device id, i32 ndim, u8 code, u8 bits, u16 lanes, i64 shape[ndim],
+    i64 byte size, data.
+    """
+    def u64(at: int) -> int:
+        return struct.unpack_from("<Q", blob, at)[0]
+
+    at, names = 16, []
+    for _ in range(u64(at)):
+        length = u64(at + 8)
+        names.append(blob[at + 16:at + 16 + length])
+        at += 8 + length
+    at += 8
+    count, at, arrays = u64(at), at + 8, []
+    assert count == len(names), "params file: {} names, {} arrays".format(len(names), count)
+    for _ in range(count):
+        ndim = struct.unpack_from("<i", blob, at + 24)[0]
+        size_at = at + 32 + 8 * ndim
+        end = size_at + 8 + u64(size_at)
+        arrays.append(blob[at:end])
+        at = end
+    assert at == len(blob), "params file: {} trailing bytes".format(len(blob) - at)
+    order = sorted(range(count), key=lambda i: names[i])
+    out = [blob[:16], struct.pack("<Q", count)]
+    out += [struct.pack("<Q", len(names[i])) + names[i] for i in order]
+    out += [struct.pack("<Q", count)] + [arrays[i] for i in order]
+    sorted_blob = b"".join(out)
+    assert len(sorted_blob) == len(blob)
+    return sorted_blob
 
 
 def reference_outputs(out: str, shape: List[int]) -> Dict[str, np.ndarray]:

@@ -37,6 +37,7 @@ import yaml  # noqa: E402
 ARCHS = {"yolov8n": ("v8", "yolov8.yaml"), "yolo11n": ("11", "yolo11.yaml"), "yolov5nu": ("v5", "yolov5.yaml")}
 CLASSES = ["circle", "square", "triangle"]
 CONF, IOU = 0.25, 0.45
+FIXED_DATE = "2000-01-01T00:00:00+00:00"
 WEIGHT_GAIN = 1.2
 LOGIT_STD, TOP_SHARE = 1.0, 0.02
 CALIBRATION_SIZE = 256  # class logits: spread, and the share of them above CONF  # the connector's defaults for Ultralytics formats: both exports agree
@@ -56,7 +57,8 @@ def _cpu_nms(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> 
         iw = (torch.minimum(x1[i], x1[rest]) - torch.maximum(x0[i], x0[rest])).clamp(min=0)
         ih = (torch.minimum(y1[i], y1[rest]) - torch.maximum(y0[i], y0[rest])).clamp(min=0)
         inter = iw * ih
-        alive[k + 1:] &= inter / (area[i] + area[rest] - inter) <= iou_threshold
+        # as torchvision's kernel: only IoU > threshold suppresses (0/0 of empty boxes is NaN: kept)
+        alive[k + 1:] &= ~(inter / (area[i] + area[rest] - inter) > iou_threshold)
     return torch.tensor(keep, dtype=torch.long)
 
 
@@ -67,7 +69,11 @@ def _torchvision_without_its_cuda_ops() -> None:
     lib.impl("nms", _cpu_nms, "CPU")
     _torchvision_without_its_cuda_ops.lib = lib  # keep the registration alive
     import torchvision.extension
-    torchvision.extension._has_ops = lambda: True
+    torchvision.extension._has_ops = _has_ops
+
+
+def _has_ops() -> bool:  # a plain function: TorchScript compiles callers of torchvision's check
+    return True
 
 
 def small_yaml(arch: str, work: str) -> str:
@@ -138,6 +144,18 @@ def _calibrate_class_scores(net, head) -> None:
         h.remove()
 
 
+def _fix_export_date(src: str, dst: str) -> None:
+    """Move the export, with its metadata 'date' (the only thing a rerun changes) set to a fixed
+    value, so that regenerated files are byte-identical to the committed ones."""
+    import onnx
+    model = onnx.load(src)
+    for prop in model.metadata_props:
+        if prop.key == "date":
+            prop.value = FIXED_DATE
+    onnx.save(model, dst)
+    os.unlink(src)
+
+
 def export(arch: str, imgsz: int, seed: int, out: str) -> dict:
     _torchvision_without_its_cuda_ops()
     work = tempfile.mkdtemp(prefix="ultralytics-export-")
@@ -153,7 +171,7 @@ def export(arch: str, imgsz: int, seed: int, out: str) -> dict:
             path = model.export(**kwargs)
             target = os.path.join(cwd, out, kind)
             os.makedirs(target, exist_ok=True)
-            shutil.move(path, os.path.join(target, "model.onnx"))
+            _fix_export_date(path, os.path.join(target, "model.onnx"))
             with open(os.path.join(target, "labels.txt"), "w") as f:
                 f.write("\n".join(CLASSES) + "\n")
             info[kind] = os.path.join(out, kind, "model.onnx")

@@ -22,6 +22,9 @@ DEV = [
     "torch==2.13.0",  # training the demo detectors only; the runtime never imports it
 ]
 
+# bench/perf.py's peer service only (bench/peer_fastapi.py); neither tests nor the runtime use it.
+BENCH = ["fastapi", "uvicorn"]
+
 setup(
     name="ml-object-detection-connector",
     version="0.1.0",
@@ -43,7 +46,7 @@ setup(
     # distribution, so on ARMv7 OpenCV comes from Debian (scripts/install/install-armv7.sh).
     install_requires=["numpy>=1.16", "pyyaml>=5.1",
                       "opencv-python-headless>=4.2; platform_machine != 'armv7l'"],
-    extras_require=dict(RUNTIME, dev=DEV,
+    extras_require=dict(RUNTIME, dev=DEV, bench=BENCH,
                         all=sorted({r for reqs in RUNTIME.values() for r in reqs} | set(DEV))),
     entry_points={"console_scripts": ["gg-ml-connector=connector.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Operating System :: POSIX :: Linux"],

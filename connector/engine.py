@@ -37,6 +37,8 @@ class Engine:
         # Memory decoding may take (None: max_pixels at the cheapest kind's bytes a pixel).
         self.max_decode_bytes: Optional[int] = None
         self.last_timings: Dict[str, float] = {}
+        # Decode large JPEGs reduced by libjpeg (preprocess.reduction); off only to compare.
+        self.reduced_decoding = True
 
     @classmethod
     def from_model_dir(cls, path: str, device: str = "cpu",
@@ -69,8 +71,10 @@ class Engine:
         """The prediction document for JPEG/PNG bytes; InvalidImageError for anything else."""
         if content_type is not None:
             imaging.check_content_type(content_type)
+        meta = self.model.metadata
+        reduce = (lambda w, h: preprocess.reduction(w, h, meta)) if self.reduced_decoding else None
         started = time.perf_counter()
-        bgr = imaging.decode_bgr(data, self.max_pixels, self.max_decode_bytes)
+        bgr = imaging.decode_bgr(data, self.max_pixels, self.max_decode_bytes, reduce)
         decoded = time.perf_counter()
         document = postprocess.prediction_document(self.detect(bgr))
         # For the operator's latency split (connector.metrics); one request at a time per engine.

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -41,6 +41,7 @@ BYTES_PER_DECODED_PIXEL = 8
 BUFFERED_JPEG_BASE = 3.5
 COEFFICIENT_MARGIN = 1.1
 _PROGRESSIVE_SOF = frozenset((0xC2, 0xC6, 0xCA, 0xCE))
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8\xff"
@@ -142,11 +143,16 @@ def image_size(data: bytes) -> Tuple[str, int, int]:
 
 
 def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_bytes: Optional[int] = None) -> np.ndarray:
+               max_bytes: Optional[int] = None,
+               reduction: Optional[Callable[[int, int], int]] = None) -> np.ndarray:
     """Decode to an 8-bit BGR array (OpenCV's native order), refusing bombs and broken files.
 
     :param max_bytes: memory decoding may take (default: max_pixels at 8 bytes a pixel), so a
         progressive CMYK JPEG within the pixel limit is still refused when it would not fit.
+    :param reduction: (width, height) from the header -> 1, 2, 4 or 8: a JPEG is then decoded at
+        1/factor of its size by libjpeg's DCT scaling (each side rounded up), which is cheaper
+        than decoding it whole and averages like an area resize. PNGs are always decoded whole.
+        The limits above still apply to the full size (a reduced decode needs less).
     """
     cost = decode_cost(data)
     fmt, width, height = cost.fmt, cost.width, cost.height
@@ -160,8 +166,10 @@ def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
             "memory limit leaves; send a baseline JPEG or a smaller image".format(
                 width, height, cost.kind, cost.bytes // 2 ** 20, cost.bytes_per_pixel,
                 budget // 2 ** 20))
-    # IMREAD_COLOR applies EXIF orientation and converts gray/alpha/palette/16-bit/CMYK to 8-bit BGR.
-    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    # IMREAD_COLOR applies EXIF orientation and converts gray/alpha/palette/16-bit/CMYK to 8-bit BGR;
+    # the IMREAD_REDUCED_COLOR_* flags do the same at 1/2, 1/4 or 1/8 of the size.
+    factor = reduction(width, height) if reduction is not None and fmt == "jpeg" else 1
+    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR))
     if pixels is None or pixels.size == 0:
         raise InvalidImageError("the {} image is corrupt: its pixel data cannot be decoded".format(
             fmt.upper()))

@@ -50,6 +50,29 @@ def _letterbox(bgr: np.ndarray, meta: ModelMetadata) -> Tuple[np.ndarray, Frame]
     return pixels, Frame(w, h, new_w / w, new_h / h, float(left), float(top))
 
 
+REDUCTIONS = (8, 4, 2)  # what libjpeg's DCT scaling offers (OpenCV's IMREAD_REDUCED_COLOR_*)
+
+
+def reduction(width: int, height: int, meta: ModelMetadata) -> int:
+    """The largest power of two (up to 8) an image of `width` x `height` can be shrunk by before
+    the resize without losing pixels the model input would use: every side the resize maps onto
+    the model input stays at least as long as its image there. Computed for the image turned by a
+    quarter too (EXIF orientation is applied after the header is read), so it holds either way."""
+    def fits(w: int, h: int, factor: int) -> bool:
+        # A reduced side is the full one divided and rounded up.
+        rw, rh = -(-w // factor), -(-h // factor)
+        if meta.resize == "letterbox":
+            # Scaled by min(model/image) on both axes: the binding axis must still reach the model's side.
+            r = min(meta.height / h, meta.width / w)
+            return rw >= w * r and rh >= h * r
+        return rw >= meta.width and rh >= meta.height
+
+    for factor in REDUCTIONS:
+        if fits(width, height, factor) and fits(height, width, factor):
+            return factor
+    return 1
+
+
 def to_tensor(bgr: np.ndarray, meta: ModelMetadata) -> Tuple[np.ndarray, Frame]:
     """One image laid out as the model takes it, and the frame that maps its boxes back."""
     # Resize before the colour swap and the float cast: both then touch only model-size pixels.

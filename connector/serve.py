@@ -37,6 +37,7 @@ from .memory import limit_arenas
 from .mqtt_router import MqttSettings
 from .params import Parameters, load_parameters
 from .service import SupervisedService
+from .worker_set import worker_count
 from .workers import TIMEOUT_MESSAGE
 
 log = logging.getLogger("connector.serve")
@@ -123,6 +124,7 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     params = load_parameters(config, env)
     # Every parameter is checked before anything starts: a bad one is one message and exit 2.
     feedback = load_feedback_parameters(feedback_config, env)
+    worker_count(env)
     if mqtt is None:
         mqtt = MqttSettings.from_options(environ=env)
     configure_logging(params.service_name)
@@ -153,6 +155,9 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     host.register_function(arn, timeout_s=params.timeout_seconds, timeout_message=TIMEOUT_MESSAGE.replace(
         "{why}", "invocation {invocation_id} was not answered in time"))
     worker_stop = threading.Event()
+    # One poller more than workers: the next request is taken (and waits for a free worker)
+    # while every worker is busy, so no worker idles between requests.
+    concurrency = max(concurrency, len(service.pool.pools) + 1)
     loop = threading.Thread(target=run_lambda, name="connector",
                             args=(arn, lambda_function.function_handler, host.function_client(arn)),
                             kwargs={"stop_event": worker_stop, "concurrency": concurrency})

@@ -19,7 +19,8 @@ from . import errors, imaging, postprocess
 from .engine import Engine
 from .params import Parameters
 from .metrics import RequestMetrics
-from .workers import AbandonedError, InferenceTimeoutError, WorkerPool, resident_kb
+from .worker_set import WorkerSet, worker_count
+from .workers import AbandonedError, InferenceTimeoutError, resident_kb
 
 log = logging.getLogger("connector.service")
 # One INFO line per request (id, bytes, outcome, milliseconds); CONNECTOR_REQUEST_LOG_LEVEL=WARNING
@@ -101,14 +102,14 @@ def load_timeout(environ: Optional[Mapping[str, str]] = None) -> float:
 
 class SupervisedService:
     def __init__(self, params: Parameters, watch_interval_s: Optional[float] = DEFAULT_WATCH_S,
-                 load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S) -> None:
+                 load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S, workers: int = 1) -> None:
         self.params = params
-        # The worker watches its memory against the limit and sizes the decoder's pixel limit from
+        # Each worker watches its memory against the limit and sizes the decoder's pixel limit from
         # what the loaded model leaves free of it.
-        self.pool = WorkerPool(params.model_path, params.device, max_pixels=imaging.DEFAULT_MAX_PIXELS,
-                               timeout_s=params.timeout_seconds, service_name=params.service_name,
-                               memory_limit_kb=params.memory_limit_kb, watch_interval_s=watch_interval_s,
-                               load_timeout_s=load_timeout_s)
+        self.pool = WorkerSet(workers, params.model_path, device=params.device,
+                              max_pixels=imaging.DEFAULT_MAX_PIXELS, timeout_s=params.timeout_seconds,
+                              service_name=params.service_name, memory_limit_kb=params.memory_limit_kb,
+                              watch_interval_s=watch_interval_s, load_timeout_s=load_timeout_s)
         self.metrics = RequestMetrics()
         self.refused = 0  # requests answered with an error about the request itself
         self._refused_lock = threading.Lock()
@@ -116,7 +117,7 @@ class SupervisedService:
     @classmethod
     def from_parameters(cls, params: Parameters,
                         environ: Optional[Mapping[str, str]] = None) -> "SupervisedService":
-        return cls(params, watch_interval(environ), load_timeout(environ))
+        return cls(params, watch_interval(environ), load_timeout(environ), worker_count(environ))
 
     def describe(self) -> Dict[str, Any]:
         name, device = self.pool.backend
@@ -177,13 +178,11 @@ class SupervisedService:
                else errors.ConnectorError)(message)
 
     def resident_bytes(self) -> Dict[str, Optional[int]]:
-        """RSS of the supervisor (this process) and of the current worker."""
-        pid = self.pool.worker_pid()
-        out: Dict[str, Optional[int]] = {}
-        for role, p in (("supervisor", os.getpid()), ("worker", pid)):
-            kb = resident_kb(p) if p else None
-            out[role] = kb * 1024 if kb is not None else None
-        return out
+        """RSS of the supervisor (this process) and of the inference workers together."""
+        supervisor = resident_kb(os.getpid())
+        workers = [kb for kb in (resident_kb(p) for p in self.pool.worker_pids() if p) if kb is not None]
+        return {"supervisor": supervisor * 1024 if supervisor is not None else None,
+                "worker": sum(workers) * 1024 if workers else None}
 
     def close(self) -> None:
         self.pool.close()

@@ -21,6 +21,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from .backends.base import THREADS_ENV
 from .errors import ConnectorError
 
 log = logging.getLogger("connector.workers")
@@ -120,12 +121,16 @@ def _worker_main(conn: Connection, model_path: str, device: str, max_pixels: int
                            "the worker keeps serving".format(type(e).__name__, e)))
 
 
-def _child_environment() -> Dict[str, str]:
+def _child_environment(threads: Optional[int] = None) -> Dict[str, str]:
     # The child must import this very package even where the host program put it on sys.path by
     # hand (a Lambda's code directory), so its parent directory goes first on PYTHONPATH.
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    if threads:
+        # Several workers share the cores: each runtime gets its share, or their thread pools
+        # would fight over every core and wait for each other's descheduled threads.
+        env[THREADS_ENV] = env["TVM_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -169,12 +174,13 @@ class Worker:
     """
 
     def __init__(self, model_path: str, device: str, max_pixels: int, memory_limit_kb: int,
-                 service_name: str, on_exit: Optional[Callable[["Worker"], None]] = None) -> None:
+                 service_name: str, on_exit: Optional[Callable[["Worker"], None]] = None,
+                 threads: Optional[int] = None) -> None:
         ours, theirs = socket.socketpair()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "connector.workers", str(theirs.fileno()), model_path, device,
              str(max_pixels), str(memory_limit_kb), service_name],
-            pass_fds=(theirs.fileno(),), close_fds=True, env=_child_environment())
+            pass_fds=(theirs.fileno(),), close_fds=True, env=_child_environment(threads))
         theirs.close()
         self.conn = Connection(ours.detach())
         self.backend: Tuple[str, str] = ("", "")
@@ -268,8 +274,9 @@ class WorkerPool:
     def __init__(self, model_path: str, device: str = "cpu", max_pixels: int = 40_000_000,
                  timeout_s: float = 10.0, load_timeout_s: float = 120.0,
                  service_name: str = "connector", memory_limit_kb: Optional[int] = None,
-                 watch_interval_s: Optional[float] = None) -> None:
+                 watch_interval_s: Optional[float] = None, threads: Optional[int] = None) -> None:
         self.model_path, self.device, self.max_pixels = model_path, device, max_pixels
+        self.threads = threads  # the runtime's threads per inference (None: its default)
         self.timeout_s, self.load_timeout_s, self.service_name = timeout_s, load_timeout_s, service_name
         self.memory_limit_kb = memory_limit_kb
         self.watch_interval_s = watch_interval_s
@@ -310,7 +317,7 @@ class WorkerPool:
     def _spawn(self) -> Worker:
         """A worker that has loaded the model directory as it is now."""
         worker = Worker(self.model_path, self.device, self.max_pixels, self.memory_limit_kb or 0,
-                        self.service_name, on_exit=self._worker_exited)
+                        self.service_name, on_exit=self._worker_exited, threads=self.threads)
         worker.wait_ready(self.load_timeout_s, self.memory_limit_kb)
         log.info("inference worker %d ready (%s on %s, %d KB resident, images up to %d pixels)",
                  worker.pid, worker.backend[0], worker.backend[1], worker.loaded_kb, worker.max_pixels)

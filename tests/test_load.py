@@ -21,6 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
+import pytest
 
 from connector.ipc import IPCClient
 from connector.ipc import protocol
@@ -58,7 +59,9 @@ def good_jobs(count: int, seed: int = 20240611) -> "list[tuple[bytes, list]]":
     return jobs
 
 
-def test_many_concurrent_clients_lose_nothing_and_mix_nothing_up(tmp_path, model_dir, sdk_env):
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_many_concurrent_clients_lose_nothing_and_mix_nothing_up(tmp_path, model_dir, sdk_env, workers):
+    """With one worker and with several (CONNECTOR_INFERENCE_WORKERS), whose answers overlap."""
     good = good_jobs(REQUESTS)
     jobs = []  # (index, body, expected prediction or None for a bad request)
     for i, (body, expected) in enumerate(good):
@@ -68,7 +71,8 @@ def test_many_concurrent_clients_lose_nothing_and_mix_nothing_up(tmp_path, model
     bad_count = sum(1 for job in jobs if job[2] is None)
     assert len(set(body for _, body, _ in jobs)) == len(jobs)  # every image is its own
 
-    proc, info, env = start_serve(tmp_path, model_dir, timeout=SERVICE_TIMEOUT_S)
+    proc, info, env = start_serve(tmp_path, model_dir, timeout=SERVICE_TIMEOUT_S,
+                                  env_extra={"CONNECTOR_INFERENCE_WORKERS": workers})
     stopped = False
     try:
         sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
@@ -145,6 +149,13 @@ def test_many_concurrent_clients_lose_nothing_and_mix_nothing_up(tmp_path, model
         for counter in ("restarts", "crashes", "timeouts", "memory_limit_exceeded"):
             assert after[counter] == 0, (counter, after)
         assert after["refused"] == bad_count, after
+        if workers != "1":
+            # Lists are only in the whole document (with the host's token).
+            after = healthz(info["port"], info["token"])[1]
+            assert len(set(after["worker_pids"])) == 3 and after["worker_pid"] in after["worker_pids"], after
+            # Every worker answered a share (16 callers keep all three busy).
+            assert all(n > 0 for n in after["worker_requests"]), after
+            assert sum(after["worker_requests"]) == len(jobs), after  # bad ones are refused there
         stopped = True
         assert proc.stop() == 0, proc.log()
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import http.client
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -151,3 +152,21 @@ def test_request_log_can_be_turned_down(tmp_path, model_dir, sdk_env):
         proc.stop()
     assert "connector.requests" not in proc.log()
     assert "INFO connector.serve" in proc.log()  # the rest of the INFO log is unchanged
+
+
+def test_metrics_with_several_workers_time_each_request_on_the_worker_that_served_it(
+        tmp_path, model_dir, sdk_env):
+    proc, info, env = start_serve(tmp_path, model_dir, env_extra={"CONNECTOR_INFERENCE_WORKERS": "2"})
+    sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
+    try:
+        box = images.png(draw_box(blank_image(), RED, 20, 20, 120, 120))
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: invoke(box), range(8)))
+        s = parse(scrape(info["port"], info["token"])[2])
+    finally:
+        proc.stop()
+    assert value(s, "ggml_requests_total", outcome="ok") == 8
+    for phase in ("decode", "inference"):
+        assert value(s, "ggml_request_seconds_count", phase=phase) == 8
+        assert value(s, "ggml_request_seconds_sum", phase=phase) > 0
+    assert value(s, "ggml_resident_memory_bytes", process="worker") > 20 * 2**20  # both workers

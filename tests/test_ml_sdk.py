@@ -542,3 +542,59 @@ def test_threads_do_not_share_a_connection(quiet_service):
     while host_connections(quiet_service) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not host_connections(quiet_service)  # a finished thread's connection is closed with it
+
+
+# -- the endpoint is kept between calls ------------------------------------------------------
+
+def test_the_client_file_is_read_once_while_it_is_unchanged(service, monkeypatch):
+    reads = []
+    real = _endpoint.read_client_file
+    monkeypatch.setattr(_endpoint, "read_client_file", lambda *a, **k: reads.append(a) or real(*a, **k))
+    for _ in range(5):
+        assert infer(b"x")[0]["text"] == "X"
+    assert len(reads) <= 1  # 0 when an earlier test in this process already found this file
+
+
+def test_a_host_restarted_elsewhere_is_found_again(tmp_path):
+    first = Service(tmp_path)
+    try:
+        assert infer(b"one")[0]["text"] == "ONE"
+        old = (first.host.port, first.host.token)
+    finally:
+        first.close()
+    second = Service(tmp_path)  # rewrites the client file: another port and token
+    try:
+        assert (second.host.port, second.host.token) != old
+        assert infer(b"two")[0]["text"] == "TWO"
+    finally:
+        second.close()
+
+
+def test_a_kept_endpoint_that_fails_before_the_post_is_looked_up_again(service, tmp_path):
+    """The file looks unchanged (same fingerprint) but the kept endpoint is gone: the post fails,
+    so nothing ran, and the call is made once more at the endpoint the file gives now."""
+    path = str(tmp_path / "ipc.json")
+    closed = socket_port_nobody_listens_on()
+    stale = _endpoint.Endpoint("127.0.0.1", closed, service.host.token, REGION, "client file " + path, 5.0)
+    with _endpoint._cache_lock:
+        _endpoint._cache[(path, "objectDetection")] = (_endpoint._fingerprint(path), stale)
+    assert infer(b"again")[0]["text"] == "AGAIN"
+    assert _endpoint.cached(service_name="objectDetection").port == service.host.port
+
+
+def test_a_failure_at_the_endpoint_the_file_gives_is_not_retried(service, tmp_path):
+    path = str(tmp_path / "ipc.json")
+    assert infer(b"x")[0]["text"] == "X"
+    service.close()  # removes its entry; written back, the file points at a closed port
+    clientfile.write(path, "127.0.0.1", service.host.port, service.host.token, REGION)
+    with pytest.raises(ml.GreengrassDependencyException) as failure:
+        infer(b"x")
+    assert "cannot reach" in str(failure.value)
+    assert str(service.host.port) in str(failure.value)
+
+
+def socket_port_nobody_listens_on():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

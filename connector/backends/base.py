@@ -17,6 +17,11 @@ except ImportError:  # pragma: no cover
     Protocol = object  # type: ignore
 
 
+# How many threads a runtime may use for one inference (ONNX Runtime's intra-op pool; DLR's TVM
+# pool reads TVM_NUM_THREADS), set in a worker's environment by the pool; unset: the runtime's
+# default, one per physical core.
+THREADS_ENV = "CONNECTOR_INTRA_OP_THREADS"
+
 class Backend(Protocol):
     name: str  # "dlr" or "onnxruntime"
     device: str  # "cpu" or "gpu": what the runtime really uses, not what was asked for

@@ -88,12 +88,17 @@ def _route_dlr_logging(dlr: Any) -> None:
 
 
 def import_dlr() -> Any:
-    """Import `dlr` safely: phone-home off first, logging re-routed. Raises BackendError."""
+    """Import `dlr` safely: phone-home off first, thread binding off, logging re-routed. Raises
+    BackendError."""
     global _dlr_module
     with _setup_lock:
         if _dlr_module is not None:
             return _dlr_module
         disable_phone_home()
+        # TVM's thread pool pins the thread that runs a model (and the threads and processes it
+        # starts later inherit that) to fixed cores from core 0 unless this is 0: every worker, a
+        # reload beside the old worker, and every other thread of the process would share one core.
+        os.environ.setdefault("TVM_BIND_THREADS", "0")
         try:
             import dlr
             import dlr.dlr_model  # noqa: F401  (imported lazily by DLRModel; needed to patch it)

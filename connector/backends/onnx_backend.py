@@ -11,6 +11,7 @@ import numpy as np
 from ..contract import ModelIO, onnx_io
 from ..errors import BackendError, DeviceUnavailableError
 from ..model_dir import ModelDirectory
+from .base import THREADS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ def _options(ort: Any, level: str = "") -> Any:
     # take the CPU from exactly that (and burn an edge device's power while idle).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    threads = os.environ.get(THREADS_ENV, "")
+    if threads.isdigit() and int(threads) > 0:  # set by the worker pool for each worker's share
+        options.intra_op_num_threads = int(threads)
     return options
 
 

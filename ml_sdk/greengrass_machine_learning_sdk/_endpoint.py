@@ -28,7 +28,8 @@ import collections
 import json
 import os
 import stat
-from typing import Any, Dict, Mapping, Optional
+import threading
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .exception import GreengrassDependencyException
 
@@ -184,3 +185,50 @@ def resolve(environ: Optional[Mapping[str, str]] = None,
             "cannot use the standalone host's client file {}: {}".format(path, exc))
     return Endpoint(str(document.get("host") or "127.0.0.1"), port, token,
                     document.get("region") or env.get(ENV_REGION), "client file " + path, timeout)
+
+
+# Reading and checking the client file costs about 0.45 ms (the safety walk up its directories and
+# the JSON); a program calling the service in a loop would pay it on every call. The endpoint
+# found is kept per (client file, service name) while the file stays the same file with the same
+# content (inode, size, times, mode, owner: replacing or rewriting it changes them; one stat is
+# ~2 us), and dropped when a call with it fails (see forget()).
+_cache_lock = threading.Lock()
+_cache = {}  # type: Dict[Tuple[str, Optional[str]], Tuple[Tuple[int, ...], Endpoint]]
+
+
+def _fingerprint(path: str) -> Optional[Tuple[int, ...]]:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
+
+
+def cached(environ: Optional[Mapping[str, str]] = None,
+           service_name: Optional[str] = None) -> Endpoint:
+    """:func:`resolve`, remembering a client file's endpoint while the file is unchanged."""
+    env = os.environ if environ is None else environ
+    if in_greengrass(env):
+        return resolve(env, service_name)  # environment variables only: nothing to save
+    path = client_file_path(env)
+    key = (path, service_name)
+    seen = _fingerprint(path)
+    with _cache_lock:
+        kept = _cache.get(key)
+    if kept is not None and seen is not None and kept[0] == seen:
+        return kept[1]
+    endpoint = resolve(env, service_name)
+    if seen is not None and _fingerprint(path) == seen:  # not rewritten while it was read
+        with _cache_lock:
+            _cache[key] = (seen, endpoint)
+    return endpoint
+
+
+def forget(endpoint: Endpoint) -> bool:
+    """Drop `endpoint` from the cache (a call with it failed); True when it was cached, so that
+    looking again may find another one."""
+    with _cache_lock:
+        stale = [key for key, (_, kept) in _cache.items() if kept == endpoint]
+        for key in stale:
+            del _cache[key]
+    return bool(stale)

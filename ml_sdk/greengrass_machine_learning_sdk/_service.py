@@ -16,7 +16,7 @@ import http.client
 import json
 import os
 import threading
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 from urllib.parse import quote
 
 from . import _endpoint
@@ -34,7 +34,12 @@ GreengrassServiceCallOutput = collections.namedtuple("GreengrassServiceCallOutpu
 
 
 class GreengrassRuntimeException(Exception):
-    """The call failed outside the service (mapped to GreengrassDependencyException)."""
+    """The call failed outside the service (mapped to GreengrassDependencyException).
+
+    ``accepted`` is False when the host never took the work (the post failed), so calling again
+    cannot run it twice."""
+
+    accepted = True
 
 
 def error_message_of(payload: bytes) -> str:
@@ -86,10 +91,14 @@ class GreengrassServiceClient(object):
         if isinstance(context, (bytes, bytearray)):
             context = bytes(context).decode("ascii")
         path = "/{}/functions/{}".format(API_VERSION, quote(address, safe=":$@!*'()+,;=-._~"))
-        _, headers, _ = self._request(endpoint, "POST", path, message.payload, {
-            HEADER_CLIENT_CONTEXT: context or "",
-            HEADER_INVOCATION_TYPE: "RequestResponse",
-        })
+        try:
+            _, headers, _ = self._request(endpoint, "POST", path, message.payload, {
+                HEADER_CLIENT_CONTEXT: context or "",
+                HEADER_INVOCATION_TYPE: "RequestResponse",
+            })
+        except GreengrassRuntimeException as exc:
+            exc.accepted = False
+            raise
         invocation_id = headers.get(HEADER_INVOCATION_ID)
         if not invocation_id:
             raise GreengrassRuntimeException(
@@ -103,6 +112,24 @@ class GreengrassServiceClient(object):
             return GreengrassServiceCallOutput(None, GreengrassServiceMessage("", payload))
         raise GreengrassRuntimeException("{} failed with a function error {}: {}".format(
             address, function_error, error_message_of(payload)))
+
+    def call_found(self, address_of: Callable[[_endpoint.Endpoint], str],
+                   message: GreengrassServiceMessage,
+                   service_name: Optional[str] = None) -> GreengrassServiceCallOutput:
+        """:meth:`call` at the endpoint found for `service_name` (kept between calls, see
+        :func:`_endpoint.cached`). When a kept endpoint fails before the host took the work (the
+        host restarted on another port or with another token), the endpoint is looked up again
+        and, if it changed, the call is made once more there; otherwise the failure stands."""
+        endpoint = _endpoint.cached(service_name=service_name)
+        try:
+            return self.call(address_of(endpoint), message, endpoint)
+        except GreengrassRuntimeException as exc:
+            if not _endpoint.forget(endpoint) or exc.accepted:
+                raise
+            fresh = _endpoint.cached(service_name=service_name)
+            if fresh == endpoint:
+                raise
+        return self.call(address_of(fresh), message, fresh)
 
     def _request(self, endpoint: _endpoint.Endpoint, method: str, path: str,
                  body: Optional[bytes], headers: Dict[str, str]

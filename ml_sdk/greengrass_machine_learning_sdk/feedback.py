@@ -8,7 +8,6 @@ import os
 import re
 from typing import Any, Mapping, Optional
 
-from . import _endpoint
 from ._args import body_bytes, required_arguments
 from ._service import (GreengrassRuntimeException, GreengrassServiceClient,
                        GreengrassServiceMessage, error_message_of, error_type_of)
@@ -102,10 +101,9 @@ class Client(object):
         model_input = body_bytes(kwargs[PARAM_MODEL_INPUT], PARAM_MODEL_INPUT)
 
         try:
-            endpoint = _endpoint.resolve()
-            address = feedback_address(endpoint.region)
-            output = self._gg_service_client.call(address, GreengrassServiceMessage(context, model_input),
-                                                  endpoint)
+            output = self._gg_service_client.call_found(
+                lambda endpoint: feedback_address(endpoint.region),
+                GreengrassServiceMessage(context, model_input))
         except GreengrassRuntimeException as exc:
             raise GreengrassDependencyException(str(exc))
         if output.error_response is not None:

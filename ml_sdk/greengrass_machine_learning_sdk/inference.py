@@ -166,10 +166,15 @@ class Client(object):
         context = base64.b64encode(json.dumps({"custom": metadata}).encode("utf-8"))
 
         try:
-            endpoint = _endpoint.resolve(service_name=service_name)
-            address = service_address(algo_type, service_name, endpoint.region)
-            output = self._gg_service_client.call(address, GreengrassServiceMessage(context, body),
-                                                  endpoint)
+            addresses = []  # the one called last, for messages
+
+            def address_of(endpoint: _endpoint.Endpoint) -> str:
+                addresses.append(service_address(algo_type, service_name, endpoint.region))
+                return addresses[-1]
+
+            output = self._gg_service_client.call_found(
+                address_of, GreengrassServiceMessage(context, body), service_name)
+            address = addresses[-1]
         except GreengrassRuntimeException as exc:
             raise GreengrassDependencyException(str(exc))
         if output.error_response is not None:

@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""Where the service stands against its floor and a peer, in one run (see bench/README.md).
+
+For each model, on 640x480 and 1920x1080 JPEGs, interleaved request by request:
+
+* ``raw``     - the runtime alone (``backend.run``) on a ready tensor: the floor;
+* ``engine``  - ``Engine.infer_text`` in this process: decode, preprocess, run, postprocess, render;
+* ``worker``  - the same through one supervised worker process (``WorkerPool.infer``) called from
+  this process: the worker hop without HTTP, to split the service's overhead;
+* ``svc wN``  - a real ``python -m connector serve`` with N inference workers, through the
+  unmodified ML SDK (one setting per ``--workers`` value);
+* ``peer``    - bench/peer_fastapi.py: FastAPI + uvicorn around the same Engine (thread spinning
+  off, as ours), when fastapi and uvicorn are installed.
+
+Printed: per image size the median and p90 of each, the paired median difference and ratio to
+``engine`` (pairs are the same image in the same round); throughput with 1, 2, 4, 8 clients for
+``--duration`` seconds each against ``engine`` called in a loop by one thread; cold start to the
+first answer; resident memory of every process before and after; the load average. Every answer
+of the service and the peer must equal the engine's byte for byte (exit status 1 otherwise).
+Nothing here asserts a time.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+for extra in (ROOT, ROOT / "ml_sdk", ROOT / "scripts", ROOT / "bench"):
+    sys.path.insert(0, str(extra))
+
+import numpy as np  # noqa: E402
+
+from connector import imaging, preprocess  # noqa: E402
+from connector.engine import Engine  # noqa: E402
+from connector.models import model_path  # noqa: E402
+from connector.workers import WorkerPool  # noqa: E402
+from shapes_dataset import encode_mixed, make_sample  # noqa: E402
+from soak import percentile, process_tree, status_kb, table  # noqa: E402
+from tests.service_process import start_serve  # noqa: E402
+
+SIZES = ((640, 480), (1920, 1080))
+REALISTIC = ROOT / "bench" / "realistic"  # bench/make_realistic_models.py writes here
+Call = Callable[[str, bytes], str]
+
+
+def load() -> str:
+    return "load average {:.2f} {:.2f} {:.2f} on {} cores".format(*os.getloadavg(), os.cpu_count())
+
+
+def jpegs(per_size: int) -> List[Tuple[str, bytes]]:
+    out = []
+    for w, h in SIZES:
+        for i in range(per_size):
+            rgb, _ = make_sample(np.random.default_rng([77, w, i]), w, h)
+            out.append(("{}x{}".format(w, h), encode_mixed(rgb, 0)[0]))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pids: List[int]) -> str:
+    return " + ".join("{:.0f}".format((status_kb(p, "VmRSS") or 0) / 1024) for p in pids) + " MB"
+
+
+# --------------------------------------------------------------------------- the callers
+
+def sdk_call(ctype: str, body: bytes, local=threading.local()) -> str:
+    import greengrass_machine_learning_sdk as ml
+    if not hasattr(local, "client"):
+        local.client = ml.client("inference")
+    response = local.client.invoke_inference_service(
+        AlgoType="object-detection", ServiceName="objectDetection", ContentType=ctype, Body=body)
+    return response["Body"].read().decode("utf-8")
+
+
+class Peer:
+    """bench/peer_fastapi.py in its own process; None from start() when FastAPI is missing."""
+
+    def __init__(self, model_dir: str, device: str) -> None:
+        self.port = free_port()
+        started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "peer_fastapi.py"), model_dir,
+                                      str(self.port), "--device", device],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.local = threading.local()
+        self.cold_s = None
+        while self.proc.poll() is None and time.perf_counter() - started < 300:
+            try:
+                self.call("image/jpeg", jpegs(1)[0][1])
+                self.cold_s = time.perf_counter() - started
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("the peer did not start: " + self.proc.stderr.read().decode()[-2000:])
+
+    def call(self, ctype: str, body: bytes) -> str:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            conn.request("POST", "/infer", body=body, headers={"Content-Type": ctype})
+            response = conn.getresponse()
+            text = response.read().decode("utf-8")
+        except (OSError, http.client.HTTPException):
+            self.local.conn = None
+            conn.close()
+            raise
+        if response.status != 200:
+            raise RuntimeError("peer answered {}: {}".format(response.status, text[:200]))
+        return text
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def has_peer() -> bool:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+# --------------------------------------------------------------------------- measuring
+
+def latency(methods: Dict[str, Call], images: List[Tuple[str, bytes]], reference: Dict[bytes, str],
+            rounds: int, problems: List[str]) -> Dict[Tuple[str, str], List[float]]:
+    """{(method, size): [ms per round and image]}, the methods' order rotating every request."""
+    names = list(methods)
+    times: Dict[Tuple[str, str], List[float]] = {}
+    for r in range(rounds):
+        for i, (size, body) in enumerate(images):
+            k = (r + i) % len(names)
+            for name in names[k:] + names[:k]:
+                t0 = time.perf_counter()
+                text = methods[name]("image/jpeg", body)
+                times.setdefault((name, size), []).append((time.perf_counter() - t0) * 1000)
+                if text is not None and text != reference[body]:
+                    problems.append("{} answered {} differently from the engine".format(name, size))
+    return times
+
+
+def throughput(call: Call, images: List[Tuple[str, bytes]], clients: int, seconds: float
+               ) -> Tuple[float, List[float], int]:
+    """(requests a second, latencies in ms, errors) with `clients` threads calling back to back."""
+    stop_at = time.perf_counter() + seconds
+    lat: List[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def run(offset: int) -> None:
+        n = offset
+        while time.perf_counter() < stop_at:
+            body = images[n % len(images)][1]
+            n += 1
+            t0 = time.perf_counter()
+            try:
+                call("image/jpeg", body)
+            except Exception:  # noqa: BLE001 - counted and reported
+                with lock:
+                    errors[0] += 1
+                continue
+            with lock:
+                lat.append((time.perf_counter() - t0) * 1000)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(lat) / (time.perf_counter() - started), lat, errors[0]
+
+
+def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: List[str]) -> None:
+    name = os.path.basename(model_dir.rstrip("/"))
+    print("\n## {} ({})\n{}".format(name, model_dir, load()))
+    images = jpegs(args.images)
+    t0 = time.perf_counter()
+    engine = Engine.from_model_dir(model_dir, args.device)
+    engine.warm_up()
+    engine_cold = time.perf_counter() - t0
+    meta = engine.model.metadata
+    tensors = {body: preprocess.to_tensor(imaging.decode_bgr(body, reduction=lambda w, h: preprocess.reduction(w, h, meta)), meta)[0]
+               for _, body in images}
+    reference = {body: engine.infer_text(body, "image/jpeg") for _, body in images}
+    methods: Dict[str, Call] = {
+        "raw": lambda ctype, body: (engine.backend.run(tensors[body]), None)[1],
+        "engine": lambda ctype, body: engine.infer_text(body, ctype),
+    }
+    pool = WorkerPool(model_dir, args.device, timeout_s=60.0, service_name="perf")
+    methods["worker"] = lambda ctype, body: pool.infer(body, ctype)[1]
+    services, cold = [], {"engine (in-process load)": engine_cold}
+    env_extra = {"GPUAcceleration": "GPU"} if args.device == "gpu" else {}
+    try:
+        for workers in args.workers:
+            tmp = work / "{}-w{}".format(name, workers)
+            tmp.mkdir(parents=True)
+            t0 = time.perf_counter()
+            proc, info, env = start_serve(tmp, Path(model_dir), timeout=60, memory_limit_kb=args.memory_limit_kb,
+                                          env_extra=dict(env_extra, CONNECTOR_INFERENCE_WORKERS=str(workers)))
+            services.append(proc)
+            os.environ["GG_ML_IPC_FILE"] = env["GG_ML_IPC_FILE"]
+            sdk_call("image/jpeg", images[0][1])
+            cold["svc w{}".format(workers)] = time.perf_counter() - t0
+            os.environ.pop("GG_ML_IPC_FILE")
+
+            def call(ctype: str, body: bytes, ipc=env["GG_ML_IPC_FILE"]) -> str:
+                os.environ["GG_ML_IPC_FILE"] = ipc  # the SDK keeps one endpoint per client file
+                return sdk_call(ctype, body)
+
+            methods["svc w{}".format(workers)] = call
+        peer = Peer(model_dir, args.device) if args.peer else None
+        if peer is not None:
+            methods["peer"] = peer.call
+            cold["peer"] = peer.cold_s
+        procs = [("svc w{}".format(w), p.popen.pid) for w, p in zip(args.workers, services)]
+        if peer is not None:
+            procs.append(("peer", peer.proc.pid))
+        before = {label: rss_mb(process_tree(pid)) for label, pid in procs}
+
+        # Warm-up, then interleaved latency.
+        latency(methods, images, reference, 1, problems)
+        times = latency(methods, images, reference, args.rounds, problems)
+        rows = []
+        for size in sorted({s for s, _ in images}, key=lambda s: int(s.split("x")[0])):
+            base = times[("engine", size)]
+            for m in methods:
+                t = times[(m, size)]
+                diffs = [a - b for a, b in zip(t, base)]
+                ratios = [a / b for a, b in zip(t, base)]
+                rows.append([size, m, "{:.2f}".format(np.median(t)), "{:.2f}".format(percentile(t, 90)),
+                             "{:+.2f}".format(np.median(diffs)), "{:.2f}x".format(np.median(ratios))])
+        print("\nlatency, one request at a time ({} rounds x {} images, paired with engine):".format(
+            args.rounds, len(images)))
+        print(table(["image", "method", "p50 ms", "p90 ms", "vs engine ms", "x engine"], rows))
+
+        # Throughput: the engine in a loop (one thread) is the baseline.
+        rows = []
+        loop_rate, loop_lat, _ = throughput(methods["engine"], images, 1, args.duration)
+        rows.append(["engine loop", 1, "{:.1f}".format(loop_rate), "1.00x",
+                     "{:.1f}".format(np.median(loop_lat)), "{:.1f}".format(percentile(loop_lat, 90)), 0])
+        for clients in args.clients:
+            for m in methods:
+                if m in ("raw", "engine", "worker"):
+                    continue
+                rate, lat, errors = throughput(methods[m], images, clients, args.duration)
+                if errors:
+                    problems.append("{} failed {} requests with {} clients".format(m, errors, clients))
+                rows.append([m, clients, "{:.1f}".format(rate), "{:.2f}x".format(rate / loop_rate),
+                             "{:.1f}".format(percentile(lat, 50)), "{:.1f}".format(percentile(lat, 90)), errors])
+        print("\nthroughput, {:.0f} s per point ({}):".format(args.duration, load()))
+        print(table(["method", "clients", "req/s", "x engine loop", "p50 ms", "p90 ms", "errors"], rows))
+        print("\ncold start to the first answer: " + ", ".join(
+            "{} {:.2f} s".format(k, v) for k, v in cold.items() if v is not None))
+        print("resident memory (each process of the tree: serve, then its workers):")
+        print(table(["process", "before", "after"],
+                    [[label, before[label], rss_mb(process_tree(pid))] for label, pid in procs]))
+    finally:
+        for proc in services:
+            if proc.stop() != 0:
+                problems.append("a serve process did not stop with status 0")
+        if "peer" in methods:
+            peer.stop()
+        pool.close()
+        engine.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="*", help="model directories (default: the two bundled "
+                        "demos, plus bench/realistic/* when bench/make_realistic_models.py made them)")
+    parser.add_argument("--rounds", type=int, default=15, help="latency rounds (default 15)")
+    parser.add_argument("--images", type=int, default=2, help="images per size (default 2)")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per throughput point")
+    parser.add_argument("--clients", default="1,2,4,8", help="client counts (default 1,2,4,8)")
+    parser.add_argument("--workers", default="1,2", help="the service's worker counts to compare")
+    parser.add_argument("--memory-limit-kb", type=int, default=2_000_000)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
+                        help="gpu: GPUAcceleration=GPU for the service, the CUDA provider in-process")
+    parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip the FastAPI peer")
+    parser.add_argument("--work", default=None, help="work directory (default: a temporary one)")
+    args = parser.parse_args()
+    try:
+        args.clients = [int(c) for c in args.clients.split(",")]
+        args.workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        parser.error("--clients and --workers take comma-separated numbers")
+    if args.peer and not has_peer():
+        print("(no fastapi/uvicorn here: the peer is skipped; pip install fastapi uvicorn)")
+        args.peer = False
+    models = [os.path.abspath(m) for m in args.models] or [model_path("demo-ssd"), model_path("demo-yolov3")] + sorted(
+        str(p) for p in REALISTIC.glob("*") if p.is_dir())
+    import tempfile
+    problems: List[str] = []
+    print("# bench/perf.py on {} ({})".format(os.uname().nodename, load()))
+    with tempfile.TemporaryDirectory(prefix="perf-", dir=args.work) as work:
+        for model in models:
+            bench_model(model, args, Path(work), problems)
+    print("\n" + load())
+    for p in sorted(set(problems)):
+        print("PROBLEM:", p)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

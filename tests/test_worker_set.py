@@ -1,0 +1,137 @@
+"""Several inference workers (CONNECTOR_INFERENCE_WORKERS) with the real DLR runtime: requests
+overlap, a crash costs one request while the other workers serve on, and each runtime gets its
+share of the cores."""
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from connector.errors import ParameterError
+from connector.worker_set import WORKERS_ENV, WorkerSet, cores, threads_per_worker, worker_count
+from connector.workers import InferenceTimeoutError, WorkerCrashedError
+from tests import images
+from tests.dlr_fixture.build import CRASH_PIXEL, build_dlr_model, set_trigger, sleep_pixel
+from tests.test_workers import red
+
+
+@pytest.mark.parametrize("raw, count", [("", 1), ("1", 1), ("3", 3), ("16", 16), (" 2 ", 2),
+                                        ("auto", max(1, min(4, cores()))), ("AUTO", max(1, min(4, cores())))])
+def test_worker_count_from_the_environment(raw, count):
+    assert worker_count({WORKERS_ENV: raw}) == count
+    assert worker_count({}) == 1
+
+
+@pytest.mark.parametrize("raw", ["0", "17", "-1", "two", "1.5", "2e1", "\u0663"])
+def test_a_bad_worker_count_names_the_variable(raw):
+    with pytest.raises(ParameterError, match=WORKERS_ENV + " must be a number of workers from 1 to 16"):
+        worker_count({WORKERS_ENV: raw})
+
+
+def test_each_worker_gets_its_share_of_the_cores():
+    assert threads_per_worker(1) is None  # one worker: the runtime's own default
+    assert threads_per_worker(2) == max(1, cores() // 2)
+    assert threads_per_worker(64) == 1
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dlr-model")
+    build_dlr_model(d)
+    s = WorkerSet(2, str(d), timeout_s=5.0, service_name="worker-set-test")
+    yield s
+    s.close()
+
+
+def _environ(pid):
+    with open("/proc/{}/environ".format(pid), "rb") as f:
+        return dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+
+
+def test_workers_are_separate_processes_with_their_thread_share(workers):
+    info = workers.worker_info()
+    assert info["workers"] == 2 and len(set(info["worker_pids"])) == 2
+    for pid in info["worker_pids"]:
+        env = _environ(pid)
+        share = str(threads_per_worker(2)).encode()
+        assert env[b"CONNECTOR_INTRA_OP_THREADS"] == env[b"TVM_NUM_THREADS"] == share
+
+
+def test_workers_running_a_neo_model_are_not_pinned_to_one_core():
+    """TVM's thread pool (a Neo model under DLR) pins the thread that runs the model to core 0
+    unless TVM_BIND_THREADS=0 (the DLR backend sets it): every worker would share that one core.
+    (The C fixture model has no TVM thread pool, so this takes the bundled Neo demo.)"""
+    import os
+    from connector.models import model_path
+    from connector import dlr_runtime
+    if dlr_runtime.find_dlr_package() is None:
+        pytest.skip("needs the dlr package (extra 'dlr')")
+    pool = WorkerSet(1, model_path("demo-ssd-neo"), timeout_s=30.0, service_name="pin-test").pools[0]
+    try:
+        assert pool.infer(images.jpeg(), "image/jpeg")[0] == "ok"
+        assert os.sched_getaffinity(pool.worker_pid()) == set(range(os.cpu_count()))
+    finally:
+        pool.close()
+
+
+def test_two_slow_requests_overlap(workers):
+    """Each image makes the fixture model sleep 0.5 s: two at once take about 0.5 s, not 1 s
+    (checked loosely: less than the 1 s one worker would need, on a busy machine)."""
+    slow = images.png(set_trigger(red(), sleep_pixel(5)))
+    workers.infer(slow, "image/png")  # both warm
+    with ThreadPoolExecutor(2) as ex:
+        started = time.monotonic()
+        results = list(ex.map(lambda _: workers.infer(slow, "image/png"), range(2)))
+        elapsed = time.monotonic() - started
+    assert [r[0] for r in results] == ["ok", "ok"]
+    assert elapsed < 0.95, elapsed
+
+
+def test_a_crash_costs_one_request_and_the_other_worker_serves_on(workers):
+    before = workers.counters["restarts"]
+    slow = images.png(set_trigger(red(), sleep_pixel(10)))
+    outcome = {}
+
+    def slow_call():
+        outcome["slow"] = workers.infer(slow, "image/png")
+
+    thread = threading.Thread(target=slow_call)
+    thread.start()
+    time.sleep(0.2)  # the slow one holds a worker; the crash goes to the other
+    with pytest.raises(WorkerCrashedError, match="SIGSEGV"):
+        workers.infer(images.png(set_trigger(red(), CRASH_PIXEL)), "image/png")
+    thread.join(10)
+    assert outcome["slow"][0] == "ok"
+    assert workers.counters["restarts"] == before + 1
+    assert workers.state == "ready"  # the other worker kept serving while it was replaced
+    deadline = time.monotonic() + 30
+    while None in workers.worker_info()["worker_pids"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert '"prediction": [[0, 1.0' in workers.infer(images.png(red()), "image/png")[1]
+
+
+def test_a_request_that_finds_no_free_worker_in_time_times_out(workers):
+    slow = images.png(set_trigger(red(), sleep_pixel(10)))  # 1 s each
+    with ThreadPoolExecutor(2) as ex:
+        busy = [ex.submit(workers.infer, slow, "image/png") for _ in range(2)]
+        time.sleep(0.2)
+        with pytest.raises(InferenceTimeoutError, match="waited that long behind earlier ones"):
+            workers.infer(images.png(red()), "image/png", deadline=time.monotonic() + 0.3)
+        assert [f.result()[0] for f in busy] == ["ok", "ok"]
+
+
+def test_a_neo_model_in_this_process_leaves_its_thread_unpinned():
+    """The same in a host process (the CLI, tests): threads it starts later inherit the calling
+    thread's affinity, so a pinned main thread would put the IPC host's threads on one core too."""
+    import os
+    from connector import dlr_runtime
+    from connector.engine import Engine
+    from connector.models import model_path
+    if dlr_runtime.find_dlr_package() is None:
+        pytest.skip("needs the dlr package (extra 'dlr')")
+    engine = Engine.from_model_dir(model_path("demo-ssd-neo"))
+    try:
+        engine.infer(images.jpeg(), "image/jpeg")
+        assert os.sched_getaffinity(0) == set(range(os.cpu_count()))
+    finally:
+        engine.close()

@@ -7,6 +7,7 @@ a non-zero exit status, so it can gate a deployment script.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -43,7 +44,7 @@ def check_model(path: str, device: str = "cpu", runs: int = 10, out: TextIO = sy
     load_s = time.perf_counter() - started
     try:
         model, meta, io = engine.model, engine.model.metadata, engine.backend.io
-        files = ", ".join(sorted(name.split("/")[-1] for name in model.files.values()))
+        files = ", ".join(sorted(os.path.basename(name) for name in model.files.values()))
         say = lambda *a: print(*a, file=out)  # noqa: E731
         say("model directory: {} ({} model: {})".format(model.path, model.kind, files))
         say("runtime:         {} on {} (loaded in {:.2f} s)".format(

@@ -216,9 +216,8 @@ def resolve(meta: ModelMetadata, io: ModelIO, default_size: Optional[Tuple[int, 
         raise ModelDirectoryError("{}: {} channel(s); images are served as 3 (RGB or BGR)"
                                   .format(expects, channels))
     if "input_size" in declared:
-        for name, want, got in (("height", meta.height, h), ("width", meta.width, w)):
-            if got is not None and got != want:
-                raise contradiction("input_size", [meta.height, meta.width], [h, w])
+        if any(got is not None and got != want for want, got in ((meta.height, h), (meta.width, w))):
+            raise contradiction("input_size", [meta.height, meta.width], [h, w])
     else:
         size = default_size or (meta.height, meta.width)
         changes["height"] = h if h is not None else size[0]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from connector import formats
+from connector import model_dir as model_directory
 from connector.contract import TensorSpec
 from connector.engine import Engine
 from connector.errors import ModelDirectoryError
@@ -150,6 +151,11 @@ def test_recognised_from_output_shapes(shapes, expected):
 def test_unknown_outputs_are_refused(shapes):
     with pytest.raises(ModelDirectoryError, match="a detector has ids, scores and boxes"):
         formats.recognise([spec(s) for s in shapes], ModelMetadata(), "m.onnx")
+
+
+def test_model_yaml_accepts_exactly_the_known_formats():
+    # model_dir cannot import formats (formats imports model_dir), so it repeats the names.
+    assert model_directory.FORMATS == tuple(formats.FORMATS)
 
 
 def test_nms_is_greedy_and_class_wise():

@@ -38,13 +38,12 @@ def retries(message: str) -> List[Tuple[str, Dict[str, Any]]]:
     if _NOT_AN_OPTIMIZER.search(message):
         return []
     steps: List[Tuple[str, Dict[str, Any]]] = []
-    named = sorted(set(_NAMED_OPTIMIZER.findall(message)))
-    if _ADD_INITIALIZER.search(message):
-        named = sorted(set(named) | {"ConstantFolding"})
+    clash = _ADD_INITIALIZER.search(message) is not None
+    named = sorted(set(_NAMED_OPTIMIZER.findall(message)) | ({"ConstantFolding"} if clash else set()))
     if named:
         steps.append(("the {} optimizer{}".format(" and ".join(named), "s" if len(named) > 1 else ""),
                       {"disabled_optimizers": named}))
-    if _ADD_INITIALIZER.search(message):
+    if clash:
         steps.append(("the ConstantFolding and MatMulAddFusion optimizers",
                       {"disabled_optimizers": sorted(set(named) | {"MatMulAddFusion"})}))
     steps.append(("graph optimizations above the basic level", {"level": "ORT_ENABLE_BASIC"}))

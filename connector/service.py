@@ -145,10 +145,7 @@ class SupervisedService:
             text = self._infer(body, content_type, invocation_id, deadline, cancelled)
             outcome = "ok"
             return text
-        except errors.InvalidImageError:
-            outcome = "refused"
-            raise
-        except TypeError:
+        except (errors.InvalidImageError, TypeError):
             outcome = "refused"
             raise
         except (InferenceTimeoutError, AbandonedError):

@@ -105,7 +105,7 @@ class WorkerSet:
         """The first worker's fields (as with one worker), plus every worker's pid."""
         info = self.pools[0].worker_info()
         if len(self.pools) > 1:
-            info["worker_pids"] = [pool.worker_pid() for pool in self.pools]
+            info["worker_pids"] = self.worker_pids()
             info["worker_requests"] = list(self._taken)
             info["workers"] = len(self.pools)
         return info

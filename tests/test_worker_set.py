@@ -54,7 +54,7 @@ def test_workers_are_separate_processes_with_their_thread_share(workers):
     for pid in info["worker_pids"]:
         env = _environ(pid)
         share = str(threads_per_worker(2)).encode()
-        assert env[b"CONNECTOR_INTRA_OP_THREADS"] == env[b"TVM_NUM_THREADS"] == share
+        assert env[b"CONNECTOR_INTRA_OP_THREADS"] == env[b"TVM_NUM_THREADS"] == env[b"OMP_NUM_THREADS"] == share
 
 
 def test_workers_running_a_neo_model_are_not_pinned_to_one_core():

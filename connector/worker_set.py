@@ -118,8 +118,11 @@ class WorkerSet:
 
     def phase_times(self) -> Dict[str, float]:
         """Queue, decode and inference seconds of this thread's last answered request, from the
-        worker that answered it."""
-        return getattr(self._served_by, "pool", self.pools[0]).phase_times()
+        worker that answered it; the queue includes the wait for a free worker."""
+        times = getattr(self._served_by, "pool", self.pools[0]).phase_times()
+        if "queue" in times:
+            times["queue"] += getattr(self._served_by, "waited", 0.0)
+        return times
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -128,9 +131,10 @@ class WorkerSet:
               cancelled: Optional[Callable[[], bool]] = None) -> Tuple[str, Any]:
         """WorkerPool.infer on the first worker that is free."""
         if len(self.pools) == 1:
-            self._served_by.pool = self.pools[0]
+            self._served_by.pool, self._served_by.waited = self.pools[0], 0.0
             return self.pools[0].infer(body, content_type, invocation_id, deadline, cancelled)
         first = self.pools[0]
+        arrived = time.monotonic()
         limit = deadline if deadline is not None else time.monotonic() + first.timeout_s
         with self._cond:
             while not self._idle:
@@ -147,7 +151,7 @@ class WorkerSet:
                 raise AbandonedError("the caller stopped waiting before an inference worker was free")
             raise first._past_deadline("the request waited that long behind earlier ones for the "
                                        "inference workers", deadline is not None, cancelled)
-        self._served_by.pool = pool
+        self._served_by.pool, self._served_by.waited = pool, time.monotonic() - arrived
         try:
             return pool.infer(body, content_type, invocation_id, deadline, cancelled)
         finally:

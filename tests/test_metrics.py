@@ -159,14 +159,22 @@ def test_metrics_with_several_workers_time_each_request_on_the_worker_that_serve
     proc, info, env = start_serve(tmp_path, model_dir, env_extra={"CONNECTOR_INFERENCE_WORKERS": "2"})
     sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
     try:
-        box = images.png(draw_box(blank_image(), RED, 20, 20, 120, 120))
+        box = draw_box(blank_image(), RED, 20, 20, 120, 120)
+        quick, slow = images.png(box), images.png(set_trigger(box.copy(), sleep_pixel(5)))  # 0.5 s
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda _: invoke(box), range(8)))
+            list(pool.map(lambda _: invoke(quick), range(8)))
         s = parse(scrape(info["port"], info["token"])[2])
+        # slow requests on two workers (serve takes three at a time): one waits ~0.5 s for a free one
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: invoke(slow), range(4)))
+        waited = parse(scrape(info["port"], info["token"])[2])
     finally:
         proc.stop()
     assert value(s, "ggml_requests_total", outcome="ok") == 8
     for phase in ("decode", "inference"):
         assert value(s, "ggml_request_seconds_count", phase=phase) == 8
         assert value(s, "ggml_request_seconds_sum", phase=phase) > 0
+    queued = (value(waited, "ggml_request_seconds_sum", phase="queue")
+              - value(s, "ggml_request_seconds_sum", phase="queue"))
+    assert queued > 0.3, "the wait for a free worker belongs to the queue phase"
     assert value(s, "ggml_resident_memory_bytes", process="worker") > 20 * 2**20  # both workers

@@ -49,10 +49,3 @@ def limit_arenas() -> bool:
     if not ok:
         log.debug("mallopt refused a setting; the heap may keep freed memory after bursts")
     return ok
-
-
-def trim() -> None:
-    """Give the heap's free top back to the system (after a burst)."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)

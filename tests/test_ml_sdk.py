@@ -102,8 +102,8 @@ def test_client_types():
 @pytest.mark.parametrize("version", ["1.2", "1.5", "1.10", " 1.11 "])
 def test_interface_version_accepted(monkeypatch, version):
     monkeypatch.setenv("GGC_MAX_INTERFACE_VERSION", version)
-    ml.client("inference")
-    ml.client("feedback")
+    assert isinstance(ml.client("inference"), inference.Client)
+    assert type(ml.client("feedback")).__name__ == "Client"
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.0", "2.0", "0.9", "abc", "1", "1.x"])

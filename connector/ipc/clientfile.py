@@ -305,9 +305,11 @@ def publish_function_tokens(path: str, name: str, tokens: Mapping[str, str]) -> 
             document = _load_functions(functions_path)
         except (OSError, ValueError):
             document = {"version": FORMAT_VERSION, "functions": {}}
+        pid = os.getpid()
+        started = process_start(pid)
         for arn, token in tokens.items():
-            document["functions"][arn] = {"token": token, "host": name, "pid": os.getpid(),
-                                          "started": process_start(os.getpid())}
+            document["functions"][arn] = {"token": token, "host": name, "pid": pid,
+                                          "started": started}
         _atomic_write(functions_path, document, 0o600, None)
 
 
@@ -346,7 +348,7 @@ def _load_for_update(path: str) -> Dict[str, Any]:
         return _load(path)
     except FileNotFoundError:
         return {"version": FORMAT_VERSION, "services": {}}
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         # Only this user can write the directory (checked), so this is our own leftover.
         log.warning("replacing the unreadable client file %s: %s", path, exc)
         return {"version": FORMAT_VERSION, "services": {}}

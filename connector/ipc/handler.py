@@ -193,14 +193,12 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
     def _route(self) -> None:
         path = self.path.split("?", 1)[0]
         probe = _PROBES.get(path)
+        if (probe is not None or path == protocol.METRICS_PATH) \
+                and self.command not in ("GET", "HEAD"):
+            raise Refusal(405, "{} supports GET".format(path), "MethodNotAllowed", [("Allow", "GET")])
         if probe is not None:
-            if self.command not in ("GET", "HEAD"):
-                raise Refusal(405, "{} supports GET".format(path), "MethodNotAllowed",
-                              [("Allow", "GET")])
             return self._probe(probe)
         if path == protocol.METRICS_PATH:
-            if self.command not in ("GET", "HEAD"):
-                raise Refusal(405, "{} supports GET".format(path), "MethodNotAllowed", [("Allow", "GET")])
             self._authenticate(bearer=True)  # any valid token: the rule of the detailed health document
             status, text = self.server.ipc_host.metrics()
             return self._send(status, text.encode("utf-8"), content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -325,14 +325,16 @@ class IPCHost(object):
             process or is sure to attach); False: only while its worker polls (served-ARN rule).
         :param timeout_s, timeout_message: its invocations' timeout and the caller's message.
         """
-        token = token or self._function_tokens.get(function_arn) or secrets.token_urlsafe(32)
-        if _digest(token) in self._principals and self._function_tokens.get(function_arn) != token:
-            raise ValueError("every function needs its own token, distinct from the callers'")
         old = self._function_tokens.get(function_arn)
-        if old is not None:
-            self._principals.pop(_digest(old), None)
+        token = token or old or secrets.token_urlsafe(32)
+        digest = _digest(token)
+        if token != old:
+            if digest in self._principals:
+                raise ValueError("every function needs its own token, distinct from the callers'")
+            if old is not None:
+                self._principals.pop(_digest(old), None)
         self._function_tokens[function_arn] = token
-        self._principals[_digest(token)] = Principal("function " + function_arn, function_arn)
+        self._principals[digest] = Principal("function " + function_arn, function_arn)
         self.board.register(function_arn, served=served, timeout_s=timeout_s,
                             timeout_message=timeout_message)
         self._publish_function_tokens()

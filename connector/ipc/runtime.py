@@ -130,8 +130,8 @@ def _handle_work(function_arn: str, handler: Handler, client: IPCClient, work: W
                             len(payload), exc), "PayloadTooLarge")
             return
         # Typically the invocation timed out meanwhile; the caller already has its answer.
-        (log.debug if exc.status == 409 else log.warning)("could not post the result of invocation %s of %s: %s", work.invocation_id,
-                    function_arn, exc)
+        log.log(_post_failure_level(exc), "could not post the result of invocation %s of %s: %s",
+                work.invocation_id, function_arn, exc)
 
 
 def _post_error(client: IPCClient, function_arn: str, invocation_id: str, message: str,
@@ -139,9 +139,13 @@ def _post_error(client: IPCClient, function_arn: str, invocation_id: str, messag
     try:
         client.post_handler_err(function_arn, invocation_id, message, error_type)
     except IPCError as exc:
-        # 409: the caller was answered already (its deadline passed, or it left); routine under load.
-        (log.debug if exc.status == 409 else log.warning)("could not post the error of invocation %s of %s: %s", invocation_id,
-                    function_arn, exc)
+        log.log(_post_failure_level(exc), "could not post the error of invocation %s of %s: %s",
+                invocation_id, function_arn, exc)
+
+
+def _post_failure_level(exc: IPCError) -> int:
+    # 409: the caller was answered already (its deadline passed, or it left); routine under load.
+    return logging.DEBUG if exc.status == 409 else logging.WARNING
 
 
 def _worker(function_arn: str, handler: Handler, client: IPCClient, stop: threading.Event) -> None:

@@ -107,6 +107,9 @@ class Invocation(object):
         return self.invocation_type == protocol.INVOCATION_EVENT
 
 
+COUNTER_NAMES = ("timeouts", "abandoned", "late_results", "busy")
+
+
 class _Function(object):
     def __init__(self, lock: threading.RLock) -> None:
         self.queue: Deque[Invocation] = collections.deque()
@@ -119,8 +122,7 @@ class _Function(object):
         self.timeout_message = DEFAULT_TIMEOUT_MESSAGE
         # What callers experienced: the board's timeouts, callers that hung up before their answer,
         # and results a worker posted after their caller had been answered.
-        self.counters: Dict[str, int] = {"timeouts": 0, "abandoned": 0, "late_results": 0,
-                                         "busy": 0}
+        self.counters: Dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
 
 
 DEFAULT_TIMEOUT_MESSAGE = "{function_arn} did not answer invocation {invocation_id} within {seconds:g} s"
@@ -175,7 +177,7 @@ class WorkBoard(object):
         """What callers of `function_arn` experienced: timeouts, abandoned, late_results, busy."""
         with self._lock:
             fn = self._functions.get(function_arn)
-            return dict(fn.counters) if fn else dict(_Function(self._lock).counters)
+            return dict(fn.counters) if fn else dict.fromkeys(COUNTER_NAMES, 0)
 
     def queue_depth(self, function_arn: str) -> int:
         """Invocations of `function_arn` waiting to be taken (get_work not yet called for them)."""

@@ -42,7 +42,6 @@ class HostServices(object):
             if feedback is not None:
                 self.feedback = start_service(host.client(timeout=10), host.region, environ,
                                               params=feedback)
-            if self.feedback is not None:
                 arn = protocol.feedback_function_arn(host.region)
                 host.register_function(arn)
                 thread = threading.Thread(
@@ -64,7 +63,7 @@ class HostServices(object):
     def describe(self) -> Dict[str, Any]:
         info: Dict[str, Any] = {}
         if self.router is not None:
-            info["mqtt"] = self.router.describe()()
+            info["mqtt"] = self.router.describe()
         if self.feedback is not None:
             info["feedback"] = self.feedback.describe()
         if self.feeder is not None:

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Set
+from typing import Any, Dict, Mapping, Optional, Set
 from urllib.parse import urlsplit
 
 from .errors import ParameterError
@@ -204,9 +204,9 @@ class RouterRunner(object):
             kwargs={"stop_event": self._stop, "concurrency": 1}, daemon=True)
         self._thread.start()
 
-    def describe(self) -> Callable[[], dict]:
-        return lambda: {"mqtt": self.forwarder.settings.url, "forwarded": self.forwarder.forwarded,
-                        "unacknowledged": self.forwarder.unacknowledged}
+    def describe(self) -> Dict[str, Any]:
+        return {"mqtt": self.forwarder.settings.url, "forwarded": self.forwarder.forwarded,
+                "unacknowledged": self.forwarder.unacknowledged}
 
     def close(self) -> None:
         self._stop.set()

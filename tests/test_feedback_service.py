@@ -79,16 +79,22 @@ def wait(predicate, timeout=10.0):
     raise AssertionError("condition not met in {} s".format(timeout))
 
 
+@contextlib.contextmanager
+def s3_down(s3):
+    s3.stop()
+    try:
+        yield
+    finally:
+        s3.start()
+
+
 def test_transient_failure_is_retried_with_capped_backoff_until_it_succeeds(tmp_path, router, s3, monkeypatch):
     host, published = router
-    s3.stop()
-    svc = service(tmp_path, host, s3, monkeypatch)
-    try:
+    with s3_down(s3):
+        svc = service(tmp_path, host, s3, monkeypatch)
         accept(svc, "req-1")
         wait(lambda: svc.counters["retries"] >= 6)  # 0.02, 0.04, 0.08, 0.1, 0.1, ...: capped, no limit
         assert statuses(published) == [] and len(svc.spool) == 1
-    finally:
-        s3.start()
     try:
         wait(lambda: statuses(published))
         assert [s["response"]["status"] for s in statuses(published)] == ["success"]
@@ -115,15 +121,6 @@ def test_a_restart_does_not_repeat_a_finished_upload(tmp_path, router, s3, monke
         assert prediction[0]["source-ref"] == "s3://{}/svc/already-there.png".format(BUCKET)
     finally:
         svc.close()
-
-
-@contextlib.contextmanager
-def s3_down(s3):
-    s3.stop()
-    try:
-        yield
-    finally:
-        s3.start()
 
 
 def test_drop_oldest_evicts_with_a_fail_status(tmp_path, router, s3, monkeypatch):

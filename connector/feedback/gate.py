@@ -67,6 +67,10 @@ class Gate(object):
         self._rng = rng
         self._lock = threading.Lock()
         self._kept: Deque[Tuple[float, int]] = collections.deque()  # (time, bytes), last day
+        budget = config.budget
+        # Without a budget nothing reads _kept: do not hold a day of kept samples for nothing.
+        self._budgeted = any(v is not None for v in (budget.per_minute, budget.per_hour,
+                                                     budget.per_day, budget.bytes_per_day))
         self._last_kept: Optional[float] = None
 
     def decide(self, prediction: Any, size: int) -> str:
@@ -83,7 +87,8 @@ class Gate(object):
                 return DROPPED_BY_COOLDOWN
             if not self._within_budget(now, size):
                 return DROPPED_BY_BUDGET
-            self._kept.append((now, size))
+            if self._budgeted:
+                self._kept.append((now, size))
             self._last_kept = now
             return KEPT
 

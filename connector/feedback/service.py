@@ -164,7 +164,7 @@ class FeedbackService(object):
     def _status_now(self, request_id: str, response: Dict[str, Any]) -> None:
         """A status outside the spool (refusals, evictions, expiry): best effort, logged."""
         try:
-            self.publisher.publish(STATUS_TOPIC, {"response": response, "id": request_id})
+            self._status(request_id, response)
         except TransientError as exc:
             self._ratelog.warning("status", "status of feedback request %s not published: %s",
                                   request_id, exc)

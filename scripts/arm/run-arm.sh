@@ -5,7 +5,7 @@
 # Phases: build the Debian 12 chroot (scripts/arm/make-chroot.sh), copy this working tree to
 # /opt/src there, install with scripts/install/install-<arch>.sh (libdlr.so: LIBDLR_SO, else built
 # with scripts/arm/build-libdlr.sh), run the demo through the service with DLR (the Neo demo compiled
-# for the architecture, DEMO_DIR=<dir> to choose, else tests/models/neo-ssd-300-nhwc-<arch>) and,
+# for the architecture, DEMO_DIR=<dir> to choose, else connector/models/demo-ssd-neo-<arch>, the trained SSD demo) and,
 # on arm64, ONNX Runtime; then the tests that make sense there (runtime, service, IPC, SDK, doctor).
 # PHASES="install demo tests" (the default) chooses what runs after the chroot and the copy.
 set -euo pipefail
@@ -79,7 +79,7 @@ install -D -m 0644 "$libdlr" "$root/opt/libdlr.so"
 
 rm -rf "$root/opt/src" && mkdir -p "$root/opt/src"
 tar -C "$repo" --exclude='./.venv*' --exclude=./.git --exclude=./out --exclude=./.tools -cf - . | tar -C "$root/opt/src" -xf -
-demo="${DEMO_DIR:-$repo/tests/models/neo-ssd-300-nhwc-$target}"
+demo="${DEMO_DIR:-$repo/connector/models/demo-ssd-neo-$target}"
 # On the tmpfs: 32-bit DLR cannot list a model directory on ext4 under qemu (EOVERFLOW above).
 rm -rf "$root/tmp/demo-dlr" && cp -r "$demo" "$root/tmp/demo-dlr"
 
@@ -123,7 +123,7 @@ in_root "$py" -m pip install -q pytest pytest-timeout hypothesis pillow >/dev/nu
 tests="tests/test_params.py tests/test_imaging.py tests/test_bad_input.py tests/test_dlr_backend.py
        tests/test_dlr_phone_home.py tests/test_workers.py tests/test_ipc_host.py tests/test_ipc_local.py
        tests/test_ipc_runtime.py tests/test_ml_sdk.py tests/test_service.py tests/test_doctor.py"
-if in_root bash -c "cd /opt/src && $py -m pytest -q -p no:randomly -p no:cacheprovider $(echo $tests)" | tee -a "$results" | tail -15; then
+if in_root bash -c "cd /opt/src && $py -m pytest -q -rfE -p no:randomly -p no:cacheprovider $(echo $tests)" | tee -a "$results" | tail -15; then
   record "tests" ok
 else
   record "tests" FAIL; status=1

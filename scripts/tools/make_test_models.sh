@@ -100,5 +100,16 @@ if want demos; then
     python3 scripts/tools/manifest.py "$out" --tools "$TV" --seed - \
       --made-by "tvm_compile.py onnx-demo connector/models/$m/model.onnx (sha256 $(sha256sum connector/models/$m/model.onnx | cut -c1-16)...)" >/dev/null
   done
+  # The trained SSD demo for the ARM platforms (scripts/arm/run-arm.sh; ARMv7 has no ONNX Runtime,
+  # so there this is the demo model).
+  for arch in aarch64 armv7; do
+    out="connector/models/demo-ssd-neo-$arch"
+    rm -rf "$out"
+    "$TVM" scripts/tools/tvm_compile.py onnx-demo connector/models/demo-ssd/model.onnx "$out" --arch $arch 2>&1 | quiet
+    rm -f "$out/reference.npz"
+    cp connector/models/demo-ssd/labels.txt "$out/"
+    python3 scripts/tools/manifest.py "$out" --tools "$TV" --seed - \
+      --made-by "tvm_compile.py onnx-demo connector/models/demo-ssd/model.onnx --arch $arch (sha256 $(sha256sum connector/models/demo-ssd/model.onnx | cut -c1-16)...)" >/dev/null
+  done
 fi
 du -sh tests/models/* connector/models/* 2>/dev/null

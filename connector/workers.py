@@ -73,8 +73,11 @@ class AbandonedError(WorkerError):
 def _worker_main(conn: Connection, model_path: str, device: str, max_pixels: int,
                  memory_limit_kb: int, service_name: str) -> None:
     """Child process: load the model once, then answer (content_type, body) requests forever."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # The supervisor decides when workers stop (it kills them itself): a terminal's Ctrl-C and
+    # systemd's stop signal every process of the service at once, and a worker ending on them
+    # would look like a crash to its supervisor, which would start a new one while shutting down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload signal is for the supervisor
     from . import imaging
     from .engine import Engine

@@ -41,14 +41,19 @@ def clean_env(ipc_file: Path, **extra: str) -> Dict[str, str]:
 
 
 class Proc:
-    def __init__(self, args, env: Dict[str, str], log: Path, nofile: Optional[int] = None) -> None:
-        """:param nofile: the process's open-files limit (RLIMIT_NOFILE), as a small device has."""
+    def __init__(self, args, env: Dict[str, str], log: Path, nofile: Optional[int] = None,
+                 own_group: bool = False) -> None:
+        """:param nofile: the process's open-files limit (RLIMIT_NOFILE), as a small device has.
+        :param own_group: start it in a process group of its own (os.killpg reaches it and its
+            workers, as systemd's stop or a terminal's Ctrl-C do, and not this test run)."""
         self.log_path = log
         self._log = open(log, "wb")
 
         def limits() -> None:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+            if own_group:
+                os.setpgid(0, 0)
 
         self.popen = subprocess.Popen([sys.executable, "-m", "connector", *args], env=env, cwd=ROOT,
                                       stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=limits)
@@ -123,13 +128,13 @@ def wait_ready(port: int, proc: Proc, timeout: float = 30.0) -> dict:
 
 def start_serve(tmp: Path, model_dir: Path, env_extra: Optional[Dict[str, str]] = None,
                 timeout: int = 10, memory_limit_kb: int = 500000,
-                extra_args: Sequence[str] = (), nofile: Optional[int] = None
-                ) -> "tuple[Proc, dict, Dict[str, str]]":
+                extra_args: Sequence[str] = (), nofile: Optional[int] = None,
+                own_group: bool = False) -> "tuple[Proc, dict, Dict[str, str]]":
     ipc = tmp / "ipc.json"
     env = clean_env(ipc, **(env_extra or {}))
     cfg = params_file(tmp / "params.json", model_dir, timeout=timeout, memory_limit_kb=memory_limit_kb)
     proc = Proc(["serve", "--config", str(cfg), "--port", "0", *extra_args], env, tmp / "serve.log",
-                nofile=nofile)
+                nofile=nofile, own_group=own_group)
     try:
         info = wait_for_client_file(ipc, proc)
         wait_ready(info["port"], proc)

@@ -23,7 +23,7 @@ from connector.engine import Engine
 from tests import images
 from tests.dlr_fixture.build import (RED, blank_image, draw_box, memory_pixel, set_trigger,
                                      sleep_pixel)
-from tests.service_process import (ROOT, Proc, clean_env, healthz, start_serve,
+from tests.service_process import (ROOT, Proc, clean_env, healthz, scaled, start_serve,
                                    wait_for_client_file, wait_ready)
 
 sys.path.insert(0, str(ROOT / "ml_sdk"))
@@ -155,6 +155,21 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path, model_dir, s
     assert json.loads(result["text"])["prediction"][0][0] == 0
     assert proc.popen.wait(30) == 0, proc.log()
     assert not Path(env["GG_ML_IPC_FILE"]).exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_process_group_stops_cleanly(tmp_path, model_dir, sdk_env, signum):
+    """systemd's stop (KillMode=control-group) and a terminal's Ctrl-C signal every process of the
+    service at once: the workers must leave stopping to their supervisor, which must not take
+    their end for a crash and start new ones while it shuts down."""
+    proc, info, env = start_serve(tmp_path, model_dir, own_group=True)
+    sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
+    assert json.loads(invoke(red_box_png(10, 10, 50, 50)))["prediction"]
+    os.killpg(proc.popen.pid, signum)
+    assert proc.popen.wait(scaled(30)) == 0, proc.log()
+    log = proc.log()
+    assert "finishing in-flight requests" in log
+    assert "restarting the inference worker" not in log and "died" not in log, log
 
 
 def test_connector_attaches_to_a_host_as_a_separate_lambda_process(tmp_path, model_dir, sdk_env):

@@ -90,6 +90,9 @@ COUNTERS = (
     ("reloads", "model_reloads_total", "Model versions loaded while serving."),
     ("reload_failures", "model_reload_failures_total", "Model versions that failed to load (the old one kept serving)."),
     ("shed", "requests_shed_total", "Requests refused because they could not finish before their deadline."),
+    ("abandoned", "requests_abandoned_total", "Requests whose caller stopped waiting before a worker took them (never run)."),
+    ("busy", "requests_busy_total", "Requests refused because the function's queue was full."),
+    ("late_results", "late_results_total", "Answers that came after their caller's deadline (dropped)."),
 )
 
 

@@ -12,7 +12,7 @@ import greengrass_machine_learning_sdk as ml
 from connector import metrics
 from tests import images
 from tests.dlr_fixture.build import CRASH_PIXEL, RED, blank_image, draw_box, set_trigger, sleep_pixel
-from tests.service_process import scaled, start_serve
+from tests.service_process import healthz, scaled, start_serve
 
 SAMPLE = re.compile(r'^(ggml_[a-z_]+)\{((?:[a-z_]+="[^"]*",?)+)\} (-?[0-9.e+-]+|\+Inf)$')
 
@@ -118,6 +118,10 @@ def test_metrics_count_outcomes_phases_and_worker_events(served):
     assert value(s, "ggml_model_reloads_total") == 0
     assert value(s, "ggml_queue_depth") == 0
     assert value(s, "ggml_resident_memory_bytes", process="supervisor") > 10 * 2**20
+    # Every counter of the detailed health is exported, with the same value.
+    _, health = healthz(info["port"], info["token"])
+    for key, name, _ in metrics.COUNTERS:
+        assert value(s, "ggml_" + name) == health[key], key
 
 
 def test_metrics_need_a_valid_token(served):

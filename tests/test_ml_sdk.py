@@ -598,3 +598,25 @@ def socket_port_nobody_listens_on():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_process_start_time_is_the_same_from_any_thread_and_from_outside():
+    """The client file's liveness check compares the host's start time, written by whichever
+    thread starts the host, with what the reader finds. Under qemu-user a process reading its
+    own /proc/<pid>/stat gets the calling thread's start time from qemu (found in the arm64
+    chroot: a host started in a pytest thread minutes after the process looked stale)."""
+    pid = os.getpid()
+    seen = {}
+
+    def read(key):
+        seen[key] = (clientfile.process_start(pid), _endpoint.process_start(pid))
+
+    read("main")
+    time.sleep(0.2)  # 20 clock ticks: under qemu the later thread's start time differs
+    thread = threading.Thread(target=read, args=("thread",))
+    thread.start()
+    thread.join()
+    code = "from connector.ipc import clientfile; print(clientfile.process_start({}))".format(pid)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outside = int(subprocess.check_output([sys.executable, "-c", code], cwd=root).decode())
+    assert seen["main"] == seen["thread"] == (outside, outside)

@@ -91,8 +91,14 @@ START_TOLERANCE_TICKS = 5 * (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") 
 
 def process_start(pid: int) -> Optional[int]:
     try:
-        with open("/proc/{}/stat".format(pid), "rb") as handle:
-            text = handle.read()
+        try:
+            # The main thread's own entry: under qemu-user, /proc/<pid>/stat read by the process
+            # itself comes from qemu, with the start time of the calling thread.
+            with open("/proc/{0}/task/{0}/stat".format(pid), "rb") as handle:
+                text = handle.read()
+        except FileNotFoundError:  # no task directory (old or unusual /proc)
+            with open("/proc/{}/stat".format(pid), "rb") as handle:
+                text = handle.read()
         return int(text[text.rindex(b")") + 2:].split()[19])
     except (OSError, ValueError, IndexError):
         return None

@@ -7,7 +7,8 @@
 # with scripts/arm/build-libdlr.sh), run the demo through the service with DLR (the Neo demo compiled
 # for the architecture, DEMO_DIR=<dir> to choose, else connector/models/demo-ssd-neo-<arch>, the trained SSD demo) and,
 # on arm64, ONNX Runtime; then the tests that make sense there (runtime, service, IPC, SDK, doctor).
-# PHASES="install demo tests" (the default) chooses what runs after the chroot and the copy.
+# PHASES="install demo tests" (the default) chooses what runs after the chroot and the copy;
+# TESTS="tests/x.py::test_y ..." runs those tests instead of the subset.
 set -euo pipefail
 arch="${1:-}"
 case "$arch" in
@@ -120,9 +121,9 @@ fi
 if want tests; then
 in_root apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
 in_root "$py" -m pip install -q pytest pytest-timeout hypothesis pillow >/dev/null
-tests="tests/test_params.py tests/test_imaging.py tests/test_bad_input.py tests/test_dlr_backend.py
+tests="${TESTS:-tests/test_params.py tests/test_imaging.py tests/test_bad_input.py tests/test_dlr_backend.py
        tests/test_dlr_phone_home.py tests/test_workers.py tests/test_ipc_host.py tests/test_ipc_local.py
-       tests/test_ipc_runtime.py tests/test_ml_sdk.py tests/test_service.py tests/test_doctor.py"
+       tests/test_ipc_runtime.py tests/test_ml_sdk.py tests/test_service.py tests/test_doctor.py}"
 if in_root bash -c "cd /opt/src && $py -m pytest -q -rfE -p no:randomly -p no:cacheprovider $(echo $tests)" | tee -a "$results" | tail -15; then
   record "tests" ok
 else

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from connector.models import bundled_models
 from tests import images
@@ -138,3 +139,26 @@ def test_check_model_bad_directories_are_one_line_and_non_zero(tmp_path):
         assert out.stdout == ""
         lines = out.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], out.stderr
+
+
+@pytest.mark.parametrize("machine, expected", [
+    ("x86_64", ["demo-ssd", "demo-ssd-neo", "demo-yolov3", "demo-yolov3-neo"]),
+    ("aarch64", ["demo-ssd", "demo-ssd-neo-aarch64", "demo-yolov3"]),
+    ("armv7l", ["demo-ssd", "demo-ssd-neo-armv7", "demo-yolov3"]),
+])
+def test_bundled_neo_demos_are_offered_only_on_the_cpu_they_were_compiled_for(machine, expected):
+    from connector.models import bundled_models
+    assert list(bundled_models(machine)) == expected
+    for name in expected:  # the compiled library is for that CPU (ELF e_machine)
+        so = os.path.join(bundled_models(machine)[name], "compiled.so")
+        if os.path.exists(so):
+            with open(so, "rb") as f:
+                header = f.read(20)
+            assert header[18] == {"x86_64": 62, "aarch64": 183, "armv7l": 40}[machine], name
+
+
+def test_a_neo_demo_for_another_cpu_is_named_as_such(monkeypatch):
+    from connector.models import model_path
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    with pytest.raises(KeyError, match="compiled for armv7, and this machine is x86_64"):
+        model_path("demo-ssd-neo-armv7")

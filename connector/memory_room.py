@@ -87,22 +87,31 @@ V2_FILES = ("memory.max", "memory.current")
 V1_FILES = ("memory.limit_in_bytes", "memory.usage_in_bytes")
 
 
-def cgroup_room_kb(root: str = "/") -> Optional[int]:
-    """What the memory cgroups of this process still allow, in KiB: the smallest limit - usage
-    over its cgroup and those above it, in the v2 hierarchy and the v1 memory hierarchy. None
-    where no level sets a limit (or none can be read). A Greengrass V1 Lambda container is a v1
-    memory cgroup sized by the function's MemorySize."""
-    rooms = []
+def _memory_levels(root: str) -> Iterator[Tuple[str, str, str]]:
+    """(directory, limit file, usage file) of each level of this process's memory cgroups, in the
+    v2 hierarchy and the v1 memory hierarchy, its own first."""
     for controllers, path in _cgroup_lines(root):
         if controllers == "":  # v2; "unified" is where systemd's hybrid layout mounts it
             mounts, (limit_file, usage_file) = ("", "unified"), V2_FILES
-        elif "memory" in controllers.split(",") and "/" not in controllers:  # v1, alone or co-mounted ("cpu,memory")
+        elif "memory" in controllers.split(",") and "/" not in controllers:  # v1, maybe "cpu,memory"
             mounts, (limit_file, usage_file) = ("memory", controllers), V1_FILES
         else:
             continue
         for mount in dict.fromkeys(mounts):
             for level in _levels(os.path.join(root, "sys", "fs", "cgroup", mount), path):
-                room = _room_at(level, limit_file, usage_file)
-                if room is not None:
-                    rooms.append(room)
+                yield level, limit_file, usage_file
+
+
+def cgroup_room_kb(root: str = "/") -> Optional[int]:
+    """What the memory cgroups of this process still allow, in KiB: the smallest limit - usage
+    over its cgroup and those above it. None where no level sets a limit (or none can be read).
+    A Greengrass V1 Lambda container is a v1 memory cgroup sized by the function's MemorySize."""
+    rooms = [room for room in (_room_at(*level) for level in _memory_levels(root)) if room is not None]
     return min(rooms) // 1024 if rooms else None
+
+
+def cgroup_visible(root: str = "/") -> bool:
+    """Whether any of this process's cgroups can be seen under /sys/fs/cgroup, so that "no limit"
+    from cgroup_room_kb means none is set, not that none could be read. A Greengrass container
+    sees no /sys unless its function allows it (V1 AccessSysfs, V2 mountROSysfs; off by default)."""
+    return any(os.path.isfile(os.path.join(level, "cgroup.procs")) for level, _, _ in _memory_levels(root))

@@ -115,9 +115,11 @@ class SupervisedService:
         self._refused_lock = threading.Lock()
 
     @classmethod
-    def from_parameters(cls, params: Parameters,
-                        environ: Optional[Mapping[str, str]] = None) -> "SupervisedService":
-        workers = choose_workers(params.memory_limit_kb, environ)  # memory read before any loads
+    def from_parameters(cls, params: Parameters, environ: Optional[Mapping[str, str]] = None,
+                        in_greengrass_container: bool = False) -> "SupervisedService":
+        """`in_greengrass_container`: the Lambda entry; see worker_set.choose_workers."""
+        workers = choose_workers(params.memory_limit_kb, environ,  # memory read before any loads
+                                 hidden_cgroup_is_unknown=in_greengrass_container)
         service = cls(params, watch_interval(environ), load_timeout(environ), workers.count)
         # Logged once they are up: a start that fails stays one message.
         if workers.over_memory:

@@ -15,7 +15,8 @@ reload gate, so only one at a time), and the supervisor needs SUPERVISOR_KB. The
 smaller of the machine's MemAvailable and what this process's memory cgroup still allows
 (connector.memory_room); a container sized for one worker and a reload (the Greengrass V1
 function definition's MemorySize, `python -m connector.deploy memory-size`) therefore gets one
-worker, as does a machine where nothing can be read. With n > 1 each worker's runtime gets
+worker, as does a machine where nothing can be read, and a Greengrass Lambda whose container
+hides its cgroup (no /sys, the default there). With n > 1 each worker's runtime gets
 cores / n threads (at least 1), so the workers do not fight over the cores.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from .errors import ParameterError
-from .memory_room import cgroup_room_kb, mem_available_kb
+from .memory_room import cgroup_room_kb, cgroup_visible, mem_available_kb
 from .workers import AbandonedError, WorkerPool
 
 WORKERS_ENV = "CONNECTOR_INFERENCE_WORKERS"
@@ -92,17 +93,23 @@ class WorkerChoice(NamedTuple):
 
 
 def choose_workers(limit_kb: int, environ: Optional[Mapping[str, str]] = None, root: str = "/",
-                   cpus: Optional[int] = None) -> WorkerChoice:
+                   cpus: Optional[int] = None, hidden_cgroup_is_unknown: bool = False) -> WorkerChoice:
     """The number of workers for a service whose per-worker limit is `limit_kb`, and why: what
-    CONNECTOR_INFERENCE_WORKERS asks for, else auto_workers with the memory read under `root`."""
+    CONNECTOR_INFERENCE_WORKERS asks for, else auto_workers with the memory read under `root`.
+
+    `hidden_cgroup_is_unknown`: where no cgroup of this process can be seen, its memory is
+    unknown rather than unlimited. The Greengrass Lambda entry sets it: its container's limit (the
+    function's MemorySize) is invisible without /sys, and the machine's MemAvailable would
+    then start workers the container cannot hold."""
     requested = requested_workers(environ)
     cpus = cores() if cpus is None else cpus
     available, cgroup = mem_available_kb(root), cgroup_room_kb(root)
-    room = memory_room_kb(available, cgroup)
+    hidden = hidden_cgroup_is_unknown and not cgroup_visible(root)
+    room = None if hidden else memory_room_kb(available, cgroup)
     fit = None if room is None else workers_in_memory(room, limit_kb)
     memory = "{} (MemAvailable {}, cgroup {}) at LocalInferenceServiceMemoryLimitKB={}".format(
         "memory unknown" if fit is None else "memory for {} workers and a reload".format(fit), _gb(available),
-        "limit none" if cgroup is None else "allows " + _gb(cgroup), limit_kb)
+        "not visible" if hidden else "limit none" if cgroup is None else "allows " + _gb(cgroup), limit_kb)
     if requested is None:
         return WorkerChoice(auto_workers(cpus, room, limit_kb),
                             "{} auto: {}, {}".format(WORKERS_ENV, _cores(cpus), memory), False)

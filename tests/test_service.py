@@ -321,7 +321,7 @@ def test_lambda_module_bootstraps_from_environment_at_import(model_dir, tmp_path
     assert "[[0, 1.0, 0.0, 0.0, 0.125, 0.125]]" in out.stdout
     assert "[objectDetection]" in out.stderr  # every log line carries the service name
     # The Lambda entry chooses its workers by the same rule as serve (auto: cores and memory).
-    count = choose_workers(300000, {}).count
+    count = choose_workers(300000, {}, hidden_cgroup_is_unknown=True).count
     assert "connector.service: {} inference worker{}: {} auto: ".format(count, "s" if count > 1 else "", WORKERS_ENV) in out.stderr
     bad = dict(env, LocalInferenceServiceName="x")
     out = subprocess.run([sys.executable, "-c", "import connector.lambda_function"], env=bad, cwd=ROOT,

@@ -9,7 +9,7 @@ import pytest
 
 from connector import deploy
 from connector.errors import ParameterError
-from connector.memory_room import READ_CAP, cgroup_room_kb, mem_available_kb
+from connector.memory_room import READ_CAP, cgroup_room_kb, cgroup_visible, mem_available_kb
 from connector.worker_set import (AUTO_MAX_WORKERS, SUPERVISOR_KB, WORKERS_ENV, auto_workers,
                                   choose_workers, memory_room_kb, requested_workers, workers_in_memory)
 from tests.service_process import ROOT
@@ -37,9 +37,11 @@ def v1_tree(root, limit_bytes, usage_bytes, path="/greengrass/3f2a9c", ancestors
     base = "sys/fs/cgroup/memory" + path
     write(root, base + "/memory.limit_in_bytes", "{}\n".format(limit_bytes))
     write(root, base + "/memory.usage_in_bytes", "{}\n".format(usage_bytes))
+    write(root, base + "/cgroup.procs", "1\n")
     if ancestors_unlimited:
         write(root, "sys/fs/cgroup/memory/memory.limit_in_bytes", "{}\n".format(V1_NO_LIMIT))
         write(root, "sys/fs/cgroup/memory/memory.usage_in_bytes", "3414712320\n")
+        write(root, "sys/fs/cgroup/memory/cgroup.procs", "1\n")
 
 
 def v2_tree(root, levels):
@@ -48,6 +50,7 @@ def v2_tree(root, levels):
     write(root, "proc/self/cgroup", "0::{}\n".format(deepest))
     for path, (limit, current) in levels.items():
         base = "sys/fs/cgroup" + path.rstrip("/")
+        write(root, base + "/cgroup.procs", "1\n")
         if limit is not None:
             write(root, base + "/memory.max", limit)
         if current is not None:
@@ -239,6 +242,22 @@ def test_nothing_there_is_no_information(tmp_path):
 def test_the_real_cgroup_is_read():
     room = cgroup_room_kb()
     assert room is None or room >= 0
+    assert cgroup_visible() in (True, False)
+
+
+def test_a_cgroup_is_visible_where_its_directory_is(tmp_path):
+    v1_tree(tmp_path, V1_NO_LIMIT, 0)
+    assert cgroup_visible(str(tmp_path)) and cgroup_room_kb(str(tmp_path)) is None  # seen, no limit
+
+
+@pytest.mark.parametrize("cgroup_lines", ["6:memory:/greengrass/3f2a9c\n", "0::/\n", "0::/system.slice/x\n", ""])
+def test_a_cgroup_without_sys_is_not_visible(tmp_path, cgroup_lines):
+    """A Greengrass container without /sys access: /proc/self/cgroup names the cgroup, nothing
+    under /sys/fs/cgroup shows it (maybe an empty directory)."""
+    write(tmp_path, "proc/self/cgroup", cgroup_lines)
+    os.makedirs(str(tmp_path / "sys" / "fs" / "cgroup"))
+    assert not cgroup_visible(str(tmp_path))
+    assert not cgroup_visible(str(tmp_path / "nothing-at-all"))
 
 
 # -- the whole choice, from files -----------------------------------------------------------------
@@ -279,6 +298,16 @@ def test_an_explicit_count_holds_even_where_it_does_not_fit(tmp_path):
     assert choose_workers(LIMIT, {WORKERS_ENV: "3"}, root=str(tmp_path / "empty"), cpus=1).over_memory is False
 
 
+def test_a_hidden_cgroup_is_unknown_memory_where_the_caller_says_so(tmp_path):
+    write(tmp_path, "proc/meminfo", meminfo(64 * GB_KB))
+    write(tmp_path, "proc/self/cgroup", "6:memory:/greengrass/3f2a9c\n")
+    hidden = choose_workers(LIMIT, {}, root=str(tmp_path), cpus=4, hidden_cgroup_is_unknown=True)
+    assert hidden.count == 1 and "memory unknown" in hidden.why and "cgroup not visible" in hidden.why
+    assert choose_workers(LIMIT, {}, root=str(tmp_path), cpus=4).count == 4  # serve: MemAvailable
+    v1_tree(tmp_path, V1_NO_LIMIT, 0)  # seen, and it sets no limit: MemAvailable decides
+    assert choose_workers(LIMIT, {}, root=str(tmp_path), cpus=4, hidden_cgroup_is_unknown=True).count == 4
+
+
 def test_the_greengrass_v1_container_gets_one_worker(tmp_path):
     """The function definition's MemorySize is one worker, one reload and the supervisor
     (connector.deploy): its container's v1 memory cgroup leaves room for one worker, on any
@@ -291,7 +320,7 @@ def test_the_greengrass_v1_container_gets_one_worker(tmp_path):
     write(tmp_path, "proc/meminfo", meminfo(64 * GB_KB))
     for usage_bytes in (0, 62914560):  # nothing yet; the supervisor's ~60 MB at import
         v1_tree(tmp_path, memory_size_kb * 1024, usage_bytes)
-        choice = choose_workers(limit_kb, {}, root=str(tmp_path), cpus=16)
+        choice = choose_workers(limit_kb, {}, root=str(tmp_path), cpus=16, hidden_cgroup_is_unknown=True)
         assert choice.count == 1, choice.why
         assert re.search(r"memory for [01] workers and a reload .*cgroup allows 1\.[01] GB", choice.why)
     # The same container with twice the worker limit's room more gets a second worker.

@@ -168,20 +168,31 @@ def test_v2_usage_over_the_limit_is_no_room(tmp_path):
     assert cgroup_room_kb(str(tmp_path)) == 0
 
 
-def test_v2_in_systemds_hybrid_layout(tmp_path):
-    write(tmp_path, "proc/self/cgroup", "4:memory:/\n0::/system.slice/x.service\n")
-    write(tmp_path, "sys/fs/cgroup/unified/system.slice/x.service/memory.max", "3221225472\n")
-    write(tmp_path, "sys/fs/cgroup/unified/system.slice/x.service/memory.current", "1073741824\n")
-    assert cgroup_room_kb(str(tmp_path)) == 2 * GB_KB
+# -- layouts --------------------------------------------------------------------------------------
 
-
-def test_v2_a_container_that_mounts_only_its_own_cgroup(tmp_path):
-    """Without a cgroup namespace /proc/self/cgroup names the host's path, which the container's
-    /sys/fs/cgroup (its own cgroup, at the root) does not have: the levels that exist answer."""
-    write(tmp_path, "proc/self/cgroup", "0::/kubepods/burstable/pod1234/abcdef\n")
-    write(tmp_path, "sys/fs/cgroup/memory.max", "1073741824\n")
-    write(tmp_path, "sys/fs/cgroup/memory.current", "536870912\n")
-    assert cgroup_room_kb(str(tmp_path)) == GB_KB // 2
+@pytest.mark.parametrize("cgroup_lines, files, room_kb", [
+    # systemd's hybrid layout: v1 controllers, the v2 hierarchy mounted at unified/
+    ("4:memory:/\n0::/system.slice/x.service\n",
+     {"unified/system.slice/x.service/memory.max": "3221225472\n",
+      "unified/system.slice/x.service/memory.current": "1073741824\n"}, 2 * GB_KB),
+    # Without a cgroup namespace /proc/self/cgroup names the host's path, which the container's
+    # /sys/fs/cgroup (its own cgroup, at the root) does not have: the levels that exist answer.
+    ("0::/kubepods/burstable/pod1234/abcdef\n",
+     {"memory.max": "1073741824\n", "memory.current": "536870912\n"}, GB_KB // 2),
+    # v1 memory co-mounted with another controller
+    ("3:cpu,memory:/svc\n",
+     {"cpu,memory/svc/memory.limit_in_bytes": "2147483648", "cpu,memory/svc/memory.usage_in_bytes": "0"},
+     2 * GB_KB),
+    # v1 and v2 both limiting: the smaller
+    ("6:memory:/a\n0::/b\n",
+     {"memory/a/memory.limit_in_bytes": "2147483648", "memory/a/memory.usage_in_bytes": "0",
+      "b/memory.max": "1073741824", "b/memory.current": "0"}, GB_KB),
+])
+def test_cgroup_layouts(tmp_path, cgroup_lines, files, room_kb):
+    write(tmp_path, "proc/self/cgroup", cgroup_lines)
+    for relative, content in files.items():
+        write(tmp_path, "sys/fs/cgroup/" + relative, content)
+    assert cgroup_room_kb(str(tmp_path)) == room_kb
 
 
 # -- cgroup v1 ----------------------------------------------------------------------------------
@@ -194,22 +205,6 @@ def test_v1_limit_less_usage(tmp_path):
 def test_v1_the_unlimited_value_is_no_limit(tmp_path):
     v1_tree(tmp_path, V1_NO_LIMIT, 62914560)
     assert cgroup_room_kb(str(tmp_path)) is None
-
-
-def test_v1_co_mounted_with_another_controller(tmp_path):
-    write(tmp_path, "proc/self/cgroup", "3:cpu,memory:/svc\n")
-    write(tmp_path, "sys/fs/cgroup/cpu,memory/svc/memory.limit_in_bytes", "2147483648")
-    write(tmp_path, "sys/fs/cgroup/cpu,memory/svc/memory.usage_in_bytes", "0")
-    assert cgroup_room_kb(str(tmp_path)) == 2 * GB_KB
-
-
-def test_v1_and_v2_both_limiting_take_the_smaller(tmp_path):
-    write(tmp_path, "proc/self/cgroup", "6:memory:/a\n0::/b\n")
-    write(tmp_path, "sys/fs/cgroup/memory/a/memory.limit_in_bytes", "2147483648")
-    write(tmp_path, "sys/fs/cgroup/memory/a/memory.usage_in_bytes", "0")
-    write(tmp_path, "sys/fs/cgroup/b/memory.max", "1073741824")
-    write(tmp_path, "sys/fs/cgroup/b/memory.current", "0")
-    assert cgroup_room_kb(str(tmp_path)) == GB_KB
 
 
 @pytest.mark.parametrize("limit, usage", [

@@ -4,6 +4,8 @@ files: a /proc and /sys/fs/cgroup tree written under a temporary root."""
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -12,7 +14,7 @@ from connector.errors import ParameterError
 from connector.memory_room import READ_CAP, cgroup_room_kb, cgroup_visible, mem_available_kb
 from connector.worker_set import (AUTO_MAX_WORKERS, SUPERVISOR_KB, WORKERS_ENV, auto_workers,
                                   choose_workers, memory_room_kb, requested_workers, workers_in_memory)
-from tests.service_process import ROOT
+from tests.service_process import ROOT, clean_env, params_file
 
 GB_KB = 1024 * 1024
 V1_NO_LIMIT = 9223372036854771712  # what cgroup v1 writes for "no limit" on 4 KiB pages
@@ -321,3 +323,15 @@ def test_the_greengrass_v1_container_gets_one_worker(tmp_path):
     # The same container with twice the worker limit's room more gets a second worker.
     v1_tree(tmp_path, (memory_size_kb + 2 * limit_kb) * 1024, 62914560)
     assert choose_workers(limit_kb, {}, root=str(tmp_path), cpus=16).count == 2
+
+
+def test_serve_refuses_a_bad_setting_at_start_up(tmp_path, model_dir):
+    """One message naming the variable, exit status 2, before anything starts."""
+    cfg = params_file(tmp_path / "params.json", model_dir)
+    out = subprocess.run([sys.executable, "-m", "connector", "serve", "--config", str(cfg), "--port", "0"],
+                         env=clean_env(tmp_path / "ipc.json", CONNECTOR_INFERENCE_WORKERS="lots"), cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: CONNECTOR_INFERENCE_WORKERS must be a number of workers from 1 to 16 or auto, got 'lots'"]
+    assert not (tmp_path / "ipc.json").exists()

@@ -288,7 +288,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=2, help="images per size (default 2)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per throughput point")
     parser.add_argument("--clients", default="1,2,4,8", help="client counts (default 1,2,4,8)")
-    parser.add_argument("--workers", default="1,2", help="the service's worker counts to compare")
+    parser.add_argument("--workers", default="1,2", help="the service's worker counts to compare "
+                        "(numbers, or auto: what the service chooses by default)")
     parser.add_argument("--memory-limit-kb", type=int, default=2_000_000)
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
                         help="gpu: GPUAcceleration=GPU for the service, the CUDA provider in-process")
@@ -297,9 +298,9 @@ def main() -> int:
     args = parser.parse_args()
     try:
         args.clients = [int(c) for c in args.clients.split(",")]
-        args.workers = [int(w) for w in args.workers.split(",")]
+        args.workers = [w if w == "auto" else int(w) for w in args.workers.split(",")]
     except ValueError:
-        parser.error("--clients and --workers take comma-separated numbers")
+        parser.error("--clients and --workers take comma-separated numbers (--workers also auto)")
     if args.peer and not has_peer():
         print("(no fastapi/uvicorn here: the peer is skipped; pip install fastapi uvicorn)")
         args.peer = False

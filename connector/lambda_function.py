@@ -42,7 +42,8 @@ def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) 
         raise
     configure_logging(params.service_name)
     try:
-        _service = SupervisedService.from_parameters(params, env)
+        # Maybe in a Greengrass container, whose memory limit may be hidden (no /sys there).
+        _service = SupervisedService.from_parameters(params, env, in_greengrass_container=True)
     except ConnectorError as e:
         log.error("start-up failed: %s", e)
         if report:

@@ -37,7 +37,7 @@ from .memory import limit_arenas
 from .mqtt_router import MqttSettings
 from .params import Parameters, load_parameters
 from .service import SupervisedService
-from .worker_set import worker_count
+from .worker_set import requested_workers
 from .workers import TIMEOUT_MESSAGE
 
 log = logging.getLogger("connector.serve")
@@ -124,7 +124,7 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     params = load_parameters(config, env)
     # Every parameter is checked before anything starts: a bad one is one message and exit 2.
     feedback = load_feedback_parameters(feedback_config, env)
-    worker_count(env)
+    requested_workers(env)
     if mqtt is None:
         mqtt = MqttSettings.from_options(environ=env)
     configure_logging(params.service_name)

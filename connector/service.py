@@ -19,7 +19,7 @@ from . import errors, imaging, postprocess
 from .engine import Engine
 from .params import Parameters
 from .metrics import RequestMetrics
-from .worker_set import WorkerSet, worker_count
+from .worker_set import WorkerSet, choose_workers
 from .workers import AbandonedError, InferenceTimeoutError, resident_kb
 
 log = logging.getLogger("connector.service")
@@ -115,9 +115,20 @@ class SupervisedService:
         self._refused_lock = threading.Lock()
 
     @classmethod
-    def from_parameters(cls, params: Parameters,
-                        environ: Optional[Mapping[str, str]] = None) -> "SupervisedService":
-        return cls(params, watch_interval(environ), load_timeout(environ), worker_count(environ))
+    def from_parameters(cls, params: Parameters, environ: Optional[Mapping[str, str]] = None,
+                        in_greengrass_container: bool = False) -> "SupervisedService":
+        """`in_greengrass_container`: the Lambda entry; see worker_set.choose_workers."""
+        workers = choose_workers(params.memory_limit_kb, environ,  # memory read before any loads
+                                 hidden_cgroup_is_unknown=in_greengrass_container)
+        service = cls(params, watch_interval(environ), load_timeout(environ), workers.count)
+        # Logged once they are up: a start that fails stays one message.
+        if workers.over_memory:
+            log.warning("%d inference workers, more than fit in memory, as asked: %s", workers.count,
+                        workers.why)
+        else:
+            log.info("%d inference worker%s: %s", workers.count, "s" if workers.count > 1 else "",
+                     workers.why)
+        return service
 
     def describe(self) -> Dict[str, Any]:
         name, device = self.pool.backend

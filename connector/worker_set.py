@@ -8,10 +8,15 @@ respawn and reload), so a crash, hang or memory kill costs only the request on t
 the others keep serving. A request goes to a free worker; when none is free it waits, within its
 deadline, for the first that frees up.
 
-The number comes from ``CONNECTOR_INFERENCE_WORKERS`` (1-16, or ``auto``; default 1).
-LocalInferenceServiceMemoryLimitKB holds for each worker, so n workers may use n times that:
-the default stays 1 so that an existing deployment's memory budget holds after an upgrade;
-``auto`` takes one worker per CPU, at most 4. With n > 1 each worker's runtime gets
+The number comes from ``CONNECTOR_INFERENCE_WORKERS``: 1-16, or ``auto`` (the default). Auto
+takes one worker per CPU, at most 4, and only as many as fit in memory: each worker may grow to
+LocalInferenceServiceMemoryLimitKB, a reload loads one more beside them (the pools share one
+reload gate, so only one at a time), and the supervisor needs SUPERVISOR_KB. The memory is the
+smaller of the machine's MemAvailable and what this process's memory cgroup still allows
+(connector.memory_room); a container sized for one worker and a reload (the Greengrass V1
+function definition's MemorySize, `python -m connector.deploy memory-size`) therefore gets one
+worker, as does a machine where nothing can be read, and a Greengrass Lambda whose container
+hides its cgroup (no /sys, the default there). With n > 1 each worker's runtime gets
 cores / n threads (at least 1), so the workers do not fight over the cores.
 """
 from __future__ import annotations
@@ -20,14 +25,19 @@ import os
 import re
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from .errors import ParameterError
+from .memory_room import cgroup_room_kb, cgroup_visible, mem_available_kb
 from .workers import AbandonedError, WorkerPool
 
 WORKERS_ENV = "CONNECTOR_INFERENCE_WORKERS"
 MAX_WORKERS = 16
 AUTO_MAX_WORKERS = 4
+# What the supervisor (host, connector threads, requests in flight) may still grow by beside the
+# workers: it is already resident when the memory is read, ~70 MB, and under overload it grew by
+# ~100 MB more (README, "Hostile clients").
+SUPERVISOR_KB = 80 * 1024
 
 
 def cores() -> int:
@@ -36,18 +46,75 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def worker_count(environ: Optional[Mapping[str, str]] = None) -> int:
-    """The number of inference workers the environment asks for; ParameterError naming the
-    variable for anything that is not 1-16 or auto."""
+def requested_workers(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
+    """The number of inference workers the environment asks for, None for auto (also when unset);
+    ParameterError naming the variable for anything that is not 1-16 or auto."""
     raw = (os.environ if environ is None else environ).get(WORKERS_ENV, "").strip()
-    if raw == "":
-        return 1
-    if raw.lower() == "auto":
-        return max(1, min(AUTO_MAX_WORKERS, cores()))
+    if raw == "" or raw.lower() == "auto":
+        return None
     if not re.match(r"^[0-9]{1,2}$", raw) or not 1 <= int(raw) <= MAX_WORKERS:
         raise ParameterError("{} must be a number of workers from 1 to {} or auto, got {!r}".format(
             WORKERS_ENV, MAX_WORKERS, raw[:40]))
     return int(raw)
+
+
+def workers_in_memory(room_kb: int, limit_kb: int) -> int:
+    """How many workers, each allowed `limit_kb`, fit in `room_kb` beside the supervisor's
+    growth and the one more worker that a reload loads beside them."""
+    return max(0, (room_kb - SUPERVISOR_KB) // max(1, limit_kb) - 1)
+
+
+def auto_workers(cpus: int, room_kb: Optional[int], limit_kb: int) -> int:
+    """One per CPU, at most AUTO_MAX_WORKERS, at most what fits in `room_kb`; 1 where the room
+    is unknown (None) or too small even for one."""
+    if room_kb is None:
+        return 1
+    return max(1, min(cpus, AUTO_MAX_WORKERS, workers_in_memory(room_kb, limit_kb)))
+
+
+def memory_room_kb(available_kb: Optional[int], cgroup_kb: Optional[int]) -> Optional[int]:
+    """The smaller of what the machine and the cgroup allow; None where neither is known."""
+    known = [kb for kb in (available_kb, cgroup_kb) if kb is not None]
+    return min(known) if known else None
+
+
+def _cores(cpus: int) -> str:
+    return "1 core" if cpus == 1 else "{} cores".format(cpus)
+
+
+def _gb(kb: Optional[int]) -> str:
+    return "unreadable" if kb is None else "{:.1f} GB".format(kb * 1024 / 1e9)
+
+
+class WorkerChoice(NamedTuple):
+    count: int
+    why: str  # for the start-up log
+    over_memory: bool  # an explicit count more than fits in memory
+
+
+def choose_workers(limit_kb: int, environ: Optional[Mapping[str, str]] = None, root: str = "/",
+                   cpus: Optional[int] = None, hidden_cgroup_is_unknown: bool = False) -> WorkerChoice:
+    """The number of workers for a service whose per-worker limit is `limit_kb`, and why: what
+    CONNECTOR_INFERENCE_WORKERS asks for, else auto_workers with the memory read under `root`.
+
+    `hidden_cgroup_is_unknown`: where no cgroup of this process can be seen, its memory is
+    unknown rather than unlimited. The Greengrass Lambda entry sets it: its container's limit (the
+    function's MemorySize) is invisible without /sys, and the machine's MemAvailable would
+    then start workers the container cannot hold."""
+    requested = requested_workers(environ)
+    cpus = cores() if cpus is None else cpus
+    available, cgroup = mem_available_kb(root), cgroup_room_kb(root)
+    hidden = hidden_cgroup_is_unknown and not cgroup_visible(root)
+    room = None if hidden else memory_room_kb(available, cgroup)
+    fit = None if room is None else workers_in_memory(room, limit_kb)
+    memory = "{} (MemAvailable {}, cgroup {}) at LocalInferenceServiceMemoryLimitKB={}".format(
+        "memory unknown" if fit is None else "memory for {} workers and a reload".format(fit), _gb(available),
+        "not visible" if hidden else "limit none" if cgroup is None else "allows " + _gb(cgroup), limit_kb)
+    if requested is None:
+        return WorkerChoice(auto_workers(cpus, room, limit_kb),
+                            "{} auto: {}, {}".format(WORKERS_ENV, _cores(cpus), memory), False)
+    return WorkerChoice(requested, "{}={}; {}, {}".format(WORKERS_ENV, requested, _cores(cpus), memory),
+                        fit is not None and requested > max(1, fit))
 
 
 def threads_per_worker(count: int) -> Optional[int]:
@@ -62,6 +129,7 @@ class WorkerSet:
         if count < 1:
             raise ValueError("at least one worker, not {}".format(count))
         pool_args.setdefault("threads", threads_per_worker(count))
+        pool_args.setdefault("reload_gate", threading.Lock())
         self.pools: List[WorkerPool] = []
         try:
             for _ in range(count):  # one after another: loading is the memory peak
@@ -104,10 +172,10 @@ class WorkerSet:
     def worker_info(self) -> Dict[str, Any]:
         """The first worker's fields (as with one worker), plus every worker's pid."""
         info = self.pools[0].worker_info()
+        info["workers"] = len(self.pools)
         if len(self.pools) > 1:
             info["worker_pids"] = self.worker_pids()
             info["worker_requests"] = list(self._taken)
-            info["workers"] = len(self.pools)
         return info
 
     def worker_pid(self) -> Optional[int]:

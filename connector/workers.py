@@ -277,7 +277,8 @@ class WorkerPool:
     def __init__(self, model_path: str, device: str = "cpu", max_pixels: int = 40_000_000,
                  timeout_s: float = 10.0, load_timeout_s: float = 120.0,
                  service_name: str = "connector", memory_limit_kb: Optional[int] = None,
-                 watch_interval_s: Optional[float] = None, threads: Optional[int] = None) -> None:
+                 watch_interval_s: Optional[float] = None, threads: Optional[int] = None,
+                 reload_gate: Optional[threading.Lock] = None) -> None:
         self.model_path, self.device, self.max_pixels = model_path, device, max_pixels
         self.threads = threads  # the runtime's threads per inference (None: its default)
         self.timeout_s, self.load_timeout_s, self.service_name = timeout_s, load_timeout_s, service_name
@@ -301,6 +302,9 @@ class WorkerPool:
         self._stopping = False
         self._reload_reason: Optional[str] = None
         self._reloading = False
+        # Held while a new version loads beside the serving worker. Several pools (WorkerSet)
+        # share one, so a reload holds one worker more than the set, never twice as many.
+        self._reload_gate = reload_gate or threading.Lock()
         self._spawn_failures = 0
         # The first load is synchronous: a model that cannot load is a start-up error.
         # Taken before loading: a version that lands during the load differs from it, so it is loaded too.
@@ -570,7 +574,9 @@ class WorkerPool:
 
     def _reload_then_done(self, reason: str) -> None:
         try:
-            self._reload(reason)
+            with self._reload_gate:
+                if not self._stopping:
+                    self._reload(reason)
         finally:
             with self._cond:
                 self._reloading = False

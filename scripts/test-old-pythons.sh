@@ -13,7 +13,7 @@ versions=("$@")
 # The tests that exercise connector/ (runtime, service, IPC, Lambda entry) and ml_sdk/.
 TESTS=(tests/test_params.py tests/test_imaging.py tests/test_bad_input.py
        tests/test_dlr_backend.py tests/test_dlr_phone_home.py
-       tests/test_workers.py tests/test_ipc_host.py tests/test_ipc_local.py tests/test_ipc_runtime.py
+       tests/test_workers.py tests/test_worker_set.py tests/test_worker_auto.py tests/test_ipc_host.py tests/test_ipc_local.py tests/test_ipc_runtime.py
        tests/test_ml_sdk.py tests/test_service.py tests/test_sdk_dist.py tests/test_doctor.py
        tests/test_deploy.py tests/test_metrics.py tests/test_service_process.py)
 find_python() {  # a python$1 that really runs (pyenv shims exist for versions not selected)

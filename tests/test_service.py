@@ -20,6 +20,7 @@ from connector.errors import InvalidImageError
 from connector.ipc import IPCClient, IPCError, clientfile, protocol
 from connector.service import InferenceService
 from connector.engine import Engine
+from connector.worker_set import WORKERS_ENV, choose_workers
 from tests import images
 from tests.dlr_fixture.build import (RED, blank_image, draw_box, memory_pixel, set_trigger,
                                      sleep_pixel)
@@ -191,7 +192,8 @@ def test_connector_attaches_to_a_host_as_a_separate_lambda_process(tmp_path, mod
                                GG_DAEMON_PORT=str(info["port"]), MY_FUNCTION_ARN=user_arn,
                                AWS_REGION="us-east-1", MLModelDestinationPath=str(model_dir),
                                MLModelResourceId="fixture-model", LocalInferenceServiceName="objectDetection",
-                               LocalInferenceServiceMemoryLimitKB="500000")
+                               LocalInferenceServiceMemoryLimitKB="500000",
+                               CONNECTOR_INFERENCE_WORKERS="1")  # so one load is the model's only one
         worker = Proc(["attach"], lambda_env, tmp_path / "worker.log")
         sdk_env.setenv("GG_ML_IPC_FILE", str(ipc))
         sdk_env.setenv("GG_ML_INFERENCE_FUNCTION_ARNS", json.dumps({"objectDetection": user_arn}))
@@ -218,7 +220,9 @@ def test_pixel_limit_follows_the_memory_left_by_the_model(tmp_path, model_dir, s
     # bytes a pixel); the largest image it accepts must then decode without tripping the memory
     # watchdog, and one pixel row more is refused from its header.
     limit_kb = 200000
-    proc, info, env = start_serve(tmp_path, model_dir, memory_limit_kb=limit_kb)
+    # One worker: each sizes its limit from its own loaded size, and /healthz shows the first's.
+    proc, info, env = start_serve(tmp_path, model_dir, memory_limit_kb=limit_kb,
+                                  env_extra={"CONNECTOR_INFERENCE_WORKERS": "1"})
     sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
     try:
         health = healthz(info["port"])[1]
@@ -316,6 +320,9 @@ def test_lambda_module_bootstraps_from_environment_at_import(model_dir, tmp_path
     assert out.returncode == 0, out.stderr
     assert "[[0, 1.0, 0.0, 0.0, 0.125, 0.125]]" in out.stdout
     assert "[objectDetection]" in out.stderr  # every log line carries the service name
+    # The Lambda entry chooses its workers by the same rule as serve (auto: cores and memory).
+    count = choose_workers(300000, {}, hidden_cgroup_is_unknown=True).count
+    assert "connector.service: {} inference worker{}: {} auto: ".format(count, "s" if count > 1 else "", WORKERS_ENV) in out.stderr
     bad = dict(env, LocalInferenceServiceName="x")
     out = subprocess.run([sys.executable, "-c", "import connector.lambda_function"], env=bad, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)

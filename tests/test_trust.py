@@ -274,7 +274,8 @@ def test_garbage_planted_at_the_client_file_is_replaced_not_a_traceback(tmp_path
 # -- point 6: health that tells the truth and leaks nothing ---------------------------------------
 
 def test_a_dead_idle_worker_is_noticed_at_once_and_health_leaks_nothing(tmp_path, model_dir):
-    proc, info, env = start_serve(tmp_path, model_dir)
+    # One worker: with more, the service stays ready on the others while the dead one is replaced.
+    proc, info, env = start_serve(tmp_path, model_dir, env_extra={"CONNECTOR_INFERENCE_WORKERS": "1"})
     try:
         port, token = info["port"], info["token"]
         status, public = healthz(port)

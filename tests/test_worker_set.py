@@ -1,31 +1,21 @@
 """Several inference workers (CONNECTOR_INFERENCE_WORKERS) with the real DLR runtime: requests
 overlap, a crash costs one request while the other workers serve on, and each runtime gets its
 share of the cores."""
+import os
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from connector.errors import ParameterError
-from connector.worker_set import WORKERS_ENV, WorkerSet, cores, threads_per_worker, worker_count
+from connector.memory_room import mem_available_kb
+from connector.models import model_path
+from connector.worker_set import AUTO_MAX_WORKERS, WORKERS_ENV, WorkerSet, cores, threads_per_worker
 from connector.workers import InferenceTimeoutError, WorkerCrashedError
 from tests import images
 from tests.dlr_fixture.build import CRASH_PIXEL, build_dlr_model, set_trigger, sleep_pixel
 from tests.test_workers import red
-
-
-@pytest.mark.parametrize("raw, count", [("", 1), ("1", 1), ("3", 3), ("16", 16), (" 2 ", 2),
-                                        ("auto", max(1, min(4, cores()))), ("AUTO", max(1, min(4, cores())))])
-def test_worker_count_from_the_environment(raw, count):
-    assert worker_count({WORKERS_ENV: raw}) == count
-    assert worker_count({}) == 1
-
-
-@pytest.mark.parametrize("raw", ["0", "17", "-1", "two", "1.5", "2e1", "\u0663"])
-def test_a_bad_worker_count_names_the_variable(raw):
-    with pytest.raises(ParameterError, match=WORKERS_ENV + " must be a number of workers from 1 to 16"):
-        worker_count({WORKERS_ENV: raw})
 
 
 def test_each_worker_gets_its_share_of_the_cores():
@@ -62,7 +52,6 @@ def test_workers_running_a_neo_model_are_not_pinned_to_one_core():
     unless TVM_BIND_THREADS=0 (the DLR backend sets it): every worker would share that one core.
     (The C fixture model has no TVM thread pool, so this takes the bundled Neo demo.)"""
     import os
-    from connector.models import model_path
     from connector import dlr_runtime
     if dlr_runtime.find_dlr_package() is None:
         pytest.skip("needs the dlr package (extra 'dlr')")
@@ -126,7 +115,6 @@ def test_a_neo_model_in_this_process_leaves_its_thread_unpinned():
     import os
     from connector import dlr_runtime
     from connector.engine import Engine
-    from connector.models import model_path
     if dlr_runtime.find_dlr_package() is None:
         pytest.skip("needs the dlr package (extra 'dlr')")
     engine = Engine.from_model_dir(model_path("demo-ssd-neo"))
@@ -135,3 +123,85 @@ def test_a_neo_model_in_this_process_leaves_its_thread_unpinned():
         assert os.sched_getaffinity(0) == set(range(os.cpu_count()))
     finally:
         engine.close()
+
+
+def _worker_processes(model):
+    """The pids of this process's inference workers for `model` (`python -m connector.workers`
+    children; a killed one that is not reaped yet has no command line and holds no memory)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/{}/stat".format(entry), "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open("/proc/{}/cmdline".format(entry), "rb") as f:
+                cmdline = f.read()
+        except (OSError, IndexError, ValueError):
+            continue  # it ended meanwhile
+        if ppid == os.getpid() and b"connector.workers" in cmdline and model.encode() in cmdline.split(b"\0"):
+            found.add(int(entry))
+    return found
+
+
+def test_the_workers_reload_one_at_a_time(tmp_path):
+    """A reload loads the new version beside the serving worker; with several workers only one
+    loads at a time, so memory holds the set plus one worker, as the automatic count assumes.
+    (The new version is the ONNX demo: importing ONNX Runtime and loading it takes long enough
+    that two loads at once would be seen.)"""
+    pytest.importorskip("onnxruntime")  # Python 3.7 has no wheel
+    v1, current = tmp_path / "v1", tmp_path / "current"
+    build_dlr_model(v1)
+    os.symlink(str(v1), str(current))
+    workers = WorkerSet(2, str(current), timeout_s=10.0, service_name="reload-gate-test")
+    most, stop = [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            most[0] = max(most[0], len(_worker_processes(str(current))))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    try:
+        shutil.copytree(model_path("demo-ssd"), str(tmp_path / "v2"))
+        os.unlink(str(current))
+        os.symlink(str(tmp_path / "v2"), str(current))
+        watcher.start()
+        workers.reload("test")
+        deadline = time.monotonic() + 120
+        while workers.counters["reloads"] + workers.counters["reload_failures"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert workers.counters["reloads"] == 2, workers.last_error
+        assert all(pool.backend[0] == "onnxruntime" for pool in workers.pools)
+    finally:
+        stop.set()
+        if watcher.is_alive():
+            watcher.join(5)
+        workers.close()
+    assert most[0] == 3
+
+
+def test_serve_chooses_the_worker_count_at_start_up(tmp_path, model_dir):
+    """Unset, CONNECTOR_INFERENCE_WORKERS is auto: the authenticated /healthz and the start-up log
+    say how many workers serve and why. A per-worker limit that leaves no room for a second
+    worker and a reload makes it one."""
+    from tests.service_process import healthz, start_serve
+    if cores() < 2 or (mem_available_kb() or 0) < 8 * 1024 * 1024:
+        pytest.skip("needs 2 cores and 8 GB available to expect more than one worker")
+    expected = min(cores(), AUTO_MAX_WORKERS)
+    for limit_kb, count in ((500000, expected), (1000000000, 1)):
+        run = tmp_path / str(limit_kb)
+        run.mkdir()
+        proc, info, env = start_serve(run, model_dir, memory_limit_kb=limit_kb)
+        try:
+            assert WORKERS_ENV not in env
+            status, doc = healthz(info["port"], info["token"])
+            assert status == 200 and doc["workers"] == count, doc
+            assert len(set(doc.get("worker_pids", [doc["worker_pid"]]))) == count
+        finally:
+            assert proc.stop() == 0
+        line = "{} inference worker{}: {} auto: {} cores, memory for ".format(
+            count, "s" if count > 1 else "", WORKERS_ENV, cores())
+        assert line in proc.log(), proc.log()
+        assert "at LocalInferenceServiceMemoryLimitKB={}".format(limit_kb) in proc.log()
+    assert "memory for 0 workers and a reload" in proc.log()  # the 1 TB limit's run

@@ -87,7 +87,7 @@ COUNTERS = (
     ("timeouts", "timeouts_total", "Requests not answered within LocalInferenceServiceTimeoutSeconds."),
     ("memory_limit_exceeded", "worker_memory_kills_total",
      "Inference workers stopped for using more than LocalInferenceServiceMemoryLimitKB."),
-    ("reloads", "model_reloads_total", "Model versions loaded while serving."),
+    ("reloads", "model_reloads_total", "Workers switched to a new model version while serving (one per worker and version)."),
     ("reload_failures", "model_reload_failures_total", "Model versions that failed to load (the old one kept serving)."),
     ("shed", "requests_shed_total", "Requests refused because they could not finish before their deadline."),
     ("abandoned", "requests_abandoned_total", "Requests whose caller stopped waiting before a worker took them (never run)."),

@@ -156,7 +156,10 @@ def test_reload_on_demand_without_watching(versions):
 
 def test_sighup_reloads_the_serving_process(tmp_path, versions):
     current, v1, v2, v3 = versions
-    proc, info, env = start_serve(tmp_path, current, env_extra={"CONNECTOR_MODEL_WATCH_SECONDS": "0"})
+    # One worker: with several, health shows the new backend once the first has switched, while
+    # the others still reload one after another (each counts its reload).
+    proc, info, env = start_serve(tmp_path, current, env_extra={"CONNECTOR_MODEL_WATCH_SECONDS": "0",
+                                                                "CONNECTOR_INFERENCE_WORKERS": "1"})
     try:
         before = healthz(info["port"])[1]
         assert before["backend"] == "dlr" and before["reloads"] == 0

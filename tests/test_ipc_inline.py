@@ -63,7 +63,6 @@ class Served(object):
         self.loop = threading.Thread(target=run_lambda, args=(ARN, handler, self.host.function_client(ARN)),
                                      kwargs={"stop_event": self.stop, "concurrency": concurrency})
         self.loop.start()
-        wait_until(lambda: self.host.board.slots(ARN) == concurrency)  # run_lambda attached
 
     def close(self) -> None:
         self.host.shutdown(grace_s=1.0)
@@ -176,27 +175,21 @@ def test_concurrency_never_exceeds_the_limit_and_every_caller_gets_its_own_answe
     assert most[0] == 2  # reached, never exceeded
 
 
-def blocked(served, **host_options):
-    """A service (concurrency 1) whose invocation b"blocker" runs inline until `release` is set:
-    (served, release, the events its handler saw, the blocker's caller, its invocation id)."""
-    release, seen = threading.Event(), []
+def test_queued_work_runs_in_posting_order_behind_an_inline_run(served):
+    release = threading.Event()
+    order = []
 
     def handler(event, context):
-        seen.append(event)
-        if event == b"blocker":
+        order.append(event)
+        if event == b"first":
             release.wait(WAIT_S)
         return event
 
-    s = served(handler, concurrency=1, **host_options)
-    caller = Caller(s.host)
-    status, invocation_id = caller.post(b"blocker")  # claimed and running in the host's thread
+    s = served(handler, concurrency=1)
+    first = Caller(s.host)
+    status, first_id = first.post(b"first")  # claimed and running in the host's thread
     assert status == 202
-    wait_until(lambda: seen == [b"blocker"])
-    return s, release, seen, caller, invocation_id
-
-
-def test_queued_work_runs_in_posting_order_behind_an_inline_run(served):
-    s, release, order, first, first_id = blocked(served)
+    wait_until(lambda: order == [b"first"])
     callers = [Caller(s.host) for _ in range(5)]
     ids = []
     for index, caller in enumerate(callers):
@@ -205,18 +198,26 @@ def test_queued_work_runs_in_posting_order_behind_an_inline_run(served):
         ids.append(invocation_id)
     assert s.host.board.queue_depth(ARN) == 5  # the one slot is taken: nothing else started
     release.set()
-    assert first.get(first_id) == (200, None, b"blocker")
+    assert first.get(first_id) == (200, None, b"first")
     for index, (caller, invocation_id) in enumerate(zip(callers, ids)):
         assert caller.get(invocation_id) == (200, None, str(index).encode())
         caller.close()
     first.close()
-    assert order == [b"blocker"] + [str(i).encode() for i in range(5)]
+    assert order == [b"first"] + [str(i).encode() for i in range(5)]
 
 
 def test_busy_answer_at_the_queue_bound_counts_the_inline_run(served):
-    s, release, _, running, running_id = blocked(served, max_queued=2)
-    queued, refused = Caller(s.host), Caller(s.host)
+    release = threading.Event()
+
+    def handler(event, context):
+        release.wait(WAIT_S)
+        return event
+
+    s = served(handler, concurrency=1, max_queued=2)
+    running, queued, refused = Caller(s.host), Caller(s.host), Caller(s.host)
     try:
+        status, running_id = running.post(b"a")
+        assert status == 202
         status, queued_id = queued.post(b"b")
         assert status == 202
         refused.connection.request("POST", BASE, body=b"c", headers={"Authorization": s.host.token})
@@ -224,7 +225,7 @@ def test_busy_answer_at_the_queue_bound_counts_the_inline_run(served):
         assert response.status == 429
         assert json.loads(response.read())["errorType"] == "TooManyRequestsException"
         release.set()
-        assert running.get(running_id) == (200, None, b"blocker")
+        assert running.get(running_id) == (200, None, b"a")
         assert queued.get(queued_id) == (200, None, b"b")
     finally:
         release.set()
@@ -234,10 +235,9 @@ def test_busy_answer_at_the_queue_bound_counts_the_inline_run(served):
 
 
 def test_a_caller_that_leaves_during_its_inline_run_cancels_it(served):
-    outcome, started = {}, threading.Event()
+    outcome = {}
 
     def handler(event, context):
-        started.set()
         deadline = time.monotonic() + WAIT_S
         while not context.cancelled() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -248,7 +248,6 @@ def test_a_caller_that_leaves_during_its_inline_run_cancels_it(served):
     caller = Caller(s.host)
     status, invocation_id = caller.post(b"leaving")
     assert status == 202
-    assert started.wait(WAIT_S)  # (had it left earlier, the handler would not have started)
     # Asks for its result on the same connection, then gives up (a timeout, a killed process).
     caller.connection.putrequest("GET", BASE)
     caller.connection.putheader("Authorization", s.host.token)
@@ -288,7 +287,20 @@ def test_a_caller_that_fetches_on_another_connection_is_not_taken_for_gone(serve
 
 
 def test_queued_work_of_a_caller_that_left_is_never_run(served):
-    s, release, seen, blocker, blocker_id = blocked(served)
+    release = threading.Event()
+    seen = []
+
+    def handler(event, context):
+        seen.append(event)
+        if event == b"blocker":
+            release.wait(WAIT_S)
+        return event
+
+    s = served(handler, concurrency=1)
+    blocker = Caller(s.host)
+    status, blocker_id = blocker.post(b"blocker")
+    assert status == 202
+    wait_until(lambda: seen == [b"blocker"])
     leaving = Caller(s.host)
     status, leaving_id = leaving.post(b"never run")
     assert status == 202

@@ -21,11 +21,10 @@ from . import clientfile
 from . import protocol
 
 # deadline (time.monotonic) and cancelled (True once the caller no longer waits) are known only
-# where the board is in the same process (connector.ipc.local); over HTTP they stay None. finished,
-# when given, is called once the work was handled (it frees the in-process slot the work holds).
+# where the board is in the same process (connector.ipc.local); over HTTP they stay None.
 WorkItem = collections.namedtuple("WorkItem", ["invocation_id", "payload", "client_context",
-                                               "deadline", "cancelled", "finished"])
-WorkItem.__new__.__defaults__ = (None, None, None)
+                                               "deadline", "cancelled"])
+WorkItem.__new__.__defaults__ = (None, None)
 GetWorkResultOutput = collections.namedtuple("GetWorkResultOutput", ["payload", "func_err"])
 
 Payload = Union[bytes, bytearray, memoryview, str, None]

@@ -249,55 +249,9 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
             raise Refusal(400, "{} must be one of {}, not {!r}".format(
                 protocol.HEADER_INVOCATION_TYPE, ", ".join(protocol.INVOCATION_TYPES),
                 invocation_type), "InvalidInvocationType")
-        board = self.server.ipc_host.board
         invocation = self._board(lambda b: b.submit(function_arn, body, client_context,
-                                                    invocation_type, self._principal.name, inline=True))
-        try:
-            self._send(202, headers=[(protocol.HEADER_INVOCATION_ID, invocation.invocation_id)])
-        except OSError:
-            if not invocation.is_event:
-                board.abandon(invocation)  # the caller never learnt its id: nobody can fetch it
-            raise
-        if invocation.runner is not None:
-            self._run_inline(invocation)
-
-    def _run_inline(self, invocation: workboard.Invocation) -> None:
-        """Run an invocation the board claimed for this thread (connector.ipc.workboard), so that
-        the caller's get_work_result, on this connection or another, is no hand-off between
-        threads. This connection is not read meanwhile: past the deadline another thread takes it
-        over (connector.ipc.inline)."""
-        board = self.server.ipc_host.board
-        if self.close_connection:
-            board.run_inline(invocation)
-            return
-        runs = self.server.inline_runs
-        runs.started(invocation.invocation_id, invocation.deadline, self._serve_rest)
-        try:
-            board.run_inline(invocation, self._left_after_asking)
-        finally:
-            takeover = runs.ended(invocation.invocation_id)
-            if takeover is not None:
-                takeover.join()  # the connection is that thread's until it closed
-                self.close_connection = True
-
-    def _serve_rest(self) -> None:
-        """Serve this connection from its next request on (a takeover thread)."""
-        try:
-            while not self.close_connection:
-                self.handle_one_request()
-        except Exception as exc:  # socketserver would log it; this thread is ours
-            log.debug("connection taken over at a deadline ended: %s", exc)
-            self.close_connection = True
-
-    def _left_after_asking(self) -> bool:
-        """The caller sent more on this connection (its get_work_result) and closed it: it left.
-        A caller that closed it without sending more may be waiting on another connection."""
-        if not self._client_gone():
-            return False
-        try:
-            return bool(self.connection.recv(1, socket.MSG_PEEK))  # readable: never blocks
-        except OSError:
-            return False
+                                                    invocation_type, self._principal.name))
+        self._send(202, headers=[(protocol.HEADER_INVOCATION_ID, invocation.invocation_id)])
 
     def _get_work(self, function_arn: str, body: bytes) -> None:
         board = self.server.ipc_host.board

@@ -58,7 +58,6 @@ from .clientfile import DEFAULT_NAME
 from .connections import (BUSY_RESPONSE, DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEAD_TIMEOUT_S,
                           DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_READING_BYTES, ConnectionGuard)
 from .handler import IPCRequestHandler
-from .inline import InlineRuns
 from .workboard import DEFAULT_MAX_QUEUED, DEFAULT_MAX_QUEUED_BYTES, WorkBoard
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,7 +91,6 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.ipc_host = ipc_host
         self.guard = ipc_host.guard
-        self.inline_runs = InlineRuns()
         # Refused connections stay open (write side shut) for a moment, drained, so that the
         # client's request bytes arriving after our 503 do not make the kernel reset the
         # connection before the client has read the answer.
@@ -132,7 +130,6 @@ class _Server(ThreadingHTTPServer):
     def service_actions(self) -> None:
         # serve_forever calls this every poll interval (0.1 s): the deadlines' clock.
         self.guard.enforce()
-        self.inline_runs.check()
         now, kept = time.monotonic(), collections.deque()
         while self._lingering:
             deadline, sock = self._lingering.popleft()

@@ -10,19 +10,15 @@ A BoardClient is bound to one function (``IPCHost.function_client(arn)``): it ho
 function's credential simply by being handed out by the host, and may serve no other function.
 Its work items carry the invocation's deadline and whether the caller still waits, so the handler
 never spends the worker on work nobody will read (see :class:`connector.ipc.runtime.LambdaContext`).
-
-``run_lambda`` also hands it the handler (:meth:`BoardClient.serve_inline`): the host's request
-threads then run an invocation themselves when a slot is free, instead of waking a worker thread
-and waiting to be woken by it (see :mod:`connector.ipc.workboard`).
 """
 from __future__ import annotations
 
 import threading
-from typing import Callable, List, Optional, Set, Tuple
+from typing import Optional
 
 from . import protocol
 from .client import IPCError, Payload, WorkItem, _as_bytes
-from .workboard import Invocation, Runner, WorkBoard, WorkBoardError
+from .workboard import WorkBoard, WorkBoardError
 
 
 class BoardClient:
@@ -30,8 +26,6 @@ class BoardClient:
         self.board = board
         self.function_arn = function_arn
         self._interrupt = threading.Event()
-        self._runs: List[Tuple[str, Runner]] = []  # attached to the board
-        self._detached: Set[str] = set()
 
     def __repr__(self) -> str:
         return "BoardClient(in-process, {})".format(self.function_arn or "any function")
@@ -39,31 +33,12 @@ class BoardClient:
     def get_work(self, function_arn: str) -> WorkItem:
         """Block until work for `function_arn` arrives; IPCError when interrupted or draining."""
         self._check(function_arn)
-        invocation = self.board.take(function_arn, cancelled=self._interrupt.is_set, slot=True)
+        invocation = self.board.take(function_arn, cancelled=self._interrupt.is_set)
         if invocation is None:
             raise IPCError("no work: the IPC host is shutting down or the poll was interrupted", 503)
-        return self._work_item(invocation, lambda: self.board.cancelled(invocation),
-                               lambda: self.board.release(invocation))
-
-    def serve_inline(self, function_arn: str, handle: Callable[[WorkItem], None], slots: int) -> None:
-        """Let the host's request threads run `handle` on `function_arn`'s work; at most `slots`
-        runs at once, this client's get_work included. Undone by :meth:`interrupt_polls`."""
-        self._check(function_arn)
-        self._runs.append((function_arn, lambda invocation, cancelled: handle(
-            self._work_item(invocation, cancelled))))
-        self.board.attach_runner(function_arn, self._runs[-1][1], slots)
-
-    def wait_inline_runs(self) -> None:
-        """Block until no run of this client's functions is in progress (after interrupt_polls)."""
-        for function_arn in self._detached:
-            self.board.wait_runs_ended(function_arn)
-
-    @staticmethod
-    def _work_item(invocation: Invocation, cancelled: Callable[[], bool],
-                   finished: Optional[Callable[[], None]] = None) -> WorkItem:
         return WorkItem(invocation_id=invocation.invocation_id, payload=invocation.payload,
                         client_context=invocation.client_context, deadline=invocation.deadline,
-                        cancelled=cancelled, finished=finished)
+                        cancelled=invocation.cancelled)
 
     def _check(self, function_arn: str) -> None:
         if self.function_arn is not None and function_arn != self.function_arn:
@@ -79,13 +54,8 @@ class BoardClient:
                        protocol.FUNCTION_ERROR_HANDLED)
 
     def interrupt_polls(self) -> None:
-        """End the polls in progress and all later ones, and inline runs from now on:
-        run_lambda interrupts only to stop."""
+        """End the polls in progress and all later ones: run_lambda interrupts only to stop."""
         self._interrupt.set()
-        while self._runs:
-            function_arn, runner = self._runs.pop()
-            self.board.detach_runner(function_arn, runner)
-            self._detached.add(function_arn)
 
     def _complete(self, function_arn: str, invocation_id: str, payload: bytes,
                   function_error: Optional[str]) -> None:

@@ -172,10 +172,10 @@ def _worker(function_arn: str, handler: Handler, client: IPCClient, stop: thread
             log.warning("get_work for %s returned work without an invocation id; ignored", function_arn)
             continue
         try:
-            _handle_safely(function_arn, handler, client, work)
-        finally:
-            if work.finished is not None:
-                work.finished()
+            handle_work(function_arn, handler, client, work)
+        except Exception:  # a bug must cost one invocation (it times out), not the worker
+            log.exception("unexpected failure handling invocation %s of %s", work.invocation_id,
+                          function_arn)
 
 
 def run_lambda(function_arn: str, handler: Handler, client: Optional[IPCClient] = None,
@@ -194,12 +194,6 @@ def run_lambda(function_arn: str, handler: Handler, client: Optional[IPCClient] 
         raise ValueError("concurrency must be at least 1, not {}".format(concurrency))
     client = client if client is not None else IPCClient()
     stop = stop_event if stop_event is not None else threading.Event()
-    serve_inline = getattr(client, "serve_inline", None)
-    if serve_inline is not None:
-        # The host is in this process: its request threads may run the handler themselves,
-        # within the same `concurrency` (connector.ipc.local).
-        serve_inline(function_arn, lambda work: _handle_safely(function_arn, handler, client, work),
-                     concurrency)
     workers: List[threading.Thread] = []
     for index in range(concurrency):
         worker = threading.Thread(target=_worker, args=(function_arn, handler, client, stop),
@@ -219,15 +213,4 @@ def run_lambda(function_arn: str, handler: Handler, client: Optional[IPCClient] 
             client.interrupt_polls()
             for worker in workers:
                 worker.join(timeout=0.1)
-        if serve_inline is not None:
-            client.interrupt_polls()  # also when no worker was left to interrupt: ends inline runs
-            client.wait_inline_runs()
         log.info("stopped serving %s", function_arn)
-
-
-def _handle_safely(function_arn: str, handler: Handler, client: IPCClient, work: WorkItem) -> None:
-    try:
-        handle_work(function_arn, handler, client, work)
-    except Exception:  # a bug must cost one invocation (it times out), not the thread running it
-        log.exception("unexpected failure handling invocation %s of %s", work.invocation_id,
-                      function_arn)

@@ -28,17 +28,6 @@ keeps each invocation's owner so that only the principal who posted it gets its 
 Bounds (``max_queued``, ``max_queued_bytes``): unfinished invocations, Event ones included, and
 the payload bytes they hold. A post_work beyond either is refused at once with :class:`Busy`; a
 payload is released as soon as its invocation finishes.
-
-Functions served in this process (:meth:`WorkBoard.attach_runner`, what ``run_lambda`` does with a
-:class:`connector.ipc.local.BoardClient`) have ``slots``: at most that many of their invocations
-run at once, however they are started. Their worker threads take work only while a slot is free,
-and a RequestResponse invocation posted while nothing is queued ahead of it and a slot is free is
-claimed by the posting request itself (:meth:`WorkBoard.submit` with ``inline``), which runs it
-right after answering the post (:meth:`WorkBoard.run_inline`): no worker thread is woken for it,
-and a caller fetching the result on the same connection finds it ready, so the two thread
-hand-offs of a request (to a worker thread, back to the waiting caller) are gone. Everything else
-(Event invocations, work queued behind other work or while every slot is busy) goes through the
-queue as before.
 """
 from __future__ import annotations
 
@@ -47,7 +36,7 @@ import itertools
 import threading
 import time
 import uuid
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Optional
 
 from . import protocol
 
@@ -108,10 +97,6 @@ class Invocation(object):
         self.taken = False  # handed to a worker at least once
         self.answered = False  # a worker posted its result or error
         self.handed_over = False  # its caller got the outcome
-        self.waiters = 0  # get_work_result calls waiting for it now
-        self.holds_slot = False  # counts against its function's slots until released
-        # Set when the posting request claimed it (WorkBoard.submit with inline): who runs it.
-        self.runner: Optional[Runner] = None
 
     def cancelled(self) -> bool:
         """True once nobody waits for this invocation any more (answered, timed out, abandoned)."""
@@ -123,8 +108,6 @@ class Invocation(object):
 
 
 COUNTER_NAMES = ("timeouts", "abandoned", "late_results", "busy")
-# Runs one invocation of an in-process function: (invocation, cancelled) -> None, never raises.
-Runner = Callable[[Invocation, Callable[[], bool]], None]
 
 
 class _Function(object):
@@ -140,18 +123,6 @@ class _Function(object):
         # What callers experienced: the board's timeouts, callers that hung up before their answer,
         # and results a worker posted after their caller had been answered.
         self.counters: Dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
-        # In-process runners (attach_runner), the latest last; their slots add up.
-        self.runners: List[Tuple[Runner, int]] = []
-        self.running = 0  # invocations holding a slot
-        # Once served in-process, always counted: after the last runner is detached no slot is
-        # free, so a worker thread being stopped takes no more work beside runs still going on.
-        self.limited = False
-
-    def slots(self) -> Optional[int]:
-        return sum(n for _, n in self.runners) if self.runners else None
-
-    def slot_free(self) -> bool:
-        return not self.limited or self.running < (self.slots() or 0)
 
 
 DEFAULT_TIMEOUT_MESSAGE = "{function_arn} did not answer invocation {invocation_id} within {seconds:g} s"
@@ -246,13 +217,8 @@ class WorkBoard(object):
     # -- the caller's side --------------------------------------------------------------------
 
     def submit(self, function_arn: str, payload: bytes, client_context: str,
-               invocation_type: str, owner: str = "", inline: bool = False) -> Invocation:
-        """Queue work for `function_arn`; raises Draining, NotServed or Busy instead of queueing.
-
-        With `inline`, a RequestResponse invocation of a function served in this process is
-        claimed instead of queued when nothing waits ahead of it and a slot is free: its
-        ``runner`` is then set, and the caller must pass it to :meth:`run_inline` (or
-        :meth:`abandon` it)."""
+               invocation_type: str, owner: str = "") -> Invocation:
+        """Queue work for `function_arn`; raises Draining, NotServed or Busy instead of queueing."""
         with self._lock:
             if self._draining:
                 raise Draining("the IPC host is shutting down and accepts no new work")
@@ -277,54 +243,9 @@ class WorkBoard(object):
             self._invocations[invocation.invocation_id] = invocation
             self._unfinished += 1
             self._unfinished_bytes += len(payload)
-            if inline and fn.runners and not invocation.is_event and not fn.queue and fn.slot_free():
-                self._hand_out(fn, invocation, slot=True)
-                invocation.runner = fn.runners[-1][0]
-                return invocation
             fn.queue.append(invocation)
             fn.work_arrived.notify_all()
             return invocation
-
-    def run_inline(self, invocation: Invocation,
-                   caller_gone: Optional[Callable[[], bool]] = None) -> None:
-        """Run an invocation :meth:`submit` claimed, in this thread, then free its slot.
-
-        `caller_gone`: whether the connection its result will be fetched on was closed (given
-        while that connection cannot be read: the same thread serves it). The invocation counts
-        as abandoned when it says so and no get_work_result waits for it elsewhere."""
-        runner = invocation.runner
-        if runner is None:
-            raise ValueError("invocation {} was not claimed for an inline run".format(
-                invocation.invocation_id))
-        try:
-            if not self.cancelled(invocation, caller_gone):
-                runner(invocation, lambda: self.cancelled(invocation, caller_gone))
-        finally:
-            self.release(invocation)
-
-    def abandon(self, invocation: Invocation) -> None:
-        """The caller left before it could learn the invocation id: nobody will fetch the result."""
-        with self._lock:
-            self._abandon(invocation)
-            invocation.handed_over = True
-            if not invocation.taken or invocation.runner is not None:  # nobody runs it
-                self._invocations.pop(invocation.invocation_id, None)
-        self.release(invocation)
-
-    def cancelled(self, invocation: Invocation,
-                  caller_gone: Optional[Callable[[], bool]] = None) -> bool:
-        """True once nobody waits for this invocation any more; expires it at its deadline (so
-        that a handler sees its deadline pass even while no get_work_result waits)."""
-        if invocation.done.is_set():
-            return True
-        gone = caller_gone is not None and invocation.waiters == 0 and caller_gone()
-        with self._lock:
-            if not invocation.done.is_set():
-                if self._clock() >= invocation.deadline:
-                    self._expire(invocation)
-                elif gone and invocation.waiters == 0:
-                    self._abandon(invocation)
-        return invocation.done.is_set()
 
     def wait_result(self, function_arn: str, invocation_id: str, owner: str = "",
                     cancelled: Callable[[], bool] = lambda: False) -> Invocation:
@@ -343,23 +264,22 @@ class WorkBoard(object):
             if invocation.is_event:
                 raise NoResultKept(
                     "invocation {} is an Event invocation; no result is kept".format(invocation_id))
-            invocation.waiters += 1
-        try:
-            while True:
-                remaining = invocation.deadline - self._clock()
-                if invocation.done.wait(max(0.0, min(remaining, self.poll_slice_s))):
-                    break
-                if remaining <= self.poll_slice_s:
-                    with self._lock:
-                        self._expire(invocation)
-                    break
-                if cancelled():
-                    with self._lock:
-                        self._abandon(invocation)
-                    break
-        finally:
-            with self._lock:
-                invocation.waiters -= 1
+        while True:
+            remaining = invocation.deadline - self._clock()
+            if invocation.done.wait(max(0.0, min(remaining, self.poll_slice_s))):
+                break
+            if remaining <= self.poll_slice_s:
+                with self._lock:
+                    self._expire(invocation)
+                break
+            if cancelled():
+                with self._lock:
+                    if not invocation.done.is_set():
+                        self._function(function_arn).counters["abandoned"] += 1
+                        self._finish(invocation, protocol.error_body(
+                            "the caller hung up before the answer", "Abandoned"),
+                            protocol.FUNCTION_ERROR_UNHANDLED)
+                break
         with self._lock:
             invocation.handed_over = True
             if not invocation.taken or invocation.answered:
@@ -370,27 +290,25 @@ class WorkBoard(object):
 
     # -- the worker's side --------------------------------------------------------------------
 
-    def take(self, function_arn: str, cancelled: Callable[[], bool] = lambda: False,
-             slot: bool = False) -> Optional[Invocation]:
+    def take(self, function_arn: str, cancelled: Callable[[], bool] = lambda: False
+             ) -> Optional[Invocation]:
         """Long poll: the next queued invocation, or None when draining with nothing queued or
-        when `cancelled()` says the poller went away.
-
-        With `slot` (the function's in-process worker threads), work is taken only while one of
-        the function's slots is free, and holds it until :meth:`release`."""
+        when `cancelled()` says the poller went away."""
         with self._lock:
             fn = self._function(function_arn)
             fn.open_polls += 1
             fn.last_seen = self._clock()
             try:
                 while True:
-                    while fn.queue and (not slot or fn.slot_free()):
+                    while fn.queue:
                         invocation = fn.queue.popleft()
                         if invocation.done.is_set():
                             continue
                         if self._clock() >= invocation.deadline:
                             self._expire(invocation)
                             continue
-                        self._hand_out(fn, invocation, slot)
+                        invocation.state = RUNNING
+                        invocation.taken = True
                         return invocation
                     if self._draining or cancelled():
                         return None
@@ -398,53 +316,6 @@ class WorkBoard(object):
             finally:
                 fn.open_polls -= 1
                 fn.last_seen = self._clock()
-
-    def release(self, invocation: Invocation) -> None:
-        """The in-process run of `invocation` ended: its slot is free for the next one."""
-        with self._lock:
-            if not invocation.holds_slot:
-                return
-            invocation.holds_slot = False
-            fn = self._function(invocation.function_arn)
-            fn.running -= 1
-            if fn.queue or fn.running == 0:
-                fn.work_arrived.notify_all()
-
-    def attach_runner(self, function_arn: str, runner: Runner, slots: int) -> None:
-        """`function_arn` is served in this process by `slots` runs at once at most: its worker
-        threads take work with ``slot=True``, and posting requests may run it (see the module
-        docstring). Several runners add their slots; the latest runs claimed invocations."""
-        if slots < 1:
-            raise ValueError("slots must be at least 1, not {}".format(slots))
-        with self._lock:
-            fn = self._function(function_arn)
-            fn.runners.append((runner, int(slots)))
-            fn.limited = True
-
-    def detach_runner(self, function_arn: str, runner: Runner) -> None:
-        """Undo :meth:`attach_runner`; invocations it is running keep their slots until released."""
-        with self._lock:
-            fn = self._function(function_arn)
-            fn.runners = [entry for entry in fn.runners if entry[0] is not runner]
-            fn.work_arrived.notify_all()
-
-    def slots(self, function_arn: str) -> Optional[int]:
-        """How many runs of `function_arn` may go on at once; None: it is not served in-process."""
-        with self._lock:
-            fn = self._functions.get(function_arn)
-            return fn.slots() if fn is not None else None
-
-    def wait_runs_ended(self, function_arn: str, timeout_s: Optional[float] = None) -> bool:
-        """Block until no invocation of `function_arn` holds a slot; False when `timeout_s` passed."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._lock:
-            fn = self._function(function_arn)
-            while fn.running > 0:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                fn.work_arrived.wait(remaining)
-            return True
 
     def requeue(self, invocation: Invocation) -> None:
         """Put back work whose delivery failed (the poller vanished), at the head of the queue."""
@@ -465,8 +336,6 @@ class WorkBoard(object):
             invocation = self._invocations.get(invocation_id)
             if invocation is None or invocation.function_arn != function_arn:
                 raise UnknownInvocation("no invocation {} for {}".format(invocation_id, function_arn))
-            if not invocation.done.is_set() and self._clock() >= invocation.deadline:
-                self._expire(invocation)  # also when nobody waits for it (an inline run's caller)
             if invocation.done.is_set():
                 if invocation.taken and not invocation.answered:
                     invocation.answered = True  # count a late result once
@@ -537,19 +406,6 @@ class WorkBoard(object):
         invocation.state = DONE
         invocation.finished_at = self._clock()
         invocation.done.set()
-
-    def _hand_out(self, fn: _Function, invocation: Invocation, slot: bool) -> None:
-        invocation.state = RUNNING
-        invocation.taken = True
-        if slot and fn.limited:
-            invocation.holds_slot = True
-            fn.running += 1
-
-    def _abandon(self, invocation: Invocation) -> None:
-        if not invocation.done.is_set():
-            self._function(invocation.function_arn).counters["abandoned"] += 1
-            self._finish(invocation, protocol.error_body(
-                "the caller hung up before the answer", "Abandoned"), protocol.FUNCTION_ERROR_UNHANDLED)
 
     def _expire(self, invocation: Invocation) -> None:
         if invocation.done.is_set():

@@ -119,8 +119,14 @@ fi
 fi
 # The test subset: what runs on the device (no training, no x86-only artefacts, no benchmarks).
 if want tests; then
-in_root apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
-in_root "$py" -m pip install -q pytest pytest-timeout hypothesis pillow >/dev/null
+# PyPI has no armv7l Pillow wheel (building it needs the JPEG headers and ages under emulation):
+# on armhf it comes from Debian, as NumPy and OpenCV do (the venv sees the system packages).
+if [ "$arch" = armhf ]; then debs="gcc libc6-dev python3-pil" pips="pytest pytest-timeout hypothesis"
+else debs="gcc libc6-dev" pips="pytest pytest-timeout hypothesis pillow"; fi
+if ! { in_root apt-get install -y -qq --no-install-recommends $debs >/dev/null &&
+       in_root "$py" -m pip install -q $pips >/dev/null; }; then
+  record "tests (installing pytest)" FAIL; echo "results: $results"; exit 1
+fi
 tests="${TESTS:-tests/test_params.py tests/test_imaging.py tests/test_bad_input.py tests/test_dlr_backend.py
        tests/test_dlr_phone_home.py tests/test_workers.py tests/test_ipc_host.py tests/test_ipc_local.py
        tests/test_ipc_runtime.py tests/test_ml_sdk.py tests/test_service.py tests/test_doctor.py}"

@@ -14,11 +14,12 @@ depth and CMYK or progressive JPEG to 8-bit colour.
 
 Decoding memory (:func:`decode_cost`, checked against a byte budget before decoding): OpenCV
 holds the 3-byte BGR result plus about as much again of working buffers, 6.3 bytes a pixel
-measured for every PNG kind and for baseline JPEG; we count 8. A progressive JPEG (and a
-sequential one whose first scan does not carry every component) is decoded by libjpeg from a
-buffer of all its DCT coefficients, 2 bytes per sample of every component plane, so 3 for
-4:2:0 YCbCr, 6 for 4:4:4 and 8 for CMYK at full resolution: 9.2 and 11.2 bytes a pixel measured
-for the last two. Such a file counts 3.5 + 1.1 x its coefficient bytes a pixel (at least 8).
+measured for every PNG kind and for baseline JPEG with PyPI's OpenCV wheel, 8.1 with Debian 12's
+OpenCV 4.6 (ARMv7); we count 9. A progressive JPEG (and a sequential one whose first scan does
+not carry every component) is decoded by libjpeg from a buffer of all its DCT coefficients, 2
+bytes per sample of every component plane, so 3 for 4:2:0 YCbCr, 6 for 4:4:4 and 8 for CMYK at
+full resolution: 9.2 and 11.2 bytes a pixel measured for the last two with the wheel, 11.1 and
+13.1 with Debian's OpenCV. Such a file counts 5 + 1.1 x its coefficient bytes a pixel (at least 9).
 ``tests/test_imaging.py`` measures the real peak of each kind against this estimate.
 """
 from __future__ import annotations
@@ -34,11 +35,11 @@ from .errors import InvalidImageError
 
 ACCEPTED_CONTENT_TYPES = ("image/jpeg", "image/png")
 DEFAULT_MAX_PIXELS = 40_000_000  # about 8K x 5K; the service lowers it from its memory limit
-# Decoding holds the 3-byte BGR image plus the codec's buffers; 8 bytes a pixel leaves room for both.
-BYTES_PER_DECODED_PIXEL = 8
+# Decoding holds the 3-byte BGR image plus the codec's buffers; 9 bytes a pixel leaves room for both.
+BYTES_PER_DECODED_PIXEL = 9
 # A coefficient-buffered JPEG (see the module docstring): output and working rows, plus its
 # coefficients with a margin for block padding.
-BUFFERED_JPEG_BASE = 3.5
+BUFFERED_JPEG_BASE = 5.0
 COEFFICIENT_MARGIN = 1.1
 _PROGRESSIVE_SOF = frozenset((0xC2, 0xC6, 0xCA, 0xCE))
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -147,7 +148,7 @@ def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
                reduction: Optional[Callable[[int, int], int]] = None) -> np.ndarray:
     """Decode to an 8-bit BGR array (OpenCV's native order), refusing bombs and broken files.
 
-    :param max_bytes: memory decoding may take (default: max_pixels at 8 bytes a pixel), so a
+    :param max_bytes: memory decoding may take (default: max_pixels at 9 bytes a pixel), so a
         progressive CMYK JPEG within the pixel limit is still refused when it would not fit.
     :param reduction: (width, height) from the header -> 1, 2, 4 or 8: a JPEG is then decoded at
         1/factor of its size by libjpeg's DCT scaling (each side rounded up), which is cheaper

@@ -245,7 +245,7 @@ def test_decode_memory_estimate_holds_against_the_real_peak(tmp_path, kind):
 
 
 def test_progressive_cmyk_at_the_pixel_limit_is_refused_from_its_header():
-    # The pixel limit alone (8 bytes a pixel) let this through and pushed the worker over its limit.
+    # The pixel limit alone (9 bytes a pixel) let this through and pushed the worker over its limit.
     image = Image.fromarray(np.full((400, 500, 3), 90, np.uint8)).convert("CMYK")
     import io
     buf = io.BytesIO()

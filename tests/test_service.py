@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connector import lambda_function
+from connector import imaging, lambda_function
 from connector.errors import InvalidImageError
 from connector.ipc import IPCClient, IPCError, clientfile, protocol
 from connector.service import InferenceService
@@ -216,7 +216,7 @@ def test_connector_attaches_to_a_host_as_a_separate_lambda_process(tmp_path, mod
 
 
 def test_pixel_limit_follows_the_memory_left_by_the_model(tmp_path, model_dir, sdk_env):
-    # The worker sizes the decoder's limit from what the loaded model leaves free of the limit (8
+    # The worker sizes the decoder's limit from what the loaded model leaves free of the limit (9
     # bytes a pixel); the largest image it accepts must then decode without tripping the memory
     # watchdog, and one pixel row more is refused from its header.
     limit_kb = 200000
@@ -227,7 +227,7 @@ def test_pixel_limit_follows_the_memory_left_by_the_model(tmp_path, model_dir, s
     try:
         health = healthz(info["port"])[1]
         pixels = health["max_pixels"]
-        assert pixels == (limit_kb - health["worker_loaded_kb"]) * 1024 // 8, health
+        assert pixels == (limit_kb - health["worker_loaded_kb"]) * 1024 // imaging.BYTES_PER_DECODED_PIXEL, health
         width = 2000
         assert json.loads(invoke(images.png(blank_image(pixels // width, width))))["prediction"] == []
         with pytest.raises(ml.GreengrassInferenceException,

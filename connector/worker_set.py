@@ -16,8 +16,14 @@ smaller of the machine's MemAvailable and what this process's memory cgroup stil
 (connector.memory_room); a container sized for one worker and a reload (the Greengrass V1
 function definition's MemorySize, `python -m connector.deploy memory-size`) therefore gets one
 worker, as does a machine where nothing can be read, and a Greengrass Lambda whose container
-hides its cgroup (no /sys, the default there). With n > 1 each worker's runtime gets
-cores / n threads (at least 1), so the workers do not fight over the cores.
+hides its cgroup (no /sys, the default there).
+
+Threads: the first worker's runtime keeps its default (every core) and a free first worker takes
+the next request, so a request that comes alone runs as fast as with one worker; the others get
+cores / n threads each (at least 1) and take the overflow. Measured on 2 cores (demo-ssd, bench/
+perf.py): every worker at cores / n made one client 0.66-0.70x the in-process engine loop (one
+worker: 0.77-0.91x) and 4 clients 1.22-1.28x; every worker at all cores 0.78-0.88x and 1.14-1.18x;
+this split 0.80x and 1.17-1.20x.
 """
 from __future__ import annotations
 
@@ -117,9 +123,11 @@ def choose_workers(limit_kb: int, environ: Optional[Mapping[str, str]] = None, r
                         fit is not None and requested > max(1, fit))
 
 
-def threads_per_worker(count: int) -> Optional[int]:
-    """Each worker's share of the cores; None (the runtime's default) for a single worker."""
-    return max(1, cores() // count) if count > 1 else None
+def threads_per_worker(count: int, index: int = 1) -> Optional[int]:
+    """The runtime threads of worker `index` (from 0) of `count`: None (the runtime's default,
+    every core) for the first, which serves whenever it is free; a share of the cores for the
+    others, which serve only while it is busy."""
+    return max(1, cores() // count) if count > 1 and index > 0 else None
 
 
 class WorkerSet:
@@ -128,12 +136,12 @@ class WorkerSet:
     def __init__(self, count: int, model_path: str, **pool_args: Any) -> None:
         if count < 1:
             raise ValueError("at least one worker, not {}".format(count))
-        pool_args.setdefault("threads", threads_per_worker(count))
         pool_args.setdefault("reload_gate", threading.Lock())
         self.pools: List[WorkerPool] = []
         try:
-            for _ in range(count):  # one after another: loading is the memory peak
-                self.pools.append(WorkerPool(model_path, **pool_args))
+            for index in range(count):  # one after another: loading is the memory peak
+                threads = pool_args.get("threads", threads_per_worker(count, index))
+                self.pools.append(WorkerPool(model_path, **dict(pool_args, threads=threads)))
         except Exception:
             self.close()
             raise
@@ -210,8 +218,10 @@ class WorkerSet:
                 if remaining <= 0 or (cancelled is not None and cancelled()):
                     break
                 self._cond.wait(min(remaining, 0.5))  # wakes to see a caller that left
-            pool = self._idle.pop() if self._idle else None
+            # The free worker that comes first: the first one runs with every core.
+            pool = min(self._idle, key=self.pools.index) if self._idle else None
             if pool is not None:
+                self._idle.remove(pool)
                 self._taken[self.pools.index(pool)] += 1
         if pool is None:  # the same outcomes as one busy worker's, counted the same way
             if cancelled is not None and cancelled():

@@ -18,10 +18,11 @@ from tests.dlr_fixture.build import CRASH_PIXEL, build_dlr_model, set_trigger, s
 from tests.test_workers import red
 
 
-def test_each_worker_gets_its_share_of_the_cores():
-    assert threads_per_worker(1) is None  # one worker: the runtime's own default
-    assert threads_per_worker(2) == max(1, cores() // 2)
-    assert threads_per_worker(64) == 1
+def test_the_first_worker_keeps_every_core_and_the_others_share_them():
+    assert threads_per_worker(1, 0) is None  # one worker: the runtime's own default
+    assert threads_per_worker(2, 0) is None  # the first of several too: it serves a lone request
+    assert threads_per_worker(2, 1) == max(1, cores() // 2)
+    assert threads_per_worker(64, 63) == 1
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +42,21 @@ def _environ(pid):
 def test_workers_are_separate_processes_with_their_thread_share(workers):
     info = workers.worker_info()
     assert info["workers"] == 2 and len(set(info["worker_pids"])) == 2
-    for pid in info["worker_pids"]:
-        env = _environ(pid)
-        share = str(threads_per_worker(2)).encode()
-        assert env[b"CONNECTOR_INTRA_OP_THREADS"] == env[b"TVM_NUM_THREADS"] == env[b"OMP_NUM_THREADS"] == share
+    first, second = (_environ(pid) for pid in info["worker_pids"])
+    # The first keeps the runtime's default; it gets none of these (unless this run set them).
+    for name in (b"CONNECTOR_INTRA_OP_THREADS", b"TVM_NUM_THREADS", b"OMP_NUM_THREADS"):
+        assert first.get(name) == os.environb.get(name)
+    share = str(threads_per_worker(2, 1)).encode()
+    assert second[b"CONNECTOR_INTRA_OP_THREADS"] == second[b"TVM_NUM_THREADS"] == second[b"OMP_NUM_THREADS"] == share
+
+
+def test_a_lone_request_goes_to_the_first_worker(workers):
+    """One request at a time always runs on the worker with every core."""
+    before = list(workers.worker_info()["worker_requests"])
+    for _ in range(5):
+        assert workers.infer(images.png(red()), "image/png")[0] == "ok"
+    after = workers.worker_info()["worker_requests"]
+    assert after[0] - before[0] == 5 and after[1] == before[1]
 
 
 def test_workers_running_a_neo_model_are_not_pinned_to_one_core():

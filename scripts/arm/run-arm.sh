@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Test this project on ARM under qemu-user emulation (not part of the default CI run: ~40-60 min
-# per architecture on a 2-core x86_64 host; timings per phase are printed and kept in RESULTS).
+# Test this project on ARM under qemu-user emulation (not part of the default CI run: from nothing
+# ~50 min for arm64 and ~75 min for armhf on a 2-core x86_64 host, 15-20 min each once the chroot,
+# libdlr.so and the first install exist; timings per phase are printed and kept in RESULTS).
 #   sudo scripts/arm/run-arm.sh arm64|armhf [CHROOT_DIR] [LIBDLR_SO]
 # Phases: build the Debian 12 chroot (scripts/arm/make-chroot.sh), copy this working tree to
 # /opt/src there, install with scripts/install/install-<arch>.sh (libdlr.so: LIBDLR_SO, else built

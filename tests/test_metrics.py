@@ -118,10 +118,18 @@ def test_metrics_count_outcomes_phases_and_worker_events(served):
     assert value(s, "ggml_model_reloads_total") == 0
     assert value(s, "ggml_queue_depth") == 0
     assert value(s, "ggml_resident_memory_bytes", process="supervisor") > 10 * 2**20
-    # Every counter of the detailed health is exported, with the same value.
-    _, health = healthz(info["port"], info["token"])
-    for key, name, _ in metrics.COUNTERS:
-        assert value(s, "ggml_" + name) == health[key], key
+    # Every counter of the detailed health is exported, with the same value (read until the
+    # two agree: the hung worker's replacement may still be counted between the two reads).
+    deadline = time.monotonic() + scaled(10)
+    while True:
+        _, health = healthz(info["port"], info["token"])
+        s = parse(scrape(info["port"], info["token"])[2])
+        differ = {key: (value(s, "ggml_" + name), health[key]) for key, name, _ in metrics.COUNTERS
+                  if value(s, "ggml_" + name) != health[key]}
+        if not differ or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not differ, differ
 
 
 def test_metrics_need_a_valid_token(served):

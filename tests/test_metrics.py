@@ -142,6 +142,18 @@ def test_metrics_need_a_valid_token(served):
     assert scrape(info["port"], "Bearer wrong-token")[0] == 403
 
 
+def test_detailed_health_takes_the_token_as_metrics_does(served):
+    """A monitoring system sends one Authorization header to /metrics and /healthz alike."""
+    proc, info = served
+    documents = {name: healthz(info["port"], token)[1] for name, token in (
+        ("none", None), ("raw", info["token"]), ("bearer", "Bearer " + info["token"]),
+        ("wrong", "Bearer wrong-token"))}
+    details = set(documents["raw"]) - set(documents["none"])  # what only a valid token sees
+    assert details, documents["raw"]
+    assert set(documents["bearer"]) == set(documents["raw"])
+    assert set(documents["wrong"]) == set(documents["none"])
+
+
 def test_one_request_log_line_per_invocation(served):
     proc, info = served
     invoke(images.png(draw_box(blank_image(), RED, 20, 20, 120, 120)))

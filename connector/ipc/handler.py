@@ -72,6 +72,14 @@ _FUNCTION_ONLY = {"_get_work": "take its work", "_post_work_result": "answer its
                   "_initialized": "report its initialization"}
 
 
+
+def _bearer_stripped(given: Optional[str]) -> Optional[str]:
+    """The token of an Authorization value, raw or "Bearer <token>" (what Prometheus' scrape
+    `authorization` sends; the IPC protocol itself uses the raw token)."""
+    if given is not None and given.startswith("Bearer "):
+        return given[len("Bearer "):]
+    return given
+
 class Refusal(Exception):
     """An answer other than success, raised anywhere below the dispatcher."""
 
@@ -227,8 +235,8 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
         """The principal of the request's token; with `bearer` also "Bearer <token>" (what
         Prometheus' scrape `authorization` sends; the IPC protocol itself uses the raw token)."""
         given = self.headers.get(protocol.HEADER_AUTH_TOKEN)
-        if bearer and given is not None and given.startswith("Bearer "):
-            given = given[len("Bearer "):]
+        if bearer:
+            given = _bearer_stripped(given)
         if given is None:
             raise Refusal(401, "missing Authorization header (the raw IPC token)", "Unauthorized")
         principal = self.server.ipc_host.principal(given)
@@ -313,8 +321,9 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
     def _probe(self, which: str) -> None:
         host = self.server.ipc_host
         if which == "health":
-            # Details (errors, paths) only for a valid token; without one, state only.
-            given = self.headers.get(protocol.HEADER_AUTH_TOKEN)
+            # Details (errors, paths) only for a valid token, raw or "Bearer" as /metrics takes
+            # it (a monitoring system sends the same header to both); without one, state only.
+            given = _bearer_stripped(self.headers.get(protocol.HEADER_AUTH_TOKEN))
             status, document = host.health(given is not None and host.principal(given) is not None)
         else:
             status, document = host.liveness() if which == "live" else host.readiness()

@@ -114,22 +114,25 @@ class GreengrassServiceClient(object):
             address, function_error, error_message_of(payload)))
 
     def call_found(self, address_of: Callable[[_endpoint.Endpoint], str],
-                   message: GreengrassServiceMessage,
-                   service_name: Optional[str] = None) -> GreengrassServiceCallOutput:
+                   message: GreengrassServiceMessage, service_name: Optional[str] = None
+                   ) -> Tuple[GreengrassServiceCallOutput, str]:
         """:meth:`call` at the endpoint found for `service_name` (kept between calls, see
-        :func:`_endpoint.cached`). When a kept endpoint fails before the host took the work (the
-        host restarted on another port or with another token), the endpoint is looked up again
-        and, if it changed, the call is made once more there; otherwise the failure stands."""
+        :func:`_endpoint.cached`), and the address called. When a kept endpoint fails before the
+        host took the work (the host restarted on another port or with another token), the
+        endpoint is looked up again and, if it changed, the call is made once more there;
+        otherwise the failure stands."""
         endpoint = _endpoint.cached(service_name=service_name)
+        address = address_of(endpoint)
         try:
-            return self.call(address_of(endpoint), message, endpoint)
+            return self.call(address, message, endpoint), address
         except GreengrassRuntimeException as exc:
             if not _endpoint.forget(endpoint) or exc.accepted:
                 raise
             fresh = _endpoint.cached(service_name=service_name)
             if fresh == endpoint:
                 raise
-        return self.call(address_of(fresh), message, fresh)
+        address = address_of(fresh)
+        return self.call(address, message, fresh), address
 
     def _request(self, endpoint: _endpoint.Endpoint, method: str, path: str,
                  body: Optional[bytes], headers: Dict[str, str]

@@ -101,7 +101,7 @@ class Client(object):
         model_input = body_bytes(kwargs[PARAM_MODEL_INPUT], PARAM_MODEL_INPUT)
 
         try:
-            output = self._gg_service_client.call_found(
+            output, _ = self._gg_service_client.call_found(
                 lambda endpoint: feedback_address(endpoint.region),
                 GreengrassServiceMessage(context, model_input))
         except GreengrassRuntimeException as exc:

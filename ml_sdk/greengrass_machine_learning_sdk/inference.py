@@ -9,7 +9,6 @@ import re
 from io import BytesIO
 from typing import Any, Dict, Mapping, Optional
 
-from . import _endpoint
 from ._args import body_bytes, required_arguments
 from ._service import (GreengrassRuntimeException, GreengrassServiceClient,
                        GreengrassServiceMessage, error_message_of, error_type_of)
@@ -166,15 +165,9 @@ class Client(object):
         context = base64.b64encode(json.dumps({"custom": metadata}).encode("utf-8"))
 
         try:
-            addresses = []  # the one called last, for messages
-
-            def address_of(endpoint: _endpoint.Endpoint) -> str:
-                addresses.append(service_address(algo_type, service_name, endpoint.region))
-                return addresses[-1]
-
-            output = self._gg_service_client.call_found(
-                address_of, GreengrassServiceMessage(context, body), service_name)
-            address = addresses[-1]
+            output, address = self._gg_service_client.call_found(
+                lambda endpoint: service_address(algo_type, service_name, endpoint.region),
+                GreengrassServiceMessage(context, body), service_name)
         except GreengrassRuntimeException as exc:
             raise GreengrassDependencyException(str(exc))
         if output.error_response is not None:

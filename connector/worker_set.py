@@ -145,7 +145,7 @@ class WorkerSet:
         except Exception:
             self.close()
             raise
-        self._idle = list(self.pools)
+        self._idle = set(range(count))  # indexes of the workers free now
         self._cond = threading.Condition()
         self._taken = [0] * count  # requests each worker was given (health: the spread)
         self._served_by = threading.local()  # the pool that served this thread's last request
@@ -219,22 +219,23 @@ class WorkerSet:
                     break
                 self._cond.wait(min(remaining, 0.5))  # wakes to see a caller that left
             # The free worker that comes first: the first one runs with every core.
-            pool = min(self._idle, key=self.pools.index) if self._idle else None
-            if pool is not None:
-                self._idle.remove(pool)
-                self._taken[self.pools.index(pool)] += 1
-        if pool is None:  # the same outcomes as one busy worker's, counted the same way
+            index = min(self._idle) if self._idle else None
+            if index is not None:
+                self._idle.remove(index)
+                self._taken[index] += 1
+        if index is None:  # the same outcomes as one busy worker's, counted the same way
             if cancelled is not None and cancelled():
                 first._count("abandoned")
                 raise AbandonedError("the caller stopped waiting before an inference worker was free")
             raise first._past_deadline("the request waited that long behind earlier ones for the "
                                        "inference workers", deadline is not None, cancelled)
+        pool = self.pools[index]
         self._served_by.pool, self._served_by.waited = pool, time.monotonic() - arrived
         try:
             return pool.infer(body, content_type, invocation_id, deadline, cancelled)
         finally:
             with self._cond:
-                self._idle.append(pool)
+                self._idle.add(index)
                 self._cond.notify()
 
     def reload(self, reason: str = "requested") -> None:

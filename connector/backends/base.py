@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover
 # default, one per physical core.
 THREADS_ENV = "CONNECTOR_INTRA_OP_THREADS"
 
+
 class Backend(Protocol):
     name: str  # "dlr" or "onnxruntime"
     device: str  # "cpu" or "gpu": what the runtime really uses, not what was asked for

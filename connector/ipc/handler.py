@@ -72,13 +72,13 @@ _FUNCTION_ONLY = {"_get_work": "take its work", "_post_work_result": "answer its
                   "_initialized": "report its initialization"}
 
 
-
 def _bearer_stripped(given: Optional[str]) -> Optional[str]:
     """The token of an Authorization value, raw or "Bearer <token>" (what Prometheus' scrape
     `authorization` sends; the IPC protocol itself uses the raw token)."""
     if given is not None and given.startswith("Bearer "):
         return given[len("Bearer "):]
     return given
+
 
 class Refusal(Exception):
     """An answer other than success, raised anywhere below the dispatcher."""

@@ -493,3 +493,28 @@ def test_answers_are_sent_without_nagle_delay():
         server_ends = host.guard.open_connections()
         assert server_ends and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in server_ends)
         conn.close()
+
+
+def test_each_answer_leaves_in_one_write(host, monkeypatch):
+    """Head and body in one write: a second write is a second segment the caller waits for."""
+    import socketserver
+    writes = []
+    original = socketserver._SocketWriter.write
+
+    def counted(self, data):
+        writes.append(bytes(data))
+        return original(self, data)
+
+    monkeypatch.setattr(socketserver._SocketWriter, "write", counted)
+    invocation_id = post_work(host, b"x" * 100000)
+    status, _, work_body = call(host, "GET", WORK)
+    assert status == 200 and work_body == b"x" * 100000
+    call(host, "POST", WORK, b'{"Body": "ok"}', {"X-Amz-InvocationId": invocation_id})
+    status, _, body = call(host, "GET", BASE, headers={"X-Amz-InvocationId": invocation_id})
+    assert status == 200 and body == b'{"Body": "ok"}'
+    status, _, body = call(host, "GET", "/nowhere")  # a refusal, with its JSON body
+    assert status == 404 and error_of(body)
+    assert len(writes) == 5, [w[:40] for w in writes]
+    assert writes[1].startswith(b"HTTP/1.1 200") and writes[1].endswith(b"x" * 100000)
+    assert writes[3].startswith(b"HTTP/1.1 200") and writes[3].endswith(b'{"Body": "ok"}')
+    assert writes[4].startswith(b"HTTP/1.1 404") and writes[4].endswith(b"}")

@@ -453,7 +453,9 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
+        # Head and body in one write: one segment and one wake-up of the client, not two.
+        buffer = self.__dict__.setdefault("_headers_buffer", [])  # http.server's, as end_headers does
+        buffer.append(b"\r\n")
         if body and self.command != "HEAD":
-            self.wfile.write(body)
-        self.wfile.flush()
+            buffer.append(body)
+        self.flush_headers()

@@ -10,7 +10,10 @@ For each model, on 640x480 and 1920x1080 JPEGs, interleaved request by request:
 * ``svc wN``  - a real ``python -m connector serve`` with N inference workers, through the
   unmodified ML SDK (one setting per ``--workers`` value);
 * ``peer``    - bench/peer_fastapi.py: FastAPI + uvicorn around the same Engine (thread spinning
-  off, as ours), when fastapi and uvicorn are installed.
+  off, as ours), when fastapi and uvicorn are installed;
+* ``protocol`` - bench/protocol_floor.py through the same SDK: the IPC host of ``serve`` with a
+  handler that returns the service's answer at once, so no model and no worker. What the
+  Greengrass protocol costs by itself; it has no pair with ``engine``.
 
 Printed: per image size the median and p90 of each, the paired median difference and ratio to
 ``engine`` (pairs are the same image in the same round); throughput with 1, 2, 4, 8 clients for
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -126,6 +130,29 @@ class Peer:
         self.proc.wait(10)
 
 
+class ProtocolFloor:
+    """bench/protocol_floor.py in its own process, reached through the SDK like the service."""
+
+    def __init__(self, work: Path, answer: str) -> None:
+        work.mkdir(mode=0o700, parents=True)
+        (work / "answer.json").write_text(answer, encoding="utf-8")
+        self.ipc = str(work / "ipc.json")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "protocol_floor.py"), self.ipc,
+                                      "objectDetection", str(work / "answer.json")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        if self.proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError("bench/protocol_floor.py did not start")
+
+    def call(self, ctype: str, body: bytes) -> None:
+        os.environ["GG_ML_IPC_FILE"] = self.ipc
+        sdk_call(ctype, body)
+        # It answers every image with the first one's text: not compared with the engine.
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
 def has_peer() -> bool:
     try:
         import fastapi  # noqa: F401
@@ -139,13 +166,18 @@ def has_peer() -> bool:
 
 def latency(methods: Dict[str, Call], images: List[Tuple[str, bytes]], reference: Dict[bytes, str],
             rounds: int, problems: List[str]) -> Dict[Tuple[str, str], List[float]]:
-    """{(method, size): [ms per round and image]}, the methods' order rotating every request."""
+    """{(method, size): [ms per round and image]}, the methods in a new random order every request.
+
+    Random, not rotating: in a rotation each method keeps its predecessor, and "engine" after
+    "raw" finds the same weights in the CPU caches, while every other method follows another
+    process that has just evicted them (1-3 ms on the demo models on a 2-core VM)."""
     names = list(methods)
+    order = random.Random(7)
     times: Dict[Tuple[str, str], List[float]] = {}
     for r in range(rounds):
-        for i, (size, body) in enumerate(images):
-            k = (r + i) % len(names)
-            for name in names[k:] + names[:k]:
+        for size, body in images:
+            order.shuffle(names)
+            for name in names:
                 t0 = time.perf_counter()
                 text = methods[name]("image/jpeg", body)
                 times.setdefault((name, size), []).append((time.perf_counter() - t0) * 1000)
@@ -224,6 +256,8 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
                 return sdk_call(ctype, body)
 
             methods["svc w{}".format(workers)] = call
+        floor = ProtocolFloor(work / "{}-protocol".format(name), reference[images[0][1]])
+        methods["protocol"] = floor.call
         peer = Peer(model_dir, args.device) if args.peer else None
         if peer is not None:
             methods["peer"] = peer.call
@@ -243,8 +277,10 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
                 t = times[(m, size)]
                 diffs = [a - b for a, b in zip(t, base)]
                 ratios = [a / b for a, b in zip(t, base)]
+                paired = m != "protocol"  # it runs no model: its time is the overhead itself
                 rows.append([size, m, "{:.2f}".format(np.median(t)), "{:.2f}".format(percentile(t, 90)),
-                             "{:+.2f}".format(np.median(diffs)), "{:.2f}x".format(np.median(ratios))])
+                             "{:+.2f}".format(np.median(diffs)) if paired else "-",
+                             "{:.2f}x".format(np.median(ratios)) if paired else "-"])
         print("\nlatency, one request at a time ({} rounds x {} images, paired with engine):".format(
             args.rounds, len(images)))
         print(table(["image", "method", "p50 ms", "p90 ms", "vs engine ms", "x engine"], rows))
@@ -256,7 +292,7 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
                      "{:.1f}".format(np.median(loop_lat)), "{:.1f}".format(percentile(loop_lat, 90)), 0])
         for clients in args.clients:
             for m in methods:
-                if m in ("raw", "engine", "worker"):
+                if m in ("raw", "engine", "worker", "protocol"):
                     continue
                 rate, lat, errors = throughput(methods[m], images, clients, args.duration)
                 if errors:
@@ -276,6 +312,8 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
                 problems.append("a serve process did not stop with status 0")
         if "peer" in methods:
             peer.stop()
+        if "protocol" in methods:
+            floor.stop()
         pool.close()
         engine.close()
 

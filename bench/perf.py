@@ -165,8 +165,11 @@ def has_peer() -> bool:
 # --------------------------------------------------------------------------- measuring
 
 def latency(methods: Dict[str, Call], images: List[Tuple[str, bytes]], reference: Dict[bytes, str],
-            rounds: int, problems: List[str]) -> Dict[Tuple[str, str], List[float]]:
+            rounds: int, problems: List[str], phases: Optional[Phases] = None
+            ) -> Dict[Tuple[str, str], List[float]]:
     """{(method, size): [ms per round and image]}, the methods in a new random order every request.
+    With `phases`, the decode and inference times that methods left in ``phases.last`` are
+    collected per (method, size) too.
 
     Random, not rotating: in a rotation each method keeps its predecessor, and "engine" after
     "raw" finds the same weights in the CPU caches, while every other method follows another
@@ -181,9 +184,32 @@ def latency(methods: Dict[str, Call], images: List[Tuple[str, bytes]], reference
                 t0 = time.perf_counter()
                 text = methods[name]("image/jpeg", body)
                 times.setdefault((name, size), []).append((time.perf_counter() - t0) * 1000)
+                if phases is not None and name in phases.last:
+                    phases.seen.setdefault((name, size), []).append(phases.last.pop(name))
                 if text is not None and text != reference[body]:
                     problems.append("{} answered {} differently from the engine".format(name, size))
     return times
+
+
+class Phases:
+    """Decode and inference seconds of the engine in this process and of the same work in the
+    worker process, request by request: whether the model itself runs slower in the worker."""
+
+    def __init__(self) -> None:
+        self.last: Dict[str, Dict[str, float]] = {}
+        self.seen: Dict[Tuple[str, str], List[Dict[str, float]]] = {}
+
+    def rows(self, size: str) -> List[List[str]]:
+        engine, worker = self.seen.get(("engine", size), []), self.seen.get(("worker", size), [])
+        rows = []
+        for phase in ("decode", "inference"):
+            mine = [p[phase] * 1000 for p in engine]
+            theirs = [p[phase] * 1000 for p in worker]
+            if mine and theirs:
+                diffs = [b - a for a, b in zip(mine, theirs)]
+                rows.append([size, phase, "{:.2f}".format(np.median(mine)), "{:.2f}".format(np.median(theirs)),
+                             "{:+.2f}".format(np.median(diffs))])
+        return rows
 
 
 def throughput(call: Call, images: List[Tuple[str, bytes]], clients: int, seconds: float
@@ -232,10 +258,22 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
     reference = {body: engine.infer_text(body, "image/jpeg") for _, body in images}
     methods: Dict[str, Call] = {
         "raw": lambda ctype, body: (engine.backend.run(tensors[body]), None)[1],
-        "engine": lambda ctype, body: engine.infer_text(body, ctype),
     }
+    phases = Phases()
+
+    def in_process(ctype: str, body: bytes) -> str:
+        text = engine.infer_text(body, ctype)
+        phases.last["engine"] = dict(engine.last_timings)
+        return text
+
+    def one_worker(ctype: str, body: bytes) -> str:
+        text = pool.infer(body, ctype)[1]
+        phases.last["worker"] = pool.phase_times()
+        return text
+
+    methods["engine"] = in_process
     pool = WorkerPool(model_dir, args.device, timeout_s=60.0, service_name="perf")
-    methods["worker"] = lambda ctype, body: pool.infer(body, ctype)[1]
+    methods["worker"] = one_worker
     services, cold = [], {"engine (in-process load)": engine_cold}
     env_extra = {"GPUAcceleration": "GPU"} if args.device == "gpu" else {}
     try:
@@ -269,7 +307,7 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
 
         # Warm-up, then interleaved latency.
         latency(methods, images, reference, 1, problems)
-        times = latency(methods, images, reference, args.rounds, problems)
+        times = latency(methods, images, reference, args.rounds, problems, phases)
         rows = []
         for size in sorted({s for s, _ in images}, key=lambda s: int(s.split("x")[0])):
             base = times[("engine", size)]
@@ -284,6 +322,10 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
         print("\nlatency, one request at a time ({} rounds x {} images, paired with engine):".format(
             args.rounds, len(images)))
         print(table(["image", "method", "p50 ms", "p90 ms", "vs engine ms", "x engine"], rows))
+        print("\nthe model's own work, in this process and in the worker (paired, ms):")
+        print(table(["image", "phase", "engine p50", "worker p50", "worker - engine"],
+                    [row for size in sorted({s for s, _ in images}, key=lambda s: int(s.split("x")[0]))
+                     for row in phases.rows(size)]))
 
         # Throughput: the engine in a loop (one thread) is the baseline.
         rows = []

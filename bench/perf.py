@@ -16,7 +16,9 @@ For each model, on 640x480 and 1920x1080 JPEGs, interleaved request by request:
   Greengrass protocol costs by itself; it has no pair with ``engine``.
 
 Printed: per image size the median and p90 of each, the paired median difference and ratio to
-``engine`` (pairs are the same image in the same round); throughput with 1, 2, 4, 8 clients for
+``engine`` (pairs are the same image in the same round); the decode and inference times of
+``engine`` and of ``worker`` as each times them, paired (does the model run slower in a worker?);
+throughput with 1, 2, 4, 8 clients for
 ``--duration`` seconds each against ``engine`` called in a loop by one thread; cold start to the
 first answer; resident memory of every process before and after; the load average. Every answer
 of the service and the peer must equal the engine's byte for byte (exit status 1 otherwise).
@@ -144,9 +146,9 @@ class ProtocolFloor:
             raise RuntimeError("bench/protocol_floor.py did not start")
 
     def call(self, ctype: str, body: bytes) -> None:
+        """None: it answers every image with the first one's text, so nothing to compare."""
         os.environ["GG_ML_IPC_FILE"] = self.ipc
         sdk_call(ctype, body)
-        # It answers every image with the first one's text: not compared with the engine.
 
     def stop(self) -> None:
         self.proc.stdin.close()

@@ -417,3 +417,17 @@ def test_start_time_a_few_ticks_off_is_the_same_process(tmp_path):
         assert module.is_alive({"pid": os.getpid(), "started": now + 2})
         assert module.is_alive({"pid": os.getpid(), "started": now - 2})
         assert not module.is_alive({"pid": os.getpid(), "started": now + 60 * os.sysconf("SC_CLK_TCK")})
+
+
+def test_an_oversized_function_token_file_is_refused_by_its_size(tmp_path):
+    """Read at most MAX_FILE_BYTES: a planted file of any size costs one bounded read and a
+    message that names it, not a JSON error about a cut-off document."""
+    ipc = tmp_path / "ipc.json"
+    functions = tmp_path / ("ipc.json" + clientfile.FUNCTIONS_SUFFIX)
+    functions.write_bytes(b'{"functions": {}, "pad": "' + b"x" * clientfile.MAX_FILE_BYTES + b'"}')
+    functions.chmod(0o600)
+    with pytest.raises(ValueError, match="larger than {} bytes; not a function-token file".format(
+            clientfile.MAX_FILE_BYTES)):
+        clientfile.function_token(str(ipc), "arn:aws:lambda:us-east-1:aws:function:f")
+    functions.write_bytes(b'{"functions": {}}')
+    assert clientfile.function_token(str(ipc), "arn:aws:lambda:us-east-1:aws:function:f") is None

@@ -199,12 +199,18 @@ def is_alive(entry: Mapping[str, Any]) -> bool:
 
 # -- reading -----------------------------------------------------------------------------------
 
-def _load(path: str) -> Dict[str, Any]:
+def _read_json(path: str, kind: str) -> Any:
+    """The JSON in `path`; ValueError when it is over MAX_FILE_BYTES (anyone who could write
+    there may have planted it), not UTF-8 or not JSON."""
     with open(path, "rb") as handle:
         data = handle.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
-        raise ValueError("{} is larger than {} bytes; not a client file".format(path, MAX_FILE_BYTES))
-    document = json.loads(data.decode("utf-8"))
+        raise ValueError("{} is larger than {} bytes; not a {}".format(path, MAX_FILE_BYTES, kind))
+    return json.loads(data.decode("utf-8"))
+
+
+def _load(path: str) -> Dict[str, Any]:
+    document = _read_json(path, "client file")
     if not isinstance(document, dict):
         raise ValueError("{} is not a greengrass-ml client file".format(path))
     if "services" not in document and {"port", "token"} <= set(document):
@@ -361,8 +367,7 @@ def _load_for_update(path: str) -> Dict[str, Any]:
 
 
 def _load_functions(path: str) -> Dict[str, Any]:
-    with open(path, "rb") as handle:
-        document = json.loads(handle.read(MAX_FILE_BYTES).decode("utf-8"))
+    document = _read_json(path, "function-token file")
     if not isinstance(document, dict) or not isinstance(document.get("functions"), dict):
         raise ValueError("{} is not a function-token file".format(path))
     return document

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tup
 
 from .errors import ParameterError
 from .memory_room import cgroup_room_kb, cgroup_visible, mem_available_kb
-from .workers import AbandonedError, WorkerPool
+from .workers import WorkerPool
 
 WORKERS_ENV = "CONNECTOR_INFERENCE_WORKERS"
 MAX_WORKERS = 16
@@ -224,11 +224,7 @@ class WorkerSet:
                 self._idle.remove(index)
                 self._taken[index] += 1
         if index is None:  # the same outcomes as one busy worker's, counted the same way
-            if cancelled is not None and cancelled():
-                first._count("abandoned")
-                raise AbandonedError("the caller stopped waiting before an inference worker was free")
-            raise first._past_deadline("the request waited that long behind earlier ones for the "
-                                       "inference workers", deadline is not None, cancelled)
+            raise first.not_started("an inference worker", deadline is not None, cancelled)
         pool = self.pools[index]
         self._served_by.pool, self._served_by.waited = pool, time.monotonic() - arrived
         try:

@@ -381,12 +381,10 @@ class WorkerPool:
         external = deadline is not None
         deadline = deadline if deadline is not None else now + self.timeout_s
         if not self._busy.acquire(timeout=max(0.0, deadline - now)):
-            raise self._past_deadline("the request waited that long behind earlier ones for the "
-                                      "inference worker", external, cancelled)
+            raise self.not_started("the inference worker", external, cancelled, left=False)
         try:
             if cancelled is not None and cancelled():
-                self._count("abandoned")
-                raise AbandonedError("the caller stopped waiting before the inference worker was free")
+                raise self.not_started("the inference worker", external, cancelled)
             try:
                 worker = self._ready_worker(deadline, count=not external)
             except InferenceTimeoutError as e:
@@ -438,6 +436,19 @@ class WorkerPool:
             return "error", (message[1], message[2])
         finally:
             self._busy.release()
+
+    def not_started(self, worker: str, external: bool, cancelled: Optional[Callable[[], bool]],
+                    left: Optional[bool] = None) -> WorkerError:
+        """The error, counted, for work that never reached `worker` ("the inference worker", or
+        one of several): AbandonedError when the caller left, else the timeout of a request that
+        waited behind earlier ones. `left` says which when the caller already knows."""
+        if left is None:
+            left = cancelled is not None and cancelled()
+        if left:
+            self._count("abandoned")
+            return AbandonedError("the caller stopped waiting before {} was free".format(worker))
+        return self._past_deadline("the request waited that long behind earlier ones for {}".format(
+            worker), external, cancelled)
 
     def _ready_worker(self, deadline: float, count: bool = True) -> Worker:
         with self._cond:

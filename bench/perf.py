@@ -3,7 +3,8 @@
 
 For each model, on 640x480 and 1920x1080 JPEGs, interleaved request by request:
 
-* ``raw``     - the runtime alone (``backend.run``) on a ready tensor: the floor;
+* ``raw``     - the runtime alone (``backend.run``) on a ready tensor: the floor (a session of its
+  own, so that the engine's weights are not run twice a round);
 * ``engine``  - ``Engine.infer_text`` in this process: decode, preprocess, run, postprocess, render;
 * ``worker``  - the same through one supervised worker process (``WorkerPool.infer``) called from
   this process: the worker hop without HTTP, to split the service's overhead;

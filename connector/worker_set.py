@@ -123,7 +123,7 @@ def choose_workers(limit_kb: int, environ: Optional[Mapping[str, str]] = None, r
                         fit is not None and requested > max(1, fit))
 
 
-def threads_per_worker(count: int, index: int = 1) -> Optional[int]:
+def threads_per_worker(count: int, index: int) -> Optional[int]:
     """The runtime threads of worker `index` (from 0) of `count`: None (the runtime's default,
     every core) for the first, which serves whenever it is free; a share of the cores for the
     others, which serve only while it is busy."""

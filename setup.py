@@ -38,7 +38,7 @@ setup(
     packages=find_packages(include=["connector", "connector.*"])
     + ["greengrass_machine_learning_sdk"],
     package_dir={"greengrass_machine_learning_sdk": "ml_sdk/greengrass_machine_learning_sdk"},
-    package_data={"connector.models": ["*/*.onnx", "*/labels.txt", "*/model.yaml",
+    package_data={"connector.demos": ["*/*.onnx", "*/labels.txt", "*/model.yaml",
                                        # the Neo-compiled demos (scripts/tools/make_test_models.sh --demos)
                                        "*/compiled.*", "*/compiled_model.json", "*/model-shapes.json",
                                        "*/hyperparams.json", "*/MANIFEST"]},

@@ -45,9 +45,9 @@ for extra in (ROOT, ROOT / "ml_sdk", ROOT / "scripts", ROOT / "bench"):
 
 import numpy as np  # noqa: E402
 
-from connector import imaging, preprocess  # noqa: E402
-from connector.engine import Engine  # noqa: E402
-from connector.models import model_path  # noqa: E402
+from connector.model import imaging, preprocess  # noqa: E402
+from connector.model.engine import Engine  # noqa: E402
+from connector.demos import model_path  # noqa: E402
 from connector.workers import WorkerPool  # noqa: E402
 from shapes_dataset import encode_mixed, make_sample  # noqa: E402
 from soak import percentile, process_tree, status_kb, table  # noqa: E402

@@ -3,7 +3,7 @@
 
 Phases, all in one run and on the same images:
 
-1. baseline - the model in this process (connector.engine.Engine), each image decoded, detected and
+1. baseline - the model in this process (connector.model.engine.Engine), each image decoded, detected and
    rendered several times: the raw cost per image, and the reference answer for every image;
 2. start    - `python -m connector serve` on a free loopback port (as tests/service_process.py does);
 3. warm-up  - every image once through the SDK;
@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import numpy as np  # noqa: E402
 
-from connector.engine import Engine  # noqa: E402
-from connector.models import DEFAULT_MODEL, model_path  # noqa: E402
+from connector.model.engine import Engine  # noqa: E402
+from connector.demos import DEFAULT_MODEL, model_path  # noqa: E402
 from shapes_dataset import COMMON_SIZES, encode_mixed, make_sample  # noqa: E402
 from tests.service_process import healthz, start_serve  # noqa: E402
 

@@ -7,11 +7,12 @@ import os
 import sys
 from typing import List, Optional
 
-from . import __version__, imaging, postprocess
+from . import __version__
+from .model import imaging, postprocess
 from .errors import ConnectorError
 from .ipc.host import DEFAULT_MAX_BODY_BYTES
 from .logs import configure_logging
-from .models import DEFAULT_MODEL, bundled_models, model_path
+from .demos import DEFAULT_MODEL, bundled_models, model_path
 
 log = logging.getLogger("connector.cli")
 
@@ -25,8 +26,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     import cv2
 
-    from .draw import annotate
-    from .engine import Engine
+    from .tools.draw import annotate
+    from .model.engine import Engine
 
     model_dir = args.model_dir or model_path(DEFAULT_MODEL)
     try:
@@ -61,7 +62,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_check_model(args: argparse.Namespace) -> int:
-    from .check import main as check_main
+    from .tools.check_model import main as check_main
     return check_main(args.model_dir, args.device, args.runs)
 
 
@@ -98,7 +99,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import run
+    from .tools.doctor import run
     return run(args.model_dir, args.config)
 
 

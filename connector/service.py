@@ -15,8 +15,9 @@ import threading
 import time
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from . import errors, imaging, postprocess
-from .engine import Engine
+from . import errors
+from .model import imaging, postprocess
+from .model.engine import Engine
 from .params import Parameters
 from .metrics import RequestMetrics
 from .worker_set import WorkerSet, choose_workers

@@ -14,7 +14,7 @@ LocalInferenceServiceMemoryLimitKB, a reload loads one more beside them (the poo
 reload gate, so only one at a time), and the supervisor needs SUPERVISOR_KB. The memory is the
 smaller of the machine's MemAvailable and what this process's memory cgroup still allows
 (connector.memory_room); a container sized for one worker and a reload (the Greengrass V1
-function definition's MemorySize, `python -m connector.deploy memory-size`) therefore gets one
+function definition's MemorySize, `python -m connector.tools.deploy memory-size`) therefore gets one
 worker, as does a machine where nothing can be read, and a Greengrass Lambda whose container
 hides its cgroup (no /sys, the default there).
 

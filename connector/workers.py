@@ -21,7 +21,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from .backends.base import THREADS_ENV
+from .model.backends.base import THREADS_ENV
 from .errors import ConnectorError
 
 log = logging.getLogger("connector.workers")
@@ -79,8 +79,8 @@ def _worker_main(conn: Connection, model_path: str, device: str, max_pixels: int
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload signal is for the supervisor
-    from . import imaging
-    from .engine import Engine
+    from .model import imaging
+    from .model.engine import Engine
     from .logs import configure_logging, invocation
     configure_logging(service_name)
     try:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 import greengrass_machine_learning_sdk as ml
-from connector.draw import annotate
+from connector.tools.draw import annotate
 
 LABELS = ("circle", "square", "triangle")
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from connector import imaging
+from connector.model import imaging
 from connector.ipc import protocol
 from connector.ipc.host import DEFAULT_MAX_BODY_BYTES
 from tests import images

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from connector.models import bundled_models
+from connector.demos import bundled_models
 from tests import images
 from tests.onnx_models import red_detector
 
@@ -88,7 +88,7 @@ def test_check_model_on_a_bundled_onnx_model():
 
 
 def test_check_model_on_a_neo_nchw_directory(tmp_path):
-    from connector import dlr_runtime
+    from connector.model.backends import dlr_runtime
     if dlr_runtime.find_dlr_package() is None:
         import pytest
         pytest.skip("needs the dlr package")
@@ -147,7 +147,7 @@ def test_check_model_bad_directories_are_one_line_and_non_zero(tmp_path):
     ("armv7l", ["demo-ssd", "demo-ssd-neo-armv7", "demo-yolov3"]),
 ])
 def test_bundled_neo_demos_are_offered_only_on_the_cpu_they_were_compiled_for(machine, expected):
-    from connector.models import model_arch
+    from connector.demos import model_arch
     offered = bundled_models(machine)
     assert list(offered) == expected
     for name in (n for n in expected if model_arch(n)):  # its library is for that CPU (ELF e_machine)
@@ -157,7 +157,7 @@ def test_bundled_neo_demos_are_offered_only_on_the_cpu_they_were_compiled_for(ma
 
 
 def test_a_neo_demo_for_another_cpu_is_named_as_such(monkeypatch):
-    from connector.models import model_path
+    from connector.demos import model_path
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
     with pytest.raises(KeyError, match="compiled for armv7, and this machine is x86_64"):
         model_path("demo-ssd-neo-armv7")

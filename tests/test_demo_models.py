@@ -1,6 +1,6 @@
 """The bundled demo detectors really detect: COCO mAP@0.5 >= 0.90 on pictures they never saw.
 
-Each model directory in connector/models is run through the engine's own path (JPEG/PNG bytes in,
+Each model directory in connector/demos is run through the engine's own path (JPEG/PNG bytes in,
 prediction document out) on a fresh synthetic test set in the sizes cameras send, and scored with
 pycocotools against the generator's ground truth.
 """
@@ -16,13 +16,13 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from connector.engine import Engine
+from connector.model.engine import Engine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import shapes_dataset as sd  # noqa: E402
 
-MODELS = os.path.join(ROOT, "connector", "models")
+MODELS = os.path.join(ROOT, "connector", "demos")
 SIZES = ((512, 512), (640, 480), (1280, 720))
 IMAGES = 90
 SEED = 424242  # training rendered seeds [1, i] and evaluated [7778, i]: these pictures are new
@@ -50,7 +50,7 @@ def _ap50(gt: COCO, results: list, image_ids: list) -> float:
 
 
 def _has_dlr() -> bool:
-    from connector import dlr_runtime
+    from connector.model.backends import dlr_runtime
     return dlr_runtime.find_dlr_package() is not None
 
 
@@ -147,7 +147,7 @@ def large_set():
 
 @pytest.mark.parametrize("name", ONNX_MODELS)
 def test_reduced_decoding_keeps_the_map_on_large_pictures(name, large_set):
-    """Camera-size JPEGs decoded reduced (connector.preprocess.reduction) score as well as decoded
+    """Camera-size JPEGs decoded reduced (connector.model.preprocess.reduction) score as well as decoded
     whole, within 0.005 (measured on these 24: demo-ssd 0.9303 reduced vs 0.9310 whole,
     demo-yolov3 0.9665 both)."""
     engine = Engine.from_model_dir(os.path.join(MODELS, name))

@@ -1,4 +1,4 @@
-"""The Greengrass Lambda package (connector/deploy.py) and the memory headroom it documents."""
+"""The Greengrass Lambda package (connector/tools/deploy.py) and the memory headroom it documents."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from connector import deploy
+from connector.tools import deploy
 from tests import images
 from tests.dlr_fixture.build import RED, blank_image, draw_box
 
@@ -42,12 +42,12 @@ def test_memory_max_from_a_parameter_file(tmp_path):
                                "LocalInferenceServiceName": "objectDetection",
                                "LocalInferenceServiceTimeoutSeconds": "10",
                                "LocalInferenceServiceMemoryLimitKB": "300000"}))
-    out = subprocess.run([sys.executable, "-m", "connector.deploy", "memory-max", "--config", str(cfg)],
+    out = subprocess.run([sys.executable, "-m", "connector.tools.deploy", "memory-max", "--config", str(cfg)],
                          cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          universal_newlines=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "{}K".format(600000 + deploy.SUPERVISOR_KB)
     cfg.write_text(json.dumps({"LocalInferenceServiceMemoryLimitKB": "lots"}))
-    out = subprocess.run([sys.executable, "-m", "connector.deploy", "memory-max", "--config", str(cfg)],
+    out = subprocess.run([sys.executable, "-m", "connector.tools.deploy", "memory-max", "--config", str(cfg)],
                          cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          universal_newlines=True, timeout=60)
     assert out.returncode == 2 and "error:" in out.stderr
@@ -63,7 +63,7 @@ def lambda_dir(tmp_path_factory):
         z.extractall(str(tmp / "fn"))
     assert "connector/lambda_function.py" in names
     assert "greengrass_machine_learning_sdk/inference.py" in names
-    assert not [n for n in names if n.startswith("connector/models/") and n != "connector/models/__init__.py"]
+    assert not [n for n in names if n.startswith("connector/demos/") and n != "connector/demos/__init__.py"]
     assert not [n for n in names if "__pycache__" in n or n.endswith((".onnx", ".so", ".params"))]
     # An interpreter with none of the dependencies: they must come from the "device".
     venv.EnvBuilder(with_pip=False).create(str(tmp / "rt"))

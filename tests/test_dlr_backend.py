@@ -18,10 +18,10 @@ import time
 import numpy as np
 import pytest
 
-from connector import dlr_runtime
-from connector.backends import open_backend
+from connector.model.backends import dlr_runtime
+from connector.model.backends import open_backend
 from connector.errors import BackendError, DeviceUnavailableError, ModelDirectoryError
-from connector.model_dir import open_model_directory
+from connector.model.directory import open_model_directory
 
 if dlr_runtime.find_dlr_package() is None or shutil.which("gcc") is None:
     pytest.skip("needs the dlr package (dlr==1.6.0 wheel) and gcc", allow_module_level=True)
@@ -163,8 +163,8 @@ def test_sleep_trigger_makes_the_run_slow(backend):
 CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from connector.backends import open_backend
-    from connector.model_dir import open_model_directory
+    from connector.model.backends import open_backend
+    from connector.model.directory import open_model_directory
     from tests.dlr_fixture.build import blank_image, set_trigger, to_tensor
     model_dir, pixel = sys.argv[1], json.loads(sys.argv[2])
     b = open_backend(open_model_directory(model_dir), "cpu")
@@ -212,7 +212,7 @@ def test_gpu_without_a_gpu_is_device_unavailable(model_path):
 def test_gpu_with_a_cpu_only_runtime_is_device_unavailable(model_path, monkeypatch):
     # Pretend the CUDA driver is fine so that libdlr itself is asked for a GPU context: the
     # dlr 1.6.0 x86_64 wheel is built without CUDA and refuses ("Device API gpu is not enabled").
-    from connector.backends import dlr_backend
+    from connector.model.backends import dlr_backend
     monkeypatch.setattr(dlr_backend, "cuda_problem", lambda: None)
     with pytest.raises(DeviceUnavailableError) as e:
         load(model_path, "gpu")
@@ -326,7 +326,7 @@ def test_stderr_written_during_a_load_is_passed_through(model_path, capfd):
             os.write(2, (self.format(record) + "\n").encode())
 
     handler = Fd2Handler()
-    logger = logging.getLogger("connector.backends.dlr_backend")
+    logger = logging.getLogger("connector.model.backends.dlr_backend")
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)

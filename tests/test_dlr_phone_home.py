@@ -21,7 +21,7 @@ import textwrap
 
 import pytest
 
-from connector import dlr_runtime
+from connector.model.backends import dlr_runtime
 from connector.errors import BackendError
 
 PACKAGE = dlr_runtime.find_dlr_package()
@@ -59,8 +59,8 @@ CHILD = textwrap.dedent("""
             import dlr  # someone else imported dlr before the backend could switch it off
             result["attempts_at_import"] = list(attempts)
             del attempts[:]
-        from connector.backends import open_backend
-        from connector.model_dir import open_model_directory
+        from connector.model.backends import open_backend
+        from connector.model.directory import open_model_directory
         from connector.errors import BackendError
         try:
             backend = open_backend(open_model_directory(model_dir), "cpu")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from connector import doctor, elf
+from connector.tools import doctor, elf
 
 ROOT = Path(__file__).resolve().parents[1]
 CROSS = {"aarch64": (183, 64), "armv7": (40, 32)}
@@ -144,7 +144,7 @@ def test_doctor_warns_about_a_libdlr_for_another_cpu(tmp_path, model_dir):
 
 CHECK_BINARY = r"""
 import sys
-from connector import doctor
+from connector.tools import doctor
 r = doctor.Report(sys.stdout)
 doctor.check_binaries(r, [sys.argv[1]])
 sys.exit(1 if r.failures else 0)

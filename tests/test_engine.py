@@ -4,13 +4,13 @@ import ast
 import numpy as np
 import pytest
 
-from connector import formats, postprocess
-from connector.backends import open_backend
-from connector.engine import Engine
+from connector.model import formats, postprocess
+from connector.model.backends import open_backend
+from connector.model.engine import Engine
 from connector.errors import (BackendError, DeviceUnavailableError, InvalidImageError,
                               ModelDirectoryError)
-from connector.model_dir import ModelMetadata, open_model_directory
-from connector.preprocess import Frame
+from connector.model.directory import ModelMetadata, open_model_directory
+from connector.model.preprocess import Frame
 from tests import images
 from tests.onnx_models import BOX, red_detector
 
@@ -120,7 +120,7 @@ def test_postprocess_empty_and_mismatched():
 
 
 def test_non_finite_and_empty_boxes_are_dropped_and_counted(caplog):
-    caplog.set_level("DEBUG", logger="connector.postprocess")
+    caplog.set_level("DEBUG", logger="connector.model.postprocess")
     ids = np.array([[[0], [1], [2], [0], [1]]], np.float32)
     scores = np.array([[[0.9], [0.8], [0.7], [0.6], [0.5]]], np.float32)
     inf = float("inf")
@@ -204,7 +204,7 @@ def test_normalisation_metadata_reaches_the_model(tmp_path):
 @pytest.mark.parametrize("batch", [True, False])
 @pytest.mark.parametrize("std", [(127.5, 127.5, 127.5), (58.4, 57.1, 57.4)])
 def test_nchw_tensor_matches_the_plain_numpy_recipe(color, batch, std):
-    from connector import preprocess
+    from connector.model import preprocess
     rng = np.random.RandomState(0)
     bgr = rng.randint(0, 256, (48, 64, 3)).astype(np.uint8)
     meta = ModelMetadata(layout="NCHW", height=48, width=64, color=color, mean=(127.5, 10.0, 0.0),

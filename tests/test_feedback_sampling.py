@@ -112,7 +112,7 @@ def test_bad_detection_documents_are_refused(bad):
 
 
 def test_the_connectors_own_document_is_read():
-    from connector import postprocess
+    from connector.model import postprocess
     text = postprocess.render(postprocess.prediction_document([[1, 0.7, 0.1, 0.2, 0.3, 0.4]]))
     import json
     assert sampling.read_prediction(json.loads(text)) == ("detections", [(1, 0.7)])

@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from connector import formats
-from connector import model_dir as model_directory
-from connector.contract import TensorSpec
-from connector.engine import Engine
+from connector.model import formats
+from connector.model import directory as model_directory
+from connector.model.contract import TensorSpec
+from connector.model.engine import Engine
 from connector.errors import ModelDirectoryError
-from connector.model_dir import ModelMetadata
+from connector.model.directory import ModelMetadata
 from tests import images
 from tests.onnx_models import (FORMAT_BOXES, classifier, torchvision_detector,
                                ultralytics_detector)

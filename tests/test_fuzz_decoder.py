@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector import imaging
+from connector.model import imaging
 from connector.errors import InvalidImageError
 from tests import images
 

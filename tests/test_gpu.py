@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connector.backends import open_backend
-from connector.engine import Engine
+from connector.model.backends import open_backend
+from connector.model.engine import Engine
 from connector.errors import DeviceUnavailableError
-from connector.model_dir import open_model_directory
-from connector.models import model_path
+from connector.model.directory import open_model_directory
+from connector.demos import model_path
 from tests import images
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from connector import imaging
+from connector.model import imaging
 from connector.errors import InvalidImageError
 from tests import images
 from tests.images import BLUE, GREEN, RED
@@ -138,7 +138,7 @@ def test_decompression_bomb_never_allocates_its_pixels():
     script = textwrap.dedent("""
         import resource, sys
         sys.path.insert(0, %r)
-        from connector import imaging
+        from connector.model import imaging
         from connector.errors import InvalidImageError
         from tests import images
         bomb = images.png_bomb(30000)
@@ -184,7 +184,7 @@ def test_declared_type_is_checked_but_format_comes_from_bytes():
 PEAK_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
-    from connector import imaging
+    from connector.model import imaging
 
     def status(key):
         for line in open("/proc/self/status"):

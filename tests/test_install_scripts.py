@@ -84,7 +84,7 @@ def test_systemd_unit_template():
 def test_systemd_unit_verifies_as_installed(tmp_path):
     """The unit as install_systemd_unit writes it: systemd accepts every key and value (it warns
     on stderr, exit status 0, about unknown keys and bad values, hence the check of stderr)."""
-    from connector.deploy import memory_max
+    from connector.tools.deploy import memory_max
     text = (ROOT / "scripts" / "install" / "gg-ml-connector.service").read_text()
     unit = tmp_path / "gg-ml-connector.service"
 

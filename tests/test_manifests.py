@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from connector.deploy import outer_memory_kb
+from connector.tools.deploy import outer_memory_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"

@@ -16,10 +16,11 @@ import sys
 import numpy as np
 import pytest
 
-from connector import artefacts, dlr_runtime
-from connector.engine import Engine
+from connector.model import artefacts
+from connector.model.backends import dlr_runtime
+from connector.model.engine import Engine
 from connector.errors import BackendError, ModelDirectoryError
-from connector.model_dir import open_model_directory
+from connector.model.directory import open_model_directory
 from tests import images
 from tests.onnx_models import BOX, red_detector
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connector.backends import onnx_backend
-from connector.engine import Engine
+from connector.model.backends import onnx_backend
+from connector.model.engine import Engine
 from connector.errors import BackendError
 from tests import images
 

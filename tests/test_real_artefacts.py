@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import pytest
 
-from connector.engine import Engine
+from connector.model.engine import Engine
 from tests import images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,10 +47,10 @@ ONNX = _dirs(lambda n: n.endswith("-onnx"))  # GluonCV exports through mx.onnx
 
 
 def _dlr():
-    from connector import dlr_runtime
+    from connector.model.backends import dlr_runtime
     if dlr_runtime.find_dlr_package() is None:
         pytest.skip("needs the dlr package (extra 'dlr')")
-    from connector.backends.dlr_backend import import_dlr
+    from connector.model.backends.dlr_backend import import_dlr
     return import_dlr()
 
 

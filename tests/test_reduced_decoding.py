@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from connector import imaging, preprocess
+from connector.model import imaging, preprocess
 from connector.errors import InvalidImageError
-from connector.model_dir import ModelMetadata
+from connector.model.directory import ModelMetadata
 from tests.service_process import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from connector import models
+from connector import demos
 from connector.errors import ParameterError
 from connector.service import LOAD_TIMEOUT_ENV, WATCH_ENV, load_timeout, watch_interval
 from connector.workers import WorkerError, WorkerPool
@@ -70,7 +70,7 @@ def versions(tmp_path):
     v1 = tmp_path / "v1"
     build_dlr_model(v1)
     v2 = tmp_path / "v2"
-    shutil.copytree(models.model_path("demo-ssd"), str(v2))
+    shutil.copytree(demos.model_path("demo-ssd"), str(v2))
     v3 = tmp_path / "v3"
     v3.mkdir()
     (v3 / "model.onnx").write_bytes(b"this is not an ONNX graph")
@@ -124,12 +124,12 @@ def test_broken_version_leaves_the_old_one_serving(versions, caplog):
 
 def test_single_file_replaced_by_rename_is_reloaded(tmp_path):
     model = tmp_path / "model"
-    shutil.copytree(models.model_path("demo-ssd"), str(model))
+    shutil.copytree(demos.model_path("demo-ssd"), str(model))
     pool = WorkerPool(str(model), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
     try:
         pid = pool.worker_pid()
         partial = model / "model.onnx.partial"  # not *.onnx, so never taken for the model
-        shutil.copyfile(os.path.join(models.model_path("demo-yolov3"), "model.onnx"), str(partial))
+        shutil.copyfile(os.path.join(demos.model_path("demo-yolov3"), "model.onnx"), str(partial))
         time.sleep(1.0)
         assert pool.counters["reloads"] == 0  # a file being written beside the model is not a version
         os.replace(str(partial), str(model / "model.onnx"))

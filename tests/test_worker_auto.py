@@ -9,11 +9,12 @@ import sys
 
 import pytest
 
-from connector import deploy
+from connector.tools import deploy
 from connector.errors import ParameterError
 from connector.memory_room import READ_CAP, cgroup_room_kb, cgroup_visible, mem_available_kb
 from connector.worker_set import (AUTO_MAX_WORKERS, SUPERVISOR_KB, WORKERS_ENV, auto_workers,
-                                  choose_workers, memory_room_kb, requested_workers, workers_in_memory)
+                                  choose_workers, memory_room_kb, requested_workers,
+                                  workers_in_memory)
 from tests.service_process import ROOT, clean_env, params_file
 
 GB_KB = 1024 * 1024
@@ -307,7 +308,7 @@ def test_a_hidden_cgroup_is_unknown_memory_where_the_caller_says_so(tmp_path):
 
 def test_the_greengrass_v1_container_gets_one_worker(tmp_path):
     """The function definition's MemorySize is one worker, one reload and the supervisor
-    (connector.deploy): its container's v1 memory cgroup leaves room for one worker, on any
+    (connector.tools.deploy): its container's v1 memory cgroup leaves room for one worker, on any
     number of cores and however much the machine has free, even before the supervisor used any."""
     with open(os.path.join(str(ROOT), "manifests", "greengrass-v1", "function-definition.json")) as f:
         function = json.load(f)["Functions"][0]["FunctionConfiguration"]

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from connector.memory_room import mem_available_kb
-from connector.models import model_path
+from connector.demos import model_path
 from connector.worker_set import AUTO_MAX_WORKERS, WORKERS_ENV, WorkerSet, cores, threads_per_worker
 from connector.workers import InferenceTimeoutError, WorkerCrashedError
 from tests import images
@@ -64,7 +64,7 @@ def test_workers_running_a_neo_model_are_not_pinned_to_one_core():
     unless TVM_BIND_THREADS=0 (the DLR backend sets it): every worker would share that one core.
     (The C fixture model has no TVM thread pool, so this takes the bundled Neo demo.)"""
     import os
-    from connector import dlr_runtime
+    from connector.model.backends import dlr_runtime
     if dlr_runtime.find_dlr_package() is None:
         pytest.skip("needs the dlr package (extra 'dlr')")
     pool = WorkerSet(1, model_path("demo-ssd-neo"), timeout_s=30.0, service_name="pin-test").pools[0]
@@ -125,8 +125,8 @@ def test_a_neo_model_in_this_process_leaves_its_thread_unpinned():
     """The same in a host process (the CLI, tests): threads it starts later inherit the calling
     thread's affinity, so a pinned main thread would put the IPC host's threads on one core too."""
     import os
-    from connector import dlr_runtime
-    from connector.engine import Engine
+    from connector.model.backends import dlr_runtime
+    from connector.model.engine import Engine
     if dlr_runtime.find_dlr_package() is None:
         pytest.skip("needs the dlr package (extra 'dlr')")
     engine = Engine.from_model_dir(model_path("demo-ssd-neo"))

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from connector.workers import (InferenceTimeoutError, MemoryLimitError, WorkerCrashedError, WorkerError,
-                               WorkerPool)
+from connector.workers import (InferenceTimeoutError, MemoryLimitError, WorkerCrashedError,
+                               WorkerError, WorkerPool)
 from tests import images
 from tests.service_process import scaled
 from tests.dlr_fixture.build import (CRASH_PIXEL, ERROR_PIXEL, RED, blank_image, build_dlr_model,

@@ -6,7 +6,7 @@
 # Phases: build the Debian 12 chroot (scripts/arm/make-chroot.sh), copy this working tree to
 # /opt/src there, install with scripts/install/install-<arch>.sh (libdlr.so: LIBDLR_SO, else built
 # with scripts/arm/build-libdlr.sh), run the demo through the service with DLR (the Neo demo compiled
-# for the architecture, DEMO_DIR=<dir> to choose, else connector/models/demo-ssd-neo-<arch>, the trained SSD demo) and,
+# for the architecture, DEMO_DIR=<dir> to choose, else connector/demos/demo-ssd-neo-<arch>, the trained SSD demo) and,
 # on arm64, ONNX Runtime; then the tests that make sense there (runtime, service, IPC, SDK, doctor).
 # PHASES="install demo tests" (the default) chooses what runs after the chroot and the copy;
 # TESTS="tests/x.py::test_y ..." runs those tests instead of the subset.
@@ -81,7 +81,7 @@ install -D -m 0644 "$libdlr" "$root/opt/libdlr.so"
 
 rm -rf "$root/opt/src" && mkdir -p "$root/opt/src"
 tar -C "$repo" --exclude='./.venv*' --exclude=./.git --exclude=./out --exclude=./.tools -cf - . | tar -C "$root/opt/src" -xf -
-demo="${DEMO_DIR:-$repo/connector/models/demo-ssd-neo-$target}"
+demo="${DEMO_DIR:-$repo/connector/demos/demo-ssd-neo-$target}"
 # On the tmpfs: 32-bit DLR cannot list a model directory on ext4 under qemu (EOVERFLOW above).
 rm -rf "$root/tmp/demo-dlr" && cp -r "$demo" "$root/tmp/demo-dlr"
 
@@ -111,7 +111,7 @@ else
   record "demo through service: DLR" FAIL; status=1
 fi
 if [ "$arch" = arm64 ]; then
-  if in_root bash -c "cd /opt/src && scripts/serve-and-call.sh $py /opt/src/connector/models/demo-ssd out/demo-onnx 2"; then
+  if in_root bash -c "cd /opt/src && scripts/serve-and-call.sh $py /opt/src/connector/demos/demo-ssd out/demo-onnx 2"; then
     record "demo through service: ONNX" ok
   else
     record "demo through service: ONNX" FAIL; status=1

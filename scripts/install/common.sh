@@ -127,13 +127,13 @@ place_libdlr() {
     echo "   (SageMaker Neo artefacts do); build one with scripts/arm/build-libdlr.sh"
     return 0
   fi
-  pkg=$("$PREFIX/bin/python" -c 'from connector.dlr_runtime import find_dlr_package as f; print(f() or "")')
+  pkg=$("$PREFIX/bin/python" -c 'from connector.model.backends.dlr_runtime import find_dlr_package as f; print(f() or "")')
   if [ -n "$pkg" ]; then as_root ln -sf "$target" "$pkg/libdlr.so"; fi
 }
 
 # DLR phones home unless told not to; the edge must not make surprise connections (SPEC section 9).
 dlr_no_phone_home() {
-  as_root "$PREFIX/bin/python" -c 'from connector.dlr_runtime import disable_phone_home; print("   dlr phone-home off:", disable_phone_home() or "no dlr installed")'
+  as_root "$PREFIX/bin/python" -c 'from connector.model.backends.dlr_runtime import disable_phone_home; print("   dlr phone-home off:", disable_phone_home() or "no dlr installed")'
 }
 
 install_systemd_unit() {
@@ -142,7 +142,7 @@ install_systemd_unit() {
   as_root install -d -m 0755 /etc/gg-ml-connector
   as_root install -m 0644 "$CONFIG" /etc/gg-ml-connector/params.yaml
   local memory_max
-  memory_max=$("$PREFIX/bin/python" -m connector.deploy memory-max --config "$CONFIG")
+  memory_max=$("$PREFIX/bin/python" -m connector.tools.deploy memory-max --config "$CONFIG")
   sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@MEMORY_MAX@|$memory_max|g" "$REPO/scripts/install/gg-ml-connector.service" |
     as_root tee /etc/systemd/system/gg-ml-connector.service >/dev/null
   id gg-ml-connector >/dev/null 2>&1 || as_root useradd --system --no-create-home --shell /usr/sbin/nologin gg-ml-connector

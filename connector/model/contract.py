@@ -16,8 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import ModelDirectoryError
-from .model_dir import ModelMetadata
+from ..errors import ModelDirectoryError
+from .directory import ModelMetadata
 
 Shape = Tuple[Optional[int], ...]  # None: a dimension the model leaves open
 

@@ -15,9 +15,9 @@ import numpy as np
 from . import contract, formats, imaging, postprocess, preprocess
 from .backends import open_backend
 from .backends.base import Backend
-from .errors import BackendError, ConnectorError
-from .model_dir import ModelDirectory, open_model_directory
-from .params import Parameters
+from ..errors import BackendError, ConnectorError
+from .directory import ModelDirectory, open_model_directory
+from ..params import Parameters
 
 log = logging.getLogger(__name__)
 

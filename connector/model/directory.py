@@ -12,7 +12,7 @@ Two layouts are understood:
 Both may carry ``model.yaml`` (YAML or JSON) with what the model itself cannot say (mean/std,
 colour order, output roles, format), and ``labels.txt`` (one class name per line, line number =
 class id). The input contract (name, shape, layout, dtype) is read from the model once it is
-loaded (connector.contract); the defaults here are GluonCV's and are only placeholders until then.
+loaded (connector.model.contract); the defaults here are GluonCV's and are only placeholders until then.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
-from .config_files import ConfigFileError, load_file
-from .errors import ModelDirectoryError
+from ..config_files import ConfigFileError, load_file
+from ..errors import ModelDirectoryError
 
 METADATA_FILE = "model.yaml"
 LABELS_FILE = "labels.txt"
@@ -52,7 +52,7 @@ class ModelMetadata:
     # outputs[i] is the role of the model's i-th output
     outputs: Tuple[str, ...] = OUTPUT_ROLES
     labels: Optional[Tuple[str, ...]] = None
-    # Output format (see connector.formats); None: recognised from the model's outputs.
+    # Output format (see connector.model.formats); None: recognised from the model's outputs.
     format: Optional[str] = None
     # "stretch" (plain resize, GluonCV) or "letterbox" (keep aspect, pad; Ultralytics);
     # None: what the format expects.

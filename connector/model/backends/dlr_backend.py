@@ -3,7 +3,7 @@
 Facts about dlr 1.6 this module works around (all checked against the real wheel):
 
 * Importing `dlr` starts its "phone home" reporter unless ``dlr/counter/ccm_config.json`` already
-  says ``{"enable_phone_home": false}``; connector.dlr_runtime writes that file first.
+  says ``{"enable_phone_home": false}``; connector.model.backends.dlr_runtime writes that file first.
 * ``CreateDLRModel`` reports load failures only on the native stderr; ``DLRGetLastError`` then
   returns "" or the previous error. The load therefore runs with fd 2 captured.
 * DLR's Python wrapper logs through its own console handler (DEBUG level, traceback on every
@@ -24,10 +24,10 @@ import numpy as np
 
 from ..artefacts import architecture_problem, factory_export_problem
 from ..contract import ModelIO, neo_io
-from ..dlr_runtime import (INSTALL_HINT, capture_native_stderr, clean_dlr_message, cuda_problem,
-                           disable_phone_home)
-from ..errors import BackendError, DeviceUnavailableError
-from ..model_dir import ModelDirectory
+from .dlr_runtime import (INSTALL_HINT, capture_native_stderr, clean_dlr_message, cuda_problem,
+                          disable_phone_home)
+from ...errors import BackendError, DeviceUnavailableError
+from ..directory import ModelDirectory
 
 log = logging.getLogger(__name__)
 # Where DLR's own Python log records end up (see _route_dlr_logging).

@@ -1,8 +1,8 @@
 """Deployment helpers: memory sizing for Greengrass and systemd, and the Lambda deployment package.
 
-    python -m connector.deploy lambda-zip --out FILE [--deps device|bundle] [--arch ARCH] [--python X.Y]
-    python -m connector.deploy memory-size --limit-kb N     # V1 MemorySize (KB) for that limit
-    python -m connector.deploy memory-max --config FILE     # systemd MemoryMax= for that config
+    python -m connector.tools.deploy lambda-zip --out FILE [--deps device|bundle] [--arch ARCH] [--python X.Y]
+    python -m connector.tools.deploy memory-size --limit-kb N     # V1 MemorySize (KB) for that limit
+    python -m connector.tools.deploy memory-max --config FILE     # systemd MemoryMax= for that config
 
 Memory: LocalInferenceServiceMemoryLimitKB bounds one inference worker. The container (Greengrass
 `MemorySize`) or cgroup (systemd `MemoryMax=`) also holds the supervisor (~70 MB resident) and,
@@ -37,7 +37,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 SUPERVISOR_KB = 100 * 1024   # measured ~70 MB resident; rounded up for its own growth
 DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024
 UNZIPPED_LIMIT = 250 * 1024 * 1024
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory that holds connector/ and ml_sdk/ (the repository, or a site-packages).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pip --platform tags of the wheels each architecture's Lambda needs.
 PLATFORMS = {"x86_64": ["manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64"],
              "aarch64": ["manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64"]}
@@ -69,7 +70,7 @@ def _package_files() -> Iterable[Tuple[str, str]]:
             dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
             rel = os.path.relpath(dirpath, base)
             # The Lambda serves MLModelDestinationPath; the bundled demo models stay out.
-            if rel.split(os.sep)[0] == "models" and rel != "models":
+            if rel.split(os.sep)[0] == "demos" and rel != "demos":
                 continue
             for name in sorted(filenames):
                 if name.endswith(".py"):
@@ -176,7 +177,7 @@ def build_lambda_zip(out: str, deps: str = "device", arch: str = "x86_64", pytho
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m connector.deploy", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m connector.tools.deploy", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("lambda-zip", help="build the Greengrass Lambda deployment package")
     p.add_argument("--out", required=True, metavar="FILE")
@@ -193,8 +194,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "memory-size":
         print(outer_memory_kb(args.limit_kb))
     elif args.command == "memory-max":
-        from .errors import ConnectorError
-        from .params import load_parameters
+        from ..errors import ConnectorError
+        from ..params import load_parameters
         try:
             print(memory_max(load_parameters(args.config, environ={}).memory_limit_kb))
         except ConnectorError as e:

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Tuple
 import cv2
 import numpy as np
 
-from .errors import InvalidImageError
+from ..errors import InvalidImageError
 
 ACCEPTED_CONTENT_TYPES = ("image/jpeg", "image/png")
 DEFAULT_MAX_PIXELS = 40_000_000  # about 8K x 5K; the service lowers it from its memory limit

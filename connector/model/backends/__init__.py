@@ -1,11 +1,17 @@
-"""Model runtimes behind one interface (see base.Backend).
+"""Model runtimes behind one interface (:class:`base.Backend`, shaped after ONNX Runtime's session).
+
+* :mod:`.base`          - the interface every runtime implements, and the threads setting
+* :mod:`.onnx_backend`  - ONNX Runtime: one InferenceSession per worker, CPU or CUDA
+* :mod:`.dlr_backend`   - SageMaker Neo / TVM graph-runtime models with DLR's libdlr.so
+* :mod:`.dlr_runtime`   - what must happen around `dlr` before it is imported (phone home off,
+  the CUDA probe, libdlr's native stderr)
 
 Each runtime is imported only when a model needs it, so an ONNX-only install never needs DLR and
 the reverse.
 """
 from __future__ import annotations
 
-from ..model_dir import ModelDirectory
+from ..directory import ModelDirectory
 from .base import Backend
 
 DEVICES = ("cpu", "gpu")

@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from ..contract import ModelIO, onnx_io
-from ..errors import BackendError, DeviceUnavailableError
-from ..model_dir import ModelDirectory
+from ...errors import BackendError, DeviceUnavailableError
+from ..directory import ModelDirectory
 from .base import THREADS_ENV
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ import platform
 import sys
 from typing import Dict, List, Optional, Set, TextIO, Tuple
 
-from . import dlr_runtime, elf
+from ..model.backends import dlr_runtime
+from . import elf
 
 # The seed's "required system libraries" per variant: (soname, [minimum versions]). An empty list
 # is the seed's "not applicable" (only presence matters).
@@ -151,7 +152,7 @@ def check_packages(r: Report) -> Dict[str, object]:
         r.line("ok" if off else "warn", "dlr {} ({}); phone-home {}".format(
             dist_version("dlr") or "?", pkg, "off" if off else
             "NOT switched off yet (the service switches it off before loading; run as the installing user: "
-            "python -c 'from connector.dlr_runtime import disable_phone_home; disable_phone_home()')"))
+            "python -c 'from connector.model.backends.dlr_runtime import disable_phone_home; disable_phone_home()')"))
     return found
 
 
@@ -300,10 +301,10 @@ def check_binaries(r: Report, binaries: List[str]) -> None:
 
 
 def check_model(r: Report, model_dir: str, device: str) -> None:
-    from .errors import ConnectorError
+    from ..errors import ConnectorError
     r.section("Model directory " + model_dir)
     try:
-        from .check import check_model as run_check
+        from .check_model import check_model as run_check
         text = io.StringIO()
         run_check(model_dir, device, 1, out=text)
     except ConnectorError as e:
@@ -330,8 +331,8 @@ def run(model_dir: Optional[str] = None, config: Optional[str] = None,
     r = Report(out)
     device = "cpu"
     if config:
-        from .errors import ConnectorError
-        from .params import load_parameters
+        from ..errors import ConnectorError
+        from ..params import load_parameters
         try:
             params = load_parameters(config)
             model_dir = model_dir or params.model_path

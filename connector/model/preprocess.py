@@ -7,7 +7,7 @@ from typing import Tuple
 import cv2
 import numpy as np
 
-from .model_dir import ModelMetadata
+from .directory import ModelMetadata
 
 LETTERBOX_PAD = 114  # Ultralytics' grey
 

@@ -23,7 +23,7 @@ import tempfile
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .errors import BackendError
+from ...errors import BackendError
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .contract import TensorSpec, fmt_shape
-from .errors import BackendError, ModelDirectoryError
-from .model_dir import OUTPUT_ROLES, TORCHVISION_ROLES, ModelMetadata
+from ..errors import BackendError, ModelDirectoryError
+from .directory import OUTPUT_ROLES, TORCHVISION_ROLES, ModelMetadata
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Callable, List, TextIO
 import cv2
 import numpy as np
 
-from . import contract, preprocess
-from .engine import Engine
-from .errors import ConnectorError
+from ..model import contract, preprocess
+from ..model.engine import Engine
+from ..errors import ConnectorError
 
 
 def _median_ms(fn: Callable[[], object], runs: int) -> float:

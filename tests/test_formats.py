@@ -154,7 +154,7 @@ def test_unknown_outputs_are_refused(shapes):
 
 
 def test_model_yaml_accepts_exactly_the_known_formats():
-    # model_dir cannot import formats (formats imports model_dir), so it repeats the names.
+    # model.directory cannot import formats (formats imports it), so it repeats the names.
     assert model_directory.FORMATS == tuple(formats.FORMATS)
 
 

@@ -1,15 +1,19 @@
 """Detector output formats: recognised from the model's outputs (or declared as `format:` in
 model.yaml) and decoded to one form: class ids, scores and xyxy boxes in model-input pixels.
 
-* gluoncv: ids (1,N,1), scores (1,N,1), bboxes (1,N,4) after NMS, padding rows with id -1
-  (GluonCV SSD/YOLOv3 exports and SageMaker Neo compilations of them; the original's format).
-* yolov8: Ultralytics YOLOv8/11 without NMS, one (1, 4+classes, anchors): cx, cy, w, h, then one
-  score per class. Filtered and suppressed (class-wise NMS) here.
-* yolov5: Ultralytics YOLOv5 without NMS, one (1, anchors, 5+classes): cx, cy, w, h,
-  objectness, then class probabilities (score = objectness * probability).
-* yolo-nms: Ultralytics exports with `nms=True`, one (1, N, 6): x1, y1, x2, y2, score, class.
-* torchvision: boxes (N,4) xyxy, scores (N,), labels (N,) (torchvision SSD/RetinaNet/Faster R-CNN
-  exports, outputs named so or mapped with `outputs:`).
+Each :class:`Format` in :data:`FORMATS` states once what its outputs look like (``shapes``, used by
+every message) and how a single output of that shape is recognised (``claims``) or accepted when
+model.yaml declares the format (``fits``):
+
+* gluoncv: GluonCV SSD/YOLOv3 exports and SageMaker Neo compilations of them, after NMS, padding
+  rows with id -1 (the original's format);
+* yolov8: Ultralytics YOLOv8/11 without NMS (cx, cy, w, h, then one score per class), filtered and
+  suppressed here (class-wise NMS);
+* yolov5: Ultralytics YOLOv5 without NMS (cx, cy, w, h, objectness, then class probabilities;
+  score = objectness * probability);
+* yolo-nms: Ultralytics exports with `nms=True` (x1, y1, x2, y2, score, class);
+* torchvision: torchvision SSD/RetinaNet/Faster R-CNN exports (outputs named so or mapped with
+  `outputs:`).
 
 The Ultralytics formats expect letterboxed RGB input scaled to 0..1 (their training pipeline);
 torchvision models take 0..1 RGB; GluonCV exports take 0..255 with mean/std baked in. model.yaml
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 # (classes int64 (K,), scores float64 (K,), boxes float64 (K, 4) xyxy in model-input pixels)
 Detections = Tuple[np.ndarray, np.ndarray, np.ndarray]
 Decoder = Callable[[Sequence[np.ndarray], ModelMetadata], Detections]
+Dim = Optional[int]  # None: a dimension the model leaves open
 
 MAX_DETECTIONS = 300  # Ultralytics' max_det
 MAX_NMS_CANDIDATES = 30000  # Ultralytics' max_nms: the best this many enter NMS
@@ -45,7 +50,24 @@ class Format:
     resize: str  # "stretch" or "letterbox"
     std: float  # pixel scale: 1 (0..255 input) or 255 (0..1 input)
     default_size: Tuple[int, int]  # (height, width) when the model leaves its size open
+    shapes: str  # what its outputs look like, for every message that names it
     roles: Tuple[str, ...] = ()  # named outputs (gluoncv, torchvision)
+    # Single-output formats: whether one (1, a, b) output is this format when nothing says so,
+    # and whether it can be when model.yaml says so (open dimensions allowed).
+    claims: Optional[Callable[[Dim, Dim], bool]] = None
+    accepts: Optional[Callable[[Dim, Dim], bool]] = None
+
+    def fits(self, shape: Optional[Tuple[Dim, ...]]) -> bool:
+        """Whether a single output of `shape` can be this format's (unknown rank: yes)."""
+        if shape is None:
+            return True
+        if self.accepts is None or len(shape) != 3 or shape[0] not in (1, None):
+            return False
+        return self.accepts(shape[1], shape[2])
+
+    def shape_error(self, outputs: Sequence[np.ndarray]) -> BackendError:
+        return BackendError("a {} output is {}; got {}".format(
+            self.name, self.shapes, ", ".join(fmt_shape(np.shape(o)) for o in outputs)))
 
     def apply_defaults(self, meta: ModelMetadata) -> ModelMetadata:
         """Fill in the preprocessing this format expects where model.yaml is silent."""
@@ -106,9 +128,9 @@ def decode_torchvision(outputs: Sequence[np.ndarray], meta: ModelMetadata) -> De
 
 
 def _single(outputs: Sequence[np.ndarray], meta: ModelMetadata) -> np.ndarray:
-    if len(outputs) != 1 or np.ndim(outputs[0]) != 3 or np.shape(outputs[0])[0] != 1:
-        raise BackendError("a {} model returns one (1, ., .) output, this one returned {}".format(
-            meta.format, ", ".join(fmt_shape(np.shape(o)) for o in outputs)))
+    fmt = FORMATS[str(meta.format)]
+    if len(outputs) != 1 or not fmt.fits(tuple(np.shape(outputs[0]))):
+        raise fmt.shape_error(outputs)
     return np.asarray(outputs[0], dtype=np.float64)[0]
 
 
@@ -155,62 +177,55 @@ def _suppress(boxes_xywh: np.ndarray, class_scores: np.ndarray, meta: ModelMetad
 
 def decode_yolov8(outputs: Sequence[np.ndarray], meta: ModelMetadata) -> Detections:
     rows = _single(outputs, meta).T  # (anchors, 4 + classes)
-    if rows.shape[1] < 5:
-        raise BackendError("a yolov8 output is (1, 4+classes, anchors); got {}".format(
-            fmt_shape(np.shape(outputs[0]))))
     return _suppress(rows[:, :4], rows[:, 4:], meta)
 
 
 def decode_yolov5(outputs: Sequence[np.ndarray], meta: ModelMetadata) -> Detections:
     rows = _single(outputs, meta)  # (anchors, 5 + classes)
-    if rows.shape[1] < 6:
-        raise BackendError("a yolov5 output is (1, anchors, 5+classes); got {}".format(
-            fmt_shape(np.shape(outputs[0]))))
     rows = rows[rows[:, 4] > meta.score_threshold]  # objectness first: most anchors go here
     return _suppress(rows[:, :4], rows[:, 5:] * rows[:, 4:5], meta)
 
 
 def decode_yolo_nms(outputs: Sequence[np.ndarray], meta: ModelMetadata) -> Detections:
     rows = _single(outputs, meta)
-    if rows.shape[1] != 6:
-        raise BackendError("a yolo-nms output is (1, N, 6); got {}".format(
-            fmt_shape(np.shape(outputs[0]))))
     rows = rows[rows[:, 4] > meta.score_threshold]  # unused rows are zeros
     return rows[:, 5].astype(np.int64), rows[:, 4], rows[:, :4]
 
 
 ULTRALYTICS = dict(resize="letterbox", std=255.0, default_size=(640, 640))
-FORMATS: Dict[str, Format] = {
-    "gluoncv": Format("gluoncv", decode_gluoncv, "stretch", 1.0, (512, 512), OUTPUT_ROLES),
-    "yolov8": Format("yolov8", decode_yolov8, **ULTRALYTICS),  # type: ignore[arg-type]
-    "yolov5": Format("yolov5", decode_yolov5, **ULTRALYTICS),  # type: ignore[arg-type]
-    "yolo-nms": Format("yolo-nms", decode_yolo_nms, **ULTRALYTICS),  # type: ignore[arg-type]
-    "torchvision": Format("torchvision", decode_torchvision, "stretch", 255.0, (512, 512),
-                          TORCHVISION_ROLES),
-}
-KNOWN_SHAPES = ("ids, scores and boxes: GluonCV ids (1,N,1), scores (1,N,1), bboxes (1,N,4); "
-                "torchvision boxes (N,4), scores (N), labels (N); Ultralytics YOLO one "
-                "(1,4+classes,anchors), (1,anchors,5+classes) or (1,N,6)")
 
 
-def _single_output_format(shape: Tuple[Optional[int], ...]) -> Optional[str]:
+def _nms_export(a: Dim, b: Dim) -> bool:
+    # (1, 300, 6) is an NMS export; a YOLOv5 with one class has thousands of anchors
+    return b == 6 and (a is None or 6 <= a <= 1000)
+
+
+FORMATS: Dict[str, Format] = {f.name: f for f in (
+    Format("gluoncv", decode_gluoncv, "stretch", 1.0, (512, 512),
+           "ids (1,N,1), scores (1,N,1) and bboxes (1,N,4)", OUTPUT_ROLES),
+    Format("yolov8", decode_yolov8, shapes="(1, 4+classes, anchors)",  # type: ignore[arg-type]
+           claims=lambda a, b: a is not None and a >= 5 and (b is None or a < b),
+           accepts=lambda a, b: a is None or a >= 5, **ULTRALYTICS),
+    Format("yolov5", decode_yolov5, shapes="(1, anchors, 5+classes)",  # type: ignore[arg-type]
+           claims=lambda a, b: b is not None and b >= 6 and not _nms_export(a, b) and (
+               b > 6 if a is None else a >= b),
+           accepts=lambda a, b: b is None or b >= 6, **ULTRALYTICS),
+    Format("yolo-nms", decode_yolo_nms, shapes="(1, N, 6)",  # type: ignore[arg-type]
+           claims=_nms_export, accepts=lambda a, b: b in (6, None), **ULTRALYTICS),
+    Format("torchvision", decode_torchvision, "stretch", 255.0, (512, 512),
+           "boxes (N,4), scores (N) and labels (N)", TORCHVISION_ROLES),
+)}
+# The formats of one (1, a, b) output; their `claims` never overlap, so the order is the table's.
+SINGLE_OUTPUT = tuple(f for f in FORMATS.values() if f.claims is not None)
+KNOWN_SHAPES = "ids, scores and boxes: GluonCV {}; torchvision {}; Ultralytics YOLO one {}".format(
+    FORMATS["gluoncv"].shapes, FORMATS["torchvision"].shapes,
+    ", ".join(f.shapes for f in SINGLE_OUTPUT[:-1]) + " or " + SINGLE_OUTPUT[-1].shapes)
+
+
+def _single_output_format(shape: Tuple[Dim, ...]) -> Optional[str]:
     if len(shape) != 3 or shape[0] not in (1, None):
         return None
-    a, b = shape[1], shape[2]
-    if a is not None and b is not None:
-        if a < b:
-            return "yolov8" if a >= 5 else None
-        # (1, 300, 6) is an NMS export; a YOLOv5 with one class has thousands of anchors
-        if b == 6 and a <= 1000:
-            return "yolo-nms"
-        return "yolov5" if b >= 6 else None
-    if b == 6:
-        return "yolo-nms"
-    if a is not None and a >= 5 and b is None:
-        return "yolov8"
-    if b is not None and b > 6:
-        return "yolov5"
-    return None
+    return next((f.name for f in SINGLE_OUTPUT if f.claims(shape[1], shape[2])), None)  # type: ignore[misc]
 
 
 def _guess(outputs: Sequence[TensorSpec], meta: ModelMetadata) -> Optional[str]:
@@ -246,28 +261,11 @@ def recognise(outputs: Sequence[TensorSpec], meta: ModelMetadata, source: str) -
         raise ModelDirectoryError(
             "model.yaml says format: {} ({} output{}) but the model ({}) has {}: {}".format(
                 name, expected, "" if expected == 1 else "s", source, len(outputs), described))
-    if not fmt.roles and not _fits_single(name, outputs[0].shape):
+    if not fmt.roles and not fmt.fits(outputs[0].shape):
         raise ModelDirectoryError(
             "model.yaml says format: {} but the model's ({}) output is {}; a {} output is {}"
-            .format(name, source, described, name, _SINGLE_SHAPES[name]))
+            .format(name, source, described, name, fmt.shapes))
     return fmt
-
-
-_SINGLE_SHAPES = {"yolov8": "(1, 4+classes, anchors)", "yolov5": "(1, anchors, 5+classes)",
-                  "yolo-nms": "(1, N, 6)"}
-
-
-def _fits_single(name: str, shape: Optional[Tuple[Optional[int], ...]]) -> bool:
-    if shape is None:
-        return True
-    if len(shape) != 3 or shape[0] not in (1, None):
-        return False
-    a, b = shape[1], shape[2]
-    if name == "yolov8":
-        return a is None or a >= 5
-    if name == "yolov5":
-        return b is None or b >= 6
-    return b in (6, None)
 
 
 def configure(outputs: Sequence[TensorSpec], meta: ModelMetadata, source: str

@@ -11,7 +11,7 @@ A few hundred bytes of YAML aliases (the "billion laughs") expand to gigabytes o
   depth capped, so parsing is linear in the file's size.
 
 Errors are :class:`ConfigFileError` with one line naming the file and the rule; values are quoted
-through :func:`excerpt`, never whole.
+through :func:`connector.errors.excerpt`, never whole.
 """
 from __future__ import annotations
 
@@ -19,23 +19,10 @@ from typing import Any
 
 import yaml
 
-from .errors import ConnectorError
+from .errors import ConfigFileError, excerpt
 
 DEFAULT_MAX_BYTES = 64 * 1024
 MAX_DEPTH = 32
-EXCERPT_CHARS = 80
-
-
-class ConfigFileError(ConnectorError):
-    """A configuration file is unreadable, too large, not UTF-8, or not plain YAML/JSON."""
-
-
-def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
-    """repr(value), cut to about `limit` characters with a note of the full length."""
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    return "{}...({} characters)".format(text[:limit], len(text))
 
 
 class _NoAliasLoader(yaml.SafeLoader):

@@ -9,16 +9,17 @@ there; tools and tests that only import the module stay cheap.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any, Dict, Mapping, Optional, Union
 
-from .errors import ConnectorError, ParameterError
+from . import settings
+from .errors import ConnectorError, NotRunError, ParameterError
+from .ipc.runtime import NoAnswer
 from . import logs
 from .feedback.feeder import FeedbackFeeder, feeder_for
 from .logs import configure_logging
 from .params import load_parameters
-from .service import InferenceService, SupervisedService
+from .service.inference import InferenceService, SupervisedService
 
 Service = Union[InferenceService, SupervisedService]
 
@@ -31,11 +32,12 @@ _feeder: Optional[FeedbackFeeder] = None
 def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) -> Service:
     """Load the parameters and the model once; tell the core the outcome where it listens."""
     global _service, _feeder
-    env = os.environ if environ is None else environ
+    env = settings.environment(environ)
     try:
         params = load_parameters(environ=env)
     except ParameterError:
-        configure_logging(env.get("LocalInferenceServiceName") or "connector")
+        configure_logging(settings.overlay(["LocalInferenceServiceName"], env).get(
+            "LocalInferenceServiceName") or "connector")
         log.exception("start-up failed: bad connector parameters")
         if report:
             _report_initialized(env, False, "bad connector parameters")
@@ -54,7 +56,7 @@ def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) 
     if params.feedback_config_id:
         from .ipc.client import IPCClient
         _feeder = feeder_for(params, IPCClient.from_environment(env, timeout=30),
-                             env.get("AWS_REGION") or "us-east-1", env)
+                             settings.get("AWS_REGION", env), env)
     if report:
         _report_initialized(env, True, "model {} loaded".format(params.model_resource_id))
     return _service
@@ -82,6 +84,8 @@ def function_handler(event: Any, context: Any) -> Dict[str, str]:
         try:
             text = _service.infer(event, custom.get("Content-Type"), invocation,
                                   getattr(context, "deadline", None), getattr(context, "cancelled", None))
+        except NotRunError as e:  # whoever owns the caller's deadline answers it
+            raise NoAnswer(str(e)) from None
         except ConnectorError as e:
             log.warning("invocation %s failed: %s", invocation, e)
             raise
@@ -98,7 +102,7 @@ def _custom_context(context: Any) -> Dict[str, Any]:
 
 def _report_initialized(env: Mapping[str, str], success: bool, response: str) -> None:
     """PUT .../initialized where a core (or our host) offers it; absent Greengrass, nothing to do."""
-    arn, token = env.get("MY_FUNCTION_ARN"), env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+    arn, token = settings.get("MY_FUNCTION_ARN", env), settings.get("AWS_CONTAINER_AUTHORIZATION_TOKEN", env)
     if not arn or not token:
         return
     try:
@@ -112,8 +116,8 @@ def _imported_by_a_lambda_runtime() -> bool:
     # A Greengrass runtime imports this module with the parameters in the environment. Our own
     # commands (serve, attach) import it too but start the service themselves: loading the model
     # here as well would load it twice.
-    return ("MLModelDestinationPath" in os.environ and "connector.cli" not in sys.modules
-            and os.environ.get("CONNECTOR_NO_BOOTSTRAP") != "1")
+    return ("MLModelDestinationPath" in settings.overlay(["MLModelDestinationPath"])
+            and "connector.cli" not in sys.modules and settings.get("CONNECTOR_NO_BOOTSTRAP") != "1")
 
 
 if _imported_by_a_lambda_runtime():

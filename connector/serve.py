@@ -22,8 +22,8 @@ import signal
 import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-from . import lambda_function, metrics
-from .errors import ConnectorError, ParameterError
+from . import lambda_function
+from .errors import ConnectorError, InferenceTimeoutError, ParameterError
 from .feedback import lambda_function as feedback_lambda
 from .feedback.config import MAP_PARAMETER as FEEDBACK_MAP_PARAMETER
 from .feedback.config import load_parameters as load_feedback_parameters
@@ -36,9 +36,9 @@ from .logs import configure_logging
 from .memory import limit_arenas
 from .mqtt_router import MqttSettings
 from .params import Parameters, load_parameters
-from .service import SupervisedService
-from .worker_set import requested_workers
-from .workers import TIMEOUT_MESSAGE
+from .service import metrics
+from .service.inference import SupervisedService
+from .supervision.sizing import requested_workers
 
 log = logging.getLogger("connector.serve")
 
@@ -99,13 +99,11 @@ def _start_host(port: Optional[int], bind: str, env: Mapping[str, str], result_t
 def _health(state: Dict[str, Any], service: SupervisedService, host: IPCHost, arn: str,
             services: HostServices) -> Dict[str, Any]:
     """The /healthz document: the service's state and what its callers experienced."""
-    document = dict(state, **dict(service.describe(), **services.describe()))
-    seen = host.board.counters(arn)
-    # The board answers callers whose deadline passed (queued or running); the worker pool
-    # counts only the timeouts of work that came without a deadline, so none is counted twice.
-    for key in ("timeouts", "abandoned"):  # both places count distinct invocations
-        document[key] = document.get(key, 0) + seen.pop(key)
-    document.update(seen)
+    worker = service.describe_worker()
+    document = dict(state, worker=worker.pop("state"),
+                    refused=service.metrics.snapshot()[0].get("refused", 0), **worker)
+    document.update(services.describe())
+    document.update(host.board.counters(arn))
     document.update(host.guard.counters)
     document["connections"] = host.guard.open_count()
     return document
@@ -152,12 +150,12 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     lambda_function.use_feeder(services.feeder)
     # Every invocation's deadline is the service timeout; the host answers a caller whose
     # deadline passes with the same message the worker pool uses.
-    host.register_function(arn, timeout_s=params.timeout_seconds, timeout_message=TIMEOUT_MESSAGE.replace(
-        "{why}", "invocation {invocation_id} was not answered in time"))
+    host.register_function(arn, timeout_s=params.timeout_seconds, timeout_message=InferenceTimeoutError.MESSAGE.format(
+        seconds=params.timeout_seconds, reason="invocation {invocation_id} was not answered in time"))
     worker_stop = threading.Event()
     # One poller more than workers: the next request is taken (and waits for a free worker)
     # while every worker is busy, so no worker idles between requests.
-    concurrency = max(concurrency, len(service.pool.pools) + 1)
+    concurrency = max(concurrency, len(service.pool.supervisors) + 1)
     loop = threading.Thread(target=run_lambda, name="connector",
                             args=(arn, lambda_function.function_handler, host.function_client(arn)),
                             kwargs={"stop_event": worker_stop, "concurrency": concurrency})

@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from connector import config_files
-from connector.config_files import ConfigFileError
+from connector.errors import ConfigFileError
 from connector.errors import ParameterError
 from connector.ipc import IPCClient, protocol
 from connector.params import MAX_TIMEOUT_SECONDS, load_parameters, parse_parameters
-from connector.workers import MemoryLimitError, WorkerPool
+from connector.errors import MemoryLimitError
+from connector.supervision.supervisor import WorkerSupervisor
 from tests import images
 from tests.dlr_fixture.build import RED, blank_image, draw_box, memory_pixel, sleep_pixel
 from tests.service_process import ROOT, clean_env, healthz, params_file, start_serve
@@ -151,7 +152,7 @@ def test_the_memory_limit_holds_while_a_model_loads(tmp_path, model_dir):
     started = time.monotonic()
     with pytest.raises(MemoryLimitError, match=r"used \d+ KB while loading the model, more than "
                                                r"LocalInferenceServiceMemoryLimitKB=200000"):
-        WorkerPool(str(hungry), memory_limit_kb=200_000, service_name="load-limit")
+        WorkerSupervisor(str(hungry), memory_limit_kb=200_000, service_name="load-limit")
     assert time.monotonic() - started < 30
 
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import greengrass_machine_learning_sdk as ml
-from connector import metrics
+from connector.service import metrics
 from tests import images
 from tests.dlr_fixture.build import CRASH_PIXEL, RED, blank_image, draw_box, set_trigger, sleep_pixel
 from tests.service_process import healthz, scaled, start_serve

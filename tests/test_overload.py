@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from connector.ipc import IPCClient, IPCError, protocol
 from connector.ipc.connections import DEFAULT_MAX_READING_BYTES, FD_RESERVE
 from connector.ipc.workboard import DEFAULT_MAX_QUEUED_BYTES
-from connector.workers import resident_kb
+from connector.supervision.memory import resident_kb
 from tests import images
 from tests.dlr_fixture.build import RED, blank_image, draw_box, set_trigger, sleep_pixel
 from tests.service_process import healthz, start_serve

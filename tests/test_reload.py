@@ -11,8 +11,9 @@ import pytest
 
 from connector import demos
 from connector.errors import ParameterError
-from connector.service import LOAD_TIMEOUT_ENV, WATCH_ENV, load_timeout, watch_interval
-from connector.workers import WorkerError, WorkerPool
+from connector.errors import WorkerError
+from connector.service.inference import LOAD_TIMEOUT_ENV, WATCH_ENV, load_timeout, watch_interval
+from connector.supervision.supervisor import WorkerSupervisor
 from tests import images
 from tests.dlr_fixture.build import RED, blank_image, build_dlr_model, draw_box
 from tests.service_process import healthz, start_serve
@@ -53,8 +54,7 @@ class Traffic:
         body = red_png()
         while not self._stop.is_set():
             try:
-                status, value = self.pool.infer(body, "image/png", "traffic")
-                (self.answers if status == "ok" else self.failures).append(value)
+                self.answers.append(self.pool.infer(body, "image/png", "traffic").text)
             except Exception as e:  # noqa: BLE001 - any failure is what this test looks for
                 self.failures.append(repr(e))
 
@@ -81,7 +81,7 @@ def versions(tmp_path):
 
 def test_new_version_takes_over_without_dropping_a_request(versions):
     current, v1, v2, v3 = versions
-    pool = WorkerPool(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
+    pool = WorkerSupervisor(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
     try:
         assert pool.backend[0] == "dlr"
         traffic = Traffic(pool)
@@ -101,7 +101,7 @@ def test_new_version_takes_over_without_dropping_a_request(versions):
 
 def test_broken_version_leaves_the_old_one_serving(versions, caplog):
     current, v1, v2, v3 = versions
-    pool = WorkerPool(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
+    pool = WorkerSupervisor(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
     try:
         pid = pool.worker_pid()
         traffic = Traffic(pool)
@@ -125,7 +125,7 @@ def test_broken_version_leaves_the_old_one_serving(versions, caplog):
 def test_single_file_replaced_by_rename_is_reloaded(tmp_path):
     model = tmp_path / "model"
     shutil.copytree(demos.model_path("demo-ssd"), str(model))
-    pool = WorkerPool(str(model), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
+    pool = WorkerSupervisor(str(model), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
     try:
         pid = pool.worker_pid()
         partial = model / "model.onnx.partial"  # not *.onnx, so never taken for the model
@@ -135,15 +135,14 @@ def test_single_file_replaced_by_rename_is_reloaded(tmp_path):
         os.replace(str(partial), str(model / "model.onnx"))
         wait_until(lambda: pool.counters["reloads"] >= 1 and pool.worker_pid() != pid,
                    what="the reload")
-        status, text = pool.infer(red_png(), "image/png")
-        assert status == "ok" and "prediction" in json.loads(text)
+        assert "prediction" in json.loads(pool.infer(red_png(), "image/png").text)
     finally:
         pool.close()
 
 
 def test_reload_on_demand_without_watching(versions):
     current, v1, v2, v3 = versions
-    pool = WorkerPool(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=None)
+    pool = WorkerSupervisor(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=None)
     try:
         swap_symlink(current, v2)
         time.sleep(1.5)
@@ -194,29 +193,28 @@ def test_version_that_loads_but_cannot_run_is_refused_at_load(versions, tmp_path
     v4 = tmp_path / "v4"
     v4.mkdir()
     failing_detector(str(v4 / "model.onnx"))
-    pool = WorkerPool(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
+    pool = WorkerSupervisor(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
     try:
         swap_symlink(current, v4)
         wait_until(lambda: pool.counters["reload_failures"] == 1, what="the failed reload")
         assert "failed its first inference" in pool.last_error
-        status, text = pool.infer(red_png(), "image/png")
-        assert status == "ok" and json.loads(text)["prediction"] == [BOX]
+        assert json.loads(pool.infer(red_png(), "image/png").text)["prediction"] == [BOX]
     finally:
         pool.close()
 
 
 def test_version_written_while_a_broken_one_loads_is_still_loaded(versions):
     current, v1, v2, v3 = versions
-    pool = WorkerPool(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
-    real_spawn = pool._spawn
+    pool = WorkerSupervisor(str(current), timeout_s=10.0, service_name="reload-test", watch_interval_s=0.2)
+    real_spawn = pool.spawn
 
     def load_broken_while_a_fix_lands():
-        pool._spawn = real_spawn  # once
+        pool.spawn = real_spawn  # once
         swap_symlink(current, v2)  # the fixed version arrives while the broken one is loading
         raise WorkerError("the broken version failed to load")
 
     try:
-        pool._spawn = load_broken_while_a_fix_lands
+        pool.spawn = load_broken_while_a_fix_lands
         swap_symlink(current, v3)
         wait_until(lambda: pool.counters["reload_failures"] == 1, what="the failed reload")
         wait_until(lambda: pool.backend[0] == "onnxruntime", what="the version that landed meanwhile")

@@ -19,9 +19,9 @@ from connector.model import imaging
 from connector import lambda_function
 from connector.errors import InvalidImageError
 from connector.ipc import IPCClient, IPCError, clientfile, protocol
-from connector.service import InferenceService
+from connector.service.inference import InferenceService
 from connector.model.engine import Engine
-from connector.worker_set import WORKERS_ENV, choose_workers
+from connector.supervision.sizing import WORKERS_ENV, choose_workers
 from tests import images
 from tests.dlr_fixture.build import (RED, blank_image, draw_box, memory_pixel, set_trigger,
                                      sleep_pixel)

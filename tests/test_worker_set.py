@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from connector.memory_room import mem_available_kb
+from connector.supervision.memory import mem_available_kb
 from connector.demos import model_path
-from connector.worker_set import AUTO_MAX_WORKERS, WORKERS_ENV, WorkerSet, cores, threads_per_worker
-from connector.workers import InferenceTimeoutError, WorkerCrashedError
+from connector.errors import InferenceTimeoutError, NotRunError, WorkerCrashedError
+from connector.supervision.pool import WorkerPool
+from connector.supervision.sizing import AUTO_MAX_WORKERS, WORKERS_ENV, cores, threads_per_worker
 from tests import images
 from tests.dlr_fixture.build import CRASH_PIXEL, build_dlr_model, set_trigger, sleep_pixel
 from tests.test_workers import red
@@ -29,7 +30,7 @@ def test_the_first_worker_keeps_every_core_and_the_others_share_them():
 def workers(tmp_path_factory):
     d = tmp_path_factory.mktemp("dlr-model")
     build_dlr_model(d)
-    s = WorkerSet(2, str(d), timeout_s=5.0, service_name="worker-set-test")
+    s = WorkerPool(2, str(d), timeout_s=5.0, service_name="worker-set-test")
     yield s
     s.close()
 
@@ -54,7 +55,7 @@ def test_a_lone_request_goes_to_the_first_worker(workers):
     """One request at a time always runs on the worker with every core."""
     before = list(workers.worker_info()["worker_requests"])
     for _ in range(5):
-        assert workers.infer(images.png(red()), "image/png")[0] == "ok"
+        assert "prediction" in workers.infer(images.png(red()), "image/png").text
     after = workers.worker_info()["worker_requests"]
     assert after[0] - before[0] == 5 and after[1] == before[1]
 
@@ -67,9 +68,9 @@ def test_workers_running_a_neo_model_are_not_pinned_to_one_core():
     from connector.model.backends import dlr_runtime
     if dlr_runtime.find_dlr_package() is None:
         pytest.skip("needs the dlr package (extra 'dlr')")
-    pool = WorkerSet(1, model_path("demo-ssd-neo"), timeout_s=30.0, service_name="pin-test").pools[0]
+    pool = WorkerPool(1, model_path("demo-ssd-neo"), timeout_s=30.0, service_name="pin-test").supervisors[0]
     try:
-        assert pool.infer(images.jpeg(), "image/jpeg")[0] == "ok"
+        assert "prediction" in pool.infer(images.jpeg(), "image/jpeg").text
         assert os.sched_getaffinity(pool.worker_pid()) == set(range(os.cpu_count()))
     finally:
         pool.close()
@@ -84,7 +85,7 @@ def test_two_slow_requests_overlap(workers):
         started = time.monotonic()
         results = list(ex.map(lambda _: workers.infer(slow, "image/png"), range(2)))
         elapsed = time.monotonic() - started
-    assert [r[0] for r in results] == ["ok", "ok"]
+    assert all("prediction" in r.text for r in results), results
     assert elapsed < 0.95, elapsed
 
 
@@ -102,23 +103,49 @@ def test_a_crash_costs_one_request_and_the_other_worker_serves_on(workers):
     with pytest.raises(WorkerCrashedError, match="SIGSEGV"):
         workers.infer(images.png(set_trigger(red(), CRASH_PIXEL)), "image/png")
     thread.join(10)
-    assert outcome["slow"][0] == "ok"
+    assert "prediction" in outcome["slow"].text
     assert workers.counters["restarts"] == before + 1
     assert workers.state == "ready"  # the other worker kept serving while it was replaced
     deadline = time.monotonic() + 30
     while None in workers.worker_info()["worker_pids"] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert '"prediction": [[0, 1.0' in workers.infer(images.png(red()), "image/png")[1]
+    assert '"prediction": [[0, 1.0' in workers.infer(images.png(red()), "image/png").text
 
 
-def test_a_request_that_finds_no_free_worker_in_time_times_out(workers):
+def test_a_request_that_finds_no_free_worker_in_time_times_out(tmp_path):
+    """Without a deadline of the caller's, the pool's own timeout answers a request that waited
+    behind earlier ones (or that, once a worker was free, could no longer finish in time)."""
+    build_dlr_model(tmp_path)
+    pool = WorkerPool(2, str(tmp_path), timeout_s=1.5, service_name="worker-set-timeout")
+    slow = images.png(set_trigger(red(), sleep_pixel(12)))  # 1.2 s each
+    try:
+        with ThreadPoolExecutor(4) as ex:
+            busy = [ex.submit(pool.infer, slow, "image/png") for _ in range(4)]
+            time.sleep(0.2)
+            with pytest.raises(InferenceTimeoutError, match="LocalInferenceServiceTimeoutSeconds=1.5 s: "
+                                                            "the request waited") as caught:
+                pool.infer(images.png(red()), "image/png")
+            assert "waited" in caught.value.reason
+            assert all("prediction" in f.result().text for f in busy[:2])
+    finally:
+        pool.close()
+
+
+def test_work_past_its_callers_deadline_is_left_to_the_deadlines_owner(workers):
+    """With the caller's deadline (the IPC host's), work that finds no free worker in time is
+    never sent, and the error says nobody but the deadline's owner answers the caller."""
     slow = images.png(set_trigger(red(), sleep_pixel(10)))  # 1 s each
     with ThreadPoolExecutor(2) as ex:
         busy = [ex.submit(workers.infer, slow, "image/png") for _ in range(2)]
         time.sleep(0.2)
-        with pytest.raises(InferenceTimeoutError, match="waited that long behind earlier ones"):
+        with pytest.raises(NotRunError, match="waited that long behind earlier ones") as caught:
             workers.infer(images.png(red()), "image/png", deadline=time.monotonic() + 0.3)
-        assert [f.result()[0] for f in busy] == ["ok", "ok"]
+        assert caught.value.abandoned is False
+        with pytest.raises(NotRunError, match="stopped waiting") as caught:
+            workers.infer(images.png(red()), "image/png", deadline=time.monotonic() + 5,
+                          cancelled=lambda: True)
+        assert caught.value.abandoned is True
+        assert all("prediction" in f.result().text for f in busy)
 
 
 def test_a_neo_model_in_this_process_leaves_its_thread_unpinned():
@@ -138,7 +165,7 @@ def test_a_neo_model_in_this_process_leaves_its_thread_unpinned():
 
 
 def _worker_processes(model):
-    """The pids of this process's inference workers for `model` (`python -m connector.workers`
+    """The pids of this process's inference workers for `model` (`python -m connector.supervision.child`
     children; a killed one that is not reaped yet has no command line and holds no memory)."""
     found = set()
     for entry in os.listdir("/proc"):
@@ -151,7 +178,7 @@ def _worker_processes(model):
                 cmdline = f.read()
         except (OSError, IndexError, ValueError):
             continue  # it ended meanwhile
-        if ppid == os.getpid() and b"connector.workers" in cmdline and model.encode() in cmdline.split(b"\0"):
+        if ppid == os.getpid() and b"connector.supervision.child" in cmdline and model.encode() in cmdline.split(b"\0"):
             found.add(int(entry))
     return found
 
@@ -165,7 +192,7 @@ def test_the_workers_reload_one_at_a_time(tmp_path):
     v1, current = tmp_path / "v1", tmp_path / "current"
     build_dlr_model(v1)
     os.symlink(str(v1), str(current))
-    workers = WorkerSet(2, str(current), timeout_s=10.0, service_name="reload-gate-test")
+    workers = WorkerPool(2, str(current), timeout_s=10.0, service_name="reload-gate-test")
     most, stop = [0], threading.Event()
 
     def watch():
@@ -184,7 +211,7 @@ def test_the_workers_reload_one_at_a_time(tmp_path):
         while workers.counters["reloads"] + workers.counters["reload_failures"] < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert workers.counters["reloads"] == 2, workers.last_error
-        assert all(pool.backend[0] == "onnxruntime" for pool in workers.pools)
+        assert all(pool.backend[0] == "onnxruntime" for pool in workers.supervisors)
     finally:
         stop.set()
         if watcher.is_alive():

@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 Handler = Callable[[bytes, "LambdaContext"], Any]
 
 _BACKOFF_START_S = 0.05
+
+
+class NoAnswer(Exception):
+    """Raised by a handler for work whose caller the host answers itself (its deadline passed, or
+    would before the work could finish, or it left): nothing is posted, so the host's own answer
+    and count stand alone."""
 _BACKOFF_MAX_S = 2.0
 
 
@@ -106,6 +112,10 @@ def _handle_work(function_arn: str, handler: Handler, client: IPCClient, work: W
         return
     try:
         result = handler(work.payload, context)
+    except NoAnswer as exc:
+        log.debug("invocation %s of %s is left to the host to answer: %s", work.invocation_id,
+                  function_arn, exc)
+        return
     except Exception as exc:  # the handler's failure is the caller's answer, not ours
         log.info("handler of %s raised %s for invocation %s: %s", function_arn,
                  type(exc).__name__, work.invocation_id, exc, exc_info=log.isEnabledFor(logging.DEBUG))

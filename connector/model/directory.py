@@ -21,8 +21,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
-from ..config_files import ConfigFileError, load_file
-from ..errors import ModelDirectoryError
+from ..config_files import load_file
+from ..errors import ConfigFileError, ModelDirectoryError
 
 METADATA_FILE = "model.yaml"
 LABELS_FILE = "labels.txt"

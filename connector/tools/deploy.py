@@ -10,7 +10,7 @@ during a reload, a second worker loading the new model beside the serving one. A
 equal to the worker's would fire first and kill everything; so the outer limit is two workers plus
 the supervisor, and the connector's own per-worker limit is what trips on a real overrun. That
 is room for one worker: the default CONNECTOR_INFERENCE_WORKERS=auto reads the cgroup and runs one
-(connector.worker_set).
+(connector.supervision.sizing).
 
 The Lambda package (AWS limits: 50 MB zipped for a direct upload, 250 MB unzipped in all):
 * `--deps device` (default): only this package and the SDK (< 1 MB). NumPy, OpenCV, PyYAML and the

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from ... import settings
 from ..contract import ModelIO, onnx_io
 from ...errors import BackendError, DeviceUnavailableError
 from ..directory import ModelDirectory
@@ -61,7 +62,7 @@ def _options(ort: Any, level: str = "") -> Any:
     # take the CPU from exactly that (and burn an edge device's power while idle).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    threads = os.environ.get(THREADS_ENV, "")
+    threads = settings.get(THREADS_ENV)
     if threads.isdigit() and int(threads) > 0:  # set by the worker pool for each worker's share
         options.intra_op_num_threads = int(threads)
     return options

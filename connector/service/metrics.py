@@ -19,10 +19,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 # Seconds: from a fast x86 inference (a few ms) to an emulated or Raspberry Pi one (seconds).
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 PHASES = ("queue", "decode", "inference", "total")
-# Request outcomes: answered, refused (the request itself was bad: not an image, too many pixels),
-# timeout (not answered in LocalInferenceServiceTimeoutSeconds), failed (the worker crashed, went
-# over its memory limit, or the runtime failed).
-OUTCOMES = ("ok", "refused", "timeout", "failed")
+# Request outcomes, as the service finished each request: answered, refused (the request itself
+# was bad: not an image, too many pixels), timeout (not answered in
+# LocalInferenceServiceTimeoutSeconds), abandoned (the caller left before a worker took it), failed
+# (the worker crashed, went over its memory limit, or the runtime failed).
+OUTCOMES = ("ok", "refused", "timeout", "abandoned", "failed")
 
 
 class Histogram:

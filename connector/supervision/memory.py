@@ -1,10 +1,14 @@
-"""How much more memory this process may take: the machine's MemAvailable and what its memory
-cgroup (v1 or v2, and every cgroup above it) still allows.
+"""How much memory the inference workers use, and how much more this machine lets them take.
 
-Every reader takes the root of the file system to read (`/`, or a tree written by a test) and
-answers None for "no information": a missing, unreadable, oversized or garbled file is never an
-error, because the answer only sizes a default. Files are read with the standard library and at
-most READ_CAP bytes each (a /proc file that long is not the one we expect).
+* :func:`resident_kb` - a process's resident memory (VmRSS), the supervisor's watchdog reading;
+* :func:`mem_available_kb` - the machine's MemAvailable;
+* :func:`cgroup_room_kb` - what this process's memory cgroup (v1 or v2, and every cgroup above it)
+  still allows; :func:`cgroup_visible` - whether any of them can be seen at all.
+
+Every reader of the machine's state takes the root of the file system to read (`/`, or a tree
+written by a test) and answers None for "no information": a missing, unreadable, oversized or
+garbled file is never an error, because the answer only sizes a default. Files are read with the
+standard library and at most READ_CAP bytes each (a /proc file that long is not the one we expect).
 """
 from __future__ import annotations
 
@@ -30,6 +34,18 @@ def _read(path: str, cap: int = READ_CAP) -> Optional[str]:
         return data.decode("ascii")
     except UnicodeDecodeError:
         return None
+
+
+def resident_kb(pid: int) -> Optional[int]:
+    """VmRSS of a process in KiB (Linux /proc), None where it cannot be read."""
+    try:
+        with open("/proc/{}/status".format(pid), "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def mem_available_kb(root: str = "/") -> Optional[int]:

@@ -3,9 +3,11 @@
 Both implementations turn (body, content type) into the prediction document text, or raise a
 ConnectorError subclass with a message for the caller:
 
-* SupervisedService (what the connector runs): the model lives in a supervised worker process, so
-  a crash or hang in a native runtime costs one request, not the service;
-* InferenceService: the model in this process (tools, tests, embedding in other programs).
+* :class:`SupervisedService` (what the connector runs): the model lives in supervised worker
+  processes (:mod:`connector.supervision`), so a crash or hang in a native runtime costs one
+  request, not the service. It is the one owner of the request outcomes (``requests`` in health:
+  ok, refused, timeout, abandoned, failed) and their latency (:mod:`.metrics`).
+* :class:`InferenceService`: the model in this process (tools, tests, embedding in other programs).
 """
 from __future__ import annotations
 
@@ -15,18 +17,44 @@ import threading
 import time
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from . import errors
-from .model import imaging, postprocess
-from .model.engine import Engine
-from .params import Parameters
+from .. import settings
+from ..errors import (ConnectorError, InferenceTimeoutError, InvalidImageError, NotRunError)
+from ..model import imaging, postprocess
+from ..model.engine import Engine
+from ..params import Parameters
+from ..supervision.memory import resident_kb
+from ..supervision.pool import WorkerPool
+from ..supervision.sizing import choose_workers
 from .metrics import RequestMetrics
-from .worker_set import WorkerSet, choose_workers
-from .workers import AbandonedError, InferenceTimeoutError, resident_kb
 
 log = logging.getLogger("connector.service")
 # One INFO line per request (id, bytes, outcome, milliseconds); CONNECTOR_REQUEST_LOG_LEVEL=WARNING
 # turns it down (connector.logs).
 request_log = logging.getLogger("connector.requests")
+
+WATCH_ENV = "CONNECTOR_MODEL_WATCH_SECONDS"
+# How long a worker may take to import its runtime and load the model. 120 s is generous on real
+# hardware; under qemu emulation (scripts/arm/run-arm.sh) importing ONNX Runtime alone takes minutes.
+LOAD_TIMEOUT_ENV = "CONNECTOR_MODEL_LOAD_TIMEOUT_SECONDS"
+DEFAULT_WATCH_S = float(settings.BY_NAME[WATCH_ENV].default)
+DEFAULT_LOAD_TIMEOUT_S = float(settings.BY_NAME[LOAD_TIMEOUT_ENV].default)
+
+
+def check_request(body: Any, content_type: Optional[str]) -> None:
+    """What can be refused without the model, before anything is sent to a worker."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise TypeError("the request body must be the image bytes, got {}".format(type(body).__name__))
+    imaging.check_content_type(content_type)
+
+
+def watch_interval(environ: Optional[Mapping[str, str]] = None) -> Optional[float]:
+    """How often the model directory is checked for a new version; None (0 in the environment)
+    turns watching off."""
+    return settings.seconds(WATCH_ENV, 0, environ=environ) or None
+
+
+def load_timeout(environ: Optional[Mapping[str, str]] = None) -> float:
+    return settings.seconds(LOAD_TIMEOUT_ENV, 1, environ=environ)
 
 
 class InferenceService:
@@ -62,43 +90,15 @@ class InferenceService:
         self.engine.close()
 
 
-def check_request(body: Any, content_type: Optional[str]) -> None:
-    """What can be refused without the model, before anything is sent to a worker."""
-    if not isinstance(body, (bytes, bytearray, memoryview)):
-        raise TypeError("the request body must be the image bytes, got {}".format(type(body).__name__))
-    imaging.check_content_type(content_type)
-
-
-WATCH_ENV = "CONNECTOR_MODEL_WATCH_SECONDS"
-DEFAULT_WATCH_S = 2.0
-# How long a worker may take to import its runtime and load the model. 120 s is generous on real
-# hardware; under qemu emulation (scripts/arm/run-arm.sh) importing ONNX Runtime alone takes minutes.
-LOAD_TIMEOUT_ENV = "CONNECTOR_MODEL_LOAD_TIMEOUT_SECONDS"
-DEFAULT_LOAD_TIMEOUT_S = 120.0
-
-
-def _env_seconds(name: str, default: float, low: float, meaning: str,
-                 environ: Optional[Mapping[str, str]] = None) -> float:
-    raw = (os.environ if environ is None else environ).get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise errors.ParameterError("{} must be a number of seconds{}, got {!r}".format(name, meaning, raw))
-    if not low <= seconds <= 3600:
-        raise errors.ParameterError("{} must be between {:g} and 3600, got {!r}".format(name, low, raw))
-    return seconds
-
-
-def watch_interval(environ: Optional[Mapping[str, str]] = None) -> Optional[float]:
-    """How often the model directory is checked for a new version; None (0 in the environment)
-    turns watching off."""
-    return _env_seconds(WATCH_ENV, DEFAULT_WATCH_S, 0, " (0 turns watching off)", environ) or None
-
-
-def load_timeout(environ: Optional[Mapping[str, str]] = None) -> float:
-    return _env_seconds(LOAD_TIMEOUT_ENV, DEFAULT_LOAD_TIMEOUT_S, 1, "", environ)
+def outcome_of(error: BaseException) -> str:
+    """The request outcome (connector.service.metrics.OUTCOMES) an error stands for."""
+    if isinstance(error, (InvalidImageError, TypeError)):
+        return "refused"
+    if isinstance(error, NotRunError):
+        return "abandoned" if error.abandoned else "timeout"
+    if isinstance(error, InferenceTimeoutError):
+        return "timeout"
+    return "failed"
 
 
 class SupervisedService:
@@ -107,18 +107,16 @@ class SupervisedService:
         self.params = params
         # Each worker watches its memory against the limit and sizes the decoder's pixel limit from
         # what the loaded model leaves free of it.
-        self.pool = WorkerSet(workers, params.model_path, device=params.device,
-                              max_pixels=imaging.DEFAULT_MAX_PIXELS, timeout_s=params.timeout_seconds,
-                              service_name=params.service_name, memory_limit_kb=params.memory_limit_kb,
-                              watch_interval_s=watch_interval_s, load_timeout_s=load_timeout_s)
+        self.pool = WorkerPool(workers, params.model_path, device=params.device,
+                               max_pixels=imaging.DEFAULT_MAX_PIXELS, timeout_s=params.timeout_seconds,
+                               service_name=params.service_name, memory_limit_kb=params.memory_limit_kb,
+                               watch_interval_s=watch_interval_s, load_timeout_s=load_timeout_s)
         self.metrics = RequestMetrics()
-        self.refused = 0  # requests answered with an error about the request itself
-        self._refused_lock = threading.Lock()
 
     @classmethod
     def from_parameters(cls, params: Parameters, environ: Optional[Mapping[str, str]] = None,
                         in_greengrass_container: bool = False) -> "SupervisedService":
-        """`in_greengrass_container`: the Lambda entry; see worker_set.choose_workers."""
+        """`in_greengrass_container`: the Lambda entry; see supervision.sizing.choose_workers."""
         workers = choose_workers(params.memory_limit_kb, environ,  # memory read before any loads
                                  hidden_cgroup_is_unknown=in_greengrass_container)
         service = cls(params, watch_interval(environ), load_timeout(environ), workers.count)
@@ -131,9 +129,10 @@ class SupervisedService:
                      workers.why)
         return service
 
-    def describe(self) -> Dict[str, Any]:
+    def describe_worker(self) -> Dict[str, Any]:
+        """The health document's ``worker`` section: the pool's state and what its workers met."""
         name, device = self.pool.backend
-        info = dict(backend=name, device=device, worker=self.pool.state, refused=self.refused,
+        info = dict(state=self.pool.state, backend=name, device=device,
                     memory_limit_kb=self.params.memory_limit_kb, **self.pool.worker_info())
         info.update(self.pool.counters)
         if self.pool.last_error:
@@ -143,48 +142,25 @@ class SupervisedService:
     def reload(self, reason: str = "requested") -> None:
         self.pool.reload(reason)
 
-    def _refuse(self) -> None:
-        with self._refused_lock:
-            self.refused += 1
-
     def infer(self, body: bytes, content_type: Optional[str], invocation_id: str = "-",
               deadline: Optional[float] = None, cancelled: Optional[Callable[[], bool]] = None) -> str:
-        """See WorkerPool.infer for `deadline` and `cancelled`. Every call is counted and timed
-        (connector.metrics) and logged as one line on the `connector.requests` logger."""
+        """See WorkerSupervisor.infer for `deadline` and `cancelled`. Every call is counted and
+        timed once (.metrics) and logged as one line on the `connector.requests` logger."""
         started = time.monotonic()
-        outcome = "failed"
+        outcome, timings = "failed", None
         try:
-            text = self._infer(body, content_type, invocation_id, deadline, cancelled)
-            outcome = "ok"
-            return text
-        except (errors.InvalidImageError, TypeError):
-            outcome = "refused"
-            raise
-        except (InferenceTimeoutError, AbandonedError):
-            outcome = "timeout"
+            check_request(body, content_type)
+            answer = self.pool.infer(bytes(body), content_type, invocation_id, deadline, cancelled)
+            outcome, timings = "ok", answer.timings
+            return answer.text
+        except (ConnectorError, TypeError) as e:
+            outcome = outcome_of(e)
             raise
         finally:
             elapsed = time.monotonic() - started
-            self.metrics.observe(outcome, elapsed, self.pool.phase_times() if outcome == "ok" else None)
+            self.metrics.observe(outcome, elapsed, timings)
             size = len(body) if isinstance(body, (bytes, bytearray, memoryview)) else -1
             request_log.info("request %s: %d bytes, %s, %.1f ms", invocation_id, size, outcome, elapsed * 1000.0)
-
-    def _infer(self, body: bytes, content_type: Optional[str], invocation_id: str,
-               deadline: Optional[float], cancelled: Optional[Callable[[], bool]]) -> str:
-        try:
-            check_request(body, content_type)
-        except (TypeError, errors.ConnectorError):
-            self._refuse()
-            raise
-        status, value = self.pool.infer(bytes(body), content_type, invocation_id, deadline, cancelled)
-        if status == "ok":
-            return value
-        kind, message = value
-        if kind == "InvalidImageError":
-            self._refuse()
-        error = getattr(errors, kind, None)
-        raise (error if isinstance(error, type) and issubclass(error, errors.ConnectorError)
-               else errors.ConnectorError)(message)
 
     def resident_bytes(self) -> Dict[str, Optional[int]]:
         """RSS of the supervisor (this process) and of the inference workers together."""

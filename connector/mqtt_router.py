@@ -107,9 +107,10 @@ def _shape_problem(text: str, what: str) -> Optional[PublishRefused]:
     if size > MAX_TOPIC_BYTES:
         return PublishRefused("topic_too_long", "{} {} has {} bytes; AWS IoT allows at most {} bytes of "
                                                 "UTF-8".format(what, _excerpt(text), size, MAX_TOPIC_BYTES))
-    if text.count("/") > MAX_TOPIC_SLASHES:
+    slashes = text.count("/")
+    if slashes > MAX_TOPIC_SLASHES:
         return PublishRefused("topic_too_deep", "{} {} has {} '/' separators; AWS IoT allows at most {} "
-                                                "({} levels)".format(what, _excerpt(text), text.count("/"),
+                                                "({} levels)".format(what, _excerpt(text), slashes,
                                                                      MAX_TOPIC_SLASHES, MAX_TOPIC_SLASHES + 1))
     control = next((c for c in text if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F), None)
     if control is not None:
@@ -296,6 +297,8 @@ def topic_of(client_context: str) -> str:
         document = protocol.decode_client_context(client_context)
     except ValueError as exc:
         raise PublishRefused("bad_client_context", str(exc))
+    except RecursionError:  # json's decoder on [[[[... nested deeper than the interpreter allows
+        raise PublishRefused("bad_client_context", "X-Amz-Client-Context is nested too deeply")
     custom = document.get("custom")
     return check_topic(custom.get("subject") if isinstance(custom, dict) else None)
 

@@ -224,6 +224,12 @@ def test_a_client_context_that_is_not_json_is_400(routed):
     with pytest.raises(IPCError) as refused:
         host.client(timeout=5).post_work(ROUTER_ARN, b"{}", no_custom, protocol.INVOCATION_EVENT)
     assert refused.value.status == 400 and "custom.subject" in str(refused.value)
+    deep = base64.b64encode(b"[" * 40000).decode()  # 53 KB: within the host's header limit
+    with pytest.raises(IPCError) as refused:
+        host.client(timeout=5).post_work(ROUTER_ARN, b"{}", deep, protocol.INVOCATION_EVENT)
+    assert (refused.value.status, refused.value.error_type) == (400, "InvalidClientContext")
+    assert "nested too deeply" in str(refused.value)
+    assert router.describe()["refused"]["bad_client_context"] == 2
 
 
 def core_sdk_publish(host, token, topic, payload):

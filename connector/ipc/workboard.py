@@ -251,7 +251,8 @@ class WorkBoard(object):
         if admit is not None:
             admit(principal, client_context, payload)  # outside the lock: it may parse the context
         with self._lock:
-            self._check_accepting(function_arn)
+            if admit is not None:
+                self._check_accepting(function_arn)  # the host may have begun draining meanwhile
             fn = self._function(function_arn)
             if (self._unfinished >= self.max_queued
                     or self._unfinished_bytes + len(payload) > self.max_queued_bytes):

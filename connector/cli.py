@@ -68,7 +68,7 @@ def cmd_check_model(args: argparse.Namespace) -> int:
 def _mqtt(args: argparse.Namespace) -> "Optional[object]":
     from .mqtt_router import MqttSettings
     return MqttSettings.from_options(args.mqtt_url, args.mqtt_client_id, args.mqtt_ca, args.mqtt_cert,
-                                     args.mqtt_key)
+                                     args.mqtt_key, allow=args.mqtt_allow)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -130,6 +130,10 @@ def _add_mqtt(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mqtt-cert", metavar="FILE",
                    help="client certificate, e.g. an AWS IoT device certificate ($GG_MQTT_CERT_FILE)")
     g.add_argument("--mqtt-key", metavar="FILE", help="its private key ($GG_MQTT_KEY_FILE)")
+    g.add_argument("--mqtt-allow", action="append", default=[], metavar="FILTER",
+                   help="an MQTT topic filter (+ and # wildcards) callers and attached functions may "
+                        "publish to through GGRouter (repeatable; added to the comma-separated "
+                        "$GG_MQTT_ALLOW); default none. $ topics never")
 
 
 def _add_function_token(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,9 @@
   the way a core hands it to a Lambda: ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` (with
   ``GG_DAEMON_PORT``); else ``--function-token-file``; else the token ``host --function`` wrote for
   its ARN in the function-token file next to the client file (0600, readable only by the host's
-  user). What the function itself calls (the feedback feed, GGRouter) goes out as a caller.
+  user). The connector's feed to the feedback service goes out as a caller; the feedback
+  service's MQTT publishes (GGRouter) go out with its own function token, as a Lambda's do, since
+  the host's GGRouter grants topics by who publishes (connector.mqtt_router).
 
 Start-up problems (port in use, bad address, unsafe client-file directory, bad parameters) raise
 ConnectorError with one line; ``python -m connector`` prints it and exits 2.
@@ -304,8 +306,9 @@ def attach_feedback(config: Optional[str] = None, environ: Optional[Mapping[str,
     stop = _stop_on_signals()
     client, arn, region = _function_client(env, protocol.feedback_function_arn, function_token_file,
                                            host_name)
-    service = feedback_lambda.start_service(_core_client(env, timeout=10, host_name=host_name)[0],
-                                            region, env, config)
+    # GGRouter publishes carry the function's own token (a caller's would be refused).
+    publisher = IPCClient(host=client.host, port=client.port, token=client.token, timeout=10)
+    service = feedback_lambda.start_service(publisher, region, env, config)
     if service is None:
         raise ParameterError("no feedback parameters: give --config FILE or set {}".format(
             FEEDBACK_MAP_PARAMETER))

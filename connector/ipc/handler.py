@@ -12,6 +12,9 @@ a caller's token on a function's endpoint   403 (get_work, results, initialized:
                                             function's own token)
 another principal's invocation id           404 (as if unknown: nothing is revealed)
 queue or body budget full                   429 TooManyRequestsException (retry later)
+refused by the function's admission rule    the rule's 4xx and errorType (GGRouter: 400 bad
+                                            topic, 403 topic not allowed, 413 message too
+                                            large, 429 its queue full; see mqtt_router.py)
 connections full of busy clients            503 (answered before a thread is started)
 unknown path / method on a known path       404 / 405 (+ Allow)
 bad header, bad client context, bad JSON    400
@@ -258,7 +261,8 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
                 protocol.HEADER_INVOCATION_TYPE, ", ".join(protocol.INVOCATION_TYPES),
                 invocation_type), "InvalidInvocationType")
         invocation = self._board(lambda b: b.submit(function_arn, body, client_context,
-                                                    invocation_type, self._principal.name))
+                                                    invocation_type, self._principal.name,
+                                                    principal=self._principal))
         self._send(202, headers=[(protocol.HEADER_INVOCATION_ID, invocation.invocation_id)])
 
     def _get_work(self, function_arn: str, body: bytes) -> None:
@@ -334,6 +338,8 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
     def _board(self, call):
         try:
             return call(self.server.ipc_host.board)
+        except workboard.NotAdmitted as exc:
+            raise Refusal(exc.status, str(exc), exc.error_type)
         except workboard.WorkBoardError as exc:
             status, error_type = _BOARD_REFUSALS[type(exc)]
             raise Refusal(status, str(exc), error_type)

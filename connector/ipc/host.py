@@ -58,7 +58,7 @@ from .clientfile import DEFAULT_NAME
 from .connections import (BUSY_RESPONSE, DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEAD_TIMEOUT_S,
                           DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_READING_BYTES, ConnectionGuard)
 from .handler import IPCRequestHandler
-from .workboard import DEFAULT_MAX_QUEUED, DEFAULT_MAX_QUEUED_BYTES, WorkBoard
+from .workboard import DEFAULT_MAX_QUEUED, DEFAULT_MAX_QUEUED_BYTES, AdmissionHook, WorkBoard
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import IPCClient
@@ -317,13 +317,16 @@ class IPCHost(object):
 
     def register_function(self, function_arn: str, token: Optional[str] = None, served: bool = True,
                           timeout_s: Optional[float] = None,
-                          timeout_message: Optional[str] = None) -> str:
+                          timeout_message: Optional[str] = None,
+                          admit: Optional[AdmissionHook] = None) -> str:
         """Declare a function this host serves and return its token (see the module docstring).
 
         :param token: the function's token; default a fresh random one.
         :param served: True: post_work for it is accepted from now on (the function runs in this
             process or is sure to attach); False: only while its worker polls (served-ARN rule).
         :param timeout_s, timeout_message: its invocations' timeout and the caller's message.
+        :param admit: judges each post_work from the poster's :class:`Principal` before it is
+            queued (see :mod:`connector.ipc.workboard`, admission).
         """
         old = self._function_tokens.get(function_arn)
         token = token or old or secrets.token_urlsafe(32)
@@ -336,7 +339,7 @@ class IPCHost(object):
         self._function_tokens[function_arn] = token
         self._principals[digest] = Principal("function " + function_arn, function_arn)
         self.board.register(function_arn, served=served, timeout_s=timeout_s,
-                            timeout_message=timeout_message)
+                            timeout_message=timeout_message, admit=admit)
         self._publish_function_tokens()
         return token
 

@@ -233,6 +233,25 @@ def test_this_projects_v1_lambda_migrates_from_its_environment(tmp_path, capsys)
     assert "this project's V1 Lambda" in (tmp_path / "out" / "report.txt").read_text()
 
 
+def test_this_projects_v1_feedback_lambda_migrates_without_its_container_spool(tmp_path, capsys):
+    manifests = ROOT / "manifests" / "greengrass-v1"
+    functions = json.loads((manifests / "function-definition.json").read_text())
+    feedback = json.loads((ROOT / "manifests" / "feedback" / "greengrass-v1" /
+                           "function-definition.json").read_text())
+    functions["Functions"] += feedback["Functions"]
+    src = tmp_path / "functions.json"
+    src.write_text(json.dumps(functions))
+    rc, stdout, err = migrate(capsys, src, manifests / "resource-definition.json",
+                              "--out", tmp_path / "out")
+    assert rc == 0, err
+    values = yaml.safe_load((tmp_path / "out" / "feedback.yaml").read_text())
+    assert sorted(values) == ["FeedbackConfigurationMap", "RequestLimit"]
+    assert "FeedbackSpoolDirectory '/greengrass-ml/feedback-spool'" not in err
+    assert "FeedbackSpoolDirectory /greengrass-ml/feedback-spool was a path inside" in err
+    parsed = feedback_config.load_parameters(str(tmp_path / "out" / "feedback.yaml"), environ={})
+    assert list(parsed.configs) == ["object-detector-random-sampling"]
+
+
 def test_model_path_and_param_overrides(tmp_path, capsys):
     out = tmp_path / "out"
     model = tmp_path / "model"

@@ -64,6 +64,13 @@ def test_very_deep_nesting_is_refused_without_a_traceback(capsys, tmp_path):
     assert_refused(capsys, tmp_path, deep, "nested deeper than 32 levels")
 
 
+@pytest.mark.timeout(120)  # a hang guard: the quadratic depth scan took hours on this input
+def test_escaped_quotes_do_not_make_the_depth_scan_quadratic(capsys, tmp_path):
+    bad = tmp_path / "group.json"
+    bad.write_text('{"Connectors": "' + '\\"' * ((source.MAX_BYTES - 20) // 2))
+    assert_refused(capsys, tmp_path, bad, "is not JSON: Unterminated string")
+
+
 @pytest.mark.parametrize("content,words", [
     (b'{"Connectors": [] \xff}', "not UTF-8 text (byte 0xff at offset 18)"),
     (b"[1, 2]", "a JSON list, not an object"),

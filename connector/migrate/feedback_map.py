@@ -71,6 +71,11 @@ def find(group: V1Group, config_id: str, warnings: List[str]) -> Optional[Feedba
             len(sources), show(sources[0].id)))
     source = sources[0]
     values, problem = _values(source)
+    spool = values.pop("FeedbackSpoolDirectory", None)
+    if spool is not None and problem is None:
+        warnings.append("{}: FeedbackSpoolDirectory {} was a path inside the V1 Lambda's container: "
+                        "not carried (the service's default spool directory is used)".format(
+                            source.where, show(spool)))
     if problem:
         warnings.append("{}: ML Feedback parameters not usable, feedback.yaml not written: {}"
                         .format(source.where, show(problem, 300)))

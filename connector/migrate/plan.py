@@ -151,7 +151,8 @@ def resolve_model_path(group: V1Group, params: Dict[str, str], options: Options,
     own = params.get("MLModelDestinationPath")
     destination = get(resource.data, "DestinationPath") if resource else None
     if options.model_path is not None:
-        return options.model_path, "--model-path", resource
+        return options.model_path, "--model-path{}".format(
+            " (V1's DestinationPath: {})".format(show(destination)) if destination else ""), resource
     if destination:
         if own and own != destination:
             plan_warnings.append("the connector's MLModelDestinationPath {} differs from the "

@@ -89,7 +89,9 @@ def allow_flags(plan: Plan) -> str:
 
 
 def next_steps(plan: Plan, out: str) -> List[str]:
-    """The command to run next for each target, paths and filters shell-quoted."""
+    """The command to run next for each target, paths absolute (podman takes a relative -v source
+    for a volume name) and shell-quoted like the filters."""
+    out = os.path.abspath(out)
     params = os.path.join(out, "params.yaml")
     has_feedback = plan.feedback is not None and plan.feedback.values is not None
     feedback = " --feedback-config {}".format(_q(os.path.join(out, "feedback.yaml"))) \

@@ -27,7 +27,9 @@ MAX_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 32
 SHOW_CHARS = 120
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# The closing quote is optional so that an unterminated string still matches (to the end): a
+# failed match would be retried from every later quote, quadratic on '"\\"\\"...' (hours for 4 MiB).
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 

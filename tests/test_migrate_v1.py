@@ -252,6 +252,21 @@ def test_this_projects_v1_feedback_lambda_migrates_without_its_container_spool(t
     assert list(parsed.configs) == ["object-detector-random-sampling"]
 
 
+def test_kind_is_recognised_from_content_not_the_file_name(tmp_path, capsys):
+    names = ["subscription-definition-version.json", "group.json", "connectors.json", "x.txt"]
+    copies = []
+    for fixture, name in zip(DEFINITIONS, reversed(names)):
+        copies.append(tmp_path / name)
+        copies[-1].write_bytes(fixture.read_bytes())
+    rc, stdout, err = migrate(capsys, *copies, "--out", tmp_path / "out")
+    assert rc == 0, err
+    report = (tmp_path / "out" / "report.txt").read_text()
+    assert "x.txt: connector definition version" in report
+    assert "connectors.json: function definition version" in report
+    assert "group.json: resource definition version" in report
+    assert "subscription-definition-version.json: subscription definition version" in report
+
+
 def test_model_path_and_param_overrides(tmp_path, capsys):
     out = tmp_path / "out"
     model = tmp_path / "model"

@@ -151,6 +151,28 @@ def test_feedback_map_nested_too_deep_is_reported_not_crashed(capsys, tmp_path):
     assert not (tmp_path / "out" / "feedback.yaml").exists()
 
 
+def test_a_quote_never_reaches_the_v2_components_shell(capsys, tmp_path):
+    """The component's run script writes `printf '%s' '{configuration:/Parameters}'`: a quote in a
+    value would end the shell word and run the rest on every device of the thing group."""
+    doc = json.loads(GROUP.read_text())
+    lam = doc["Functions"][1]["FunctionArn"]
+    doc["Subscriptions"].append({"Id": "q", "Source": lam, "Subject": "a/'$(reboot)'", "Target": "cloud"})
+    src = tmp_path / "group.json"
+    src.write_text(json.dumps(doc))
+    model = tmp_path / "it's; reboot; '"
+    rc, stdout, err = migrate(capsys, src, "--out", tmp_path / "out", "--model-path", model)
+    assert rc == 0
+    out = tmp_path / "out"
+    assert not (out / "deployment.json").exists()
+    assert "parameter MLModelDestinationPath holds a single quote" in err
+    assert "V2 fleet:    none:" in stdout
+    assert "'" not in (out / "mqtt-allow.txt").read_text()
+    assert "the topic holds a single quote" in (out / "report.txt").read_text()
+    rc, _, _ = migrate(capsys, src, "--out", out)
+    assert rc == 0 and "'" not in json.loads((out / "deployment.json").read_text())[
+        "components"]["com.example.ObjectDetectionService"]["configurationUpdate"]["merge"]
+
+
 # --- writing: only under --out, fixed names, never through a link -----------------------------
 
 def test_out_that_is_a_symlink_or_a_file_is_refused(capsys, tmp_path):

@@ -68,6 +68,17 @@ class Plan:
     def install_script(self) -> str:
         return INSTALL_SCRIPTS.get(self.variant or "", "install-<arch>.sh")
 
+    @property
+    def deployment_problem(self) -> Optional[str]:
+        """Why deployment.json cannot be written, or None. The V2 component's run script writes
+        its Parameters inside a single-quoted shell word: a quote in a value would end the word
+        and run the rest as a command on every device of the thing group."""
+        quoted = [name for name, value in self.params.items() if "'" in value]
+        if quoted:
+            return ("parameter {} holds a single quote, which the V2 component's run script "
+                    "cannot carry; deployment.json is not written".format(quoted[0]))
+        return None
+
 
 def _detectors(group: V1Group) -> List[Union[Connector, Function]]:
     found: List[Union[Connector, Function]] = [c for c in group.connectors if DETECTOR.match(c.name)]
@@ -232,5 +243,8 @@ def make_plan(group: V1Group, options: Options) -> Plan:
                         "may publish nothing)")
     variant = DETECTOR.match(detector.name).group(1) if isinstance(detector, Connector) else None
     target = deployment_target(group, options, warnings, placeholders)
-    return Plan(group, detector, variant, params, origin, resource, feedback, allowed, not_mapped,
+    plan = Plan(group, detector, variant, params, origin, resource, feedback, allowed, not_mapped,
                 target, warnings, placeholders)
+    if plan.deployment_problem:
+        warnings.append(plan.deployment_problem)
+    return plan

@@ -1,4 +1,4 @@
-"""Command line: `python -m connector models|infer|check-model|doctor|serve|host|attach ...`."""
+"""Command line: `python -m connector models|infer|check-model|doctor|serve|host|attach|migrate-v1 ...`."""
 from __future__ import annotations
 
 import argparse
@@ -100,6 +100,11 @@ def cmd_attach(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run
     return run(args.model_dir, args.config)
+
+
+def cmd_migrate_v1(args: argparse.Namespace) -> int:
+    from .migrate.command import run
+    return run(args)
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -215,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML/JSON file of ML Feedback parameters (environment variables win)")
     _add_function_token(p)
     p.set_defaults(func=cmd_feedback)
+
+    from .migrate.command import add_arguments as migrate_arguments
+    p = sub.add_parser("migrate-v1", help="turn a Greengrass V1 group (the core's group.json or "
+                       "saved definition versions) into params.yaml, a V2 deployment, the MQTT "
+                       "allow-list and a report")
+    migrate_arguments(p)
+    p.set_defaults(func=cmd_migrate_v1)
     return parser
 
 

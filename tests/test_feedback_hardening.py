@@ -237,6 +237,17 @@ def test_a_planted_fifo_does_not_hang_the_start(tmp_path):
     assert opened and opened[0].quarantined_count == 1 and len(opened[0]) == 0
 
 
+def test_planted_directories_and_links_do_not_stop_the_start(tmp_path):
+    d = spool_dir(tmp_path)
+    for name in ("000000000001-a.json", "000000000002-b.bin", ".tmp-000000000003-c.json"):
+        (d / name).mkdir()
+    os.symlink(str(tmp_path / "nowhere"), str(d / "000000000004-d.json"))
+    s = Spool(str(d), 10 ** 6, 10, 3600, "reject-new")
+    assert s.quarantined_count == 2 and len(s) == 0
+    entry, _ = s.add(good_record("r1"), PNG)
+    assert entry.name == "000000000005-r1"
+
+
 def test_the_quarantine_is_bounded(tmp_path):
     QUARANTINE_MAX_FILES = 200
     for i in range(QUARANTINE_MAX_FILES + 30):

@@ -243,10 +243,11 @@ class FeedbackService(object):
         """Each request whose record was quarantined at start-up gets its one fail status."""
         while self.spool.quarantined:
             item = self.spool.quarantined[0]
-            self._status_now(item.request_id, {
-                "status": "fail", "error": "Quarantined",
-                "error_message": "the spooled request {} was damaged ({}); it was moved to {}".format(
-                    item.name, item.reason, os.path.join(self.spool.directory, QUARANTINE))})
+            if item.request_id is not None:
+                self._status_now(item.request_id, {
+                    "status": "fail", "error": "Quarantined",
+                    "error_message": "the spooled request {} was damaged ({}); it was moved to {}".format(
+                        item.name, item.reason, os.path.join(self.spool.directory, QUARANTINE))})
             self.spool.quarantined.pop(0)
 
     def _work(self) -> None:

@@ -1,18 +1,15 @@
 """The durable on-disk queue of accepted feedback requests.
 
-Every accepted request is one entry: ``<seq>-<id>.json`` (the record: config, prediction, metadata,
-sample uuid, delivery progress) and, for a kept sample, ``<seq>-<id>.bin`` (the model input). Both
-are written to a fresh temporary name (created with O_EXCL|O_NOFOLLOW: a planted file or link is
-never written through), fsync'd and renamed, image first, so an entry exists exactly when its
-record does; a crash leaves at most an orphan image or temporary file, removed at the next start.
-Entries are delivered oldest first (the sequence number) and removed once delivered or failed.
+Every accepted request is one entry: ``<seq>-<id>.json`` (the record) and, for a kept sample,
+``<seq>-<id>.bin`` (the model input). Both are written to a fresh temporary name (O_EXCL|O_NOFOLLOW:
+nothing planted is written through), fsync'd and renamed, image first, so an entry exists exactly
+when its record does; a crash leaves at most an orphan image or temporary file, removed at the
+next start. Entries are delivered oldest first (the sequence number), removed once done.
 
-What is on disk is read as untrusted input. The directory must be safe (owned by this user or
-root, writable by nobody else: the client file's rule, :func:`connector.ipc.clientfile.directory_reason`),
-or the service does not start. Files are opened without following symbolic links and only when
-they are regular files, with a size cap; every record is checked against :func:`validate_record`.
-An entry that fails is moved to ``quarantine/`` (bounded: the oldest go first), counted and logged;
-its request gets a ``fail`` status from the service.
+What is on disk is untrusted input. The directory must be safe (the client file's rule,
+:func:`connector.ipc.clientfile.directory_reason`) or the service does not start; files are read
+without following links, only when regular, with a size cap; records are checked by
+:func:`validate_record`. A bad entry is moved to ``quarantine/`` (bounded), counted and logged.
 
 Bounds (bytes, items, age) are checked when a request is added. When it would not fit, the policy
 decides: ``reject-new`` refuses it (:class:`SpoolFull`), ``drop-oldest`` evicts the oldest entries
@@ -43,7 +40,8 @@ log = logging.getLogger(__name__)
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
-_ENTRY = re.compile(r"^(\d{12})-([A-Za-z0-9][A-Za-z0-9._-]{0,127})\.json$")
+# Loose on purpose: a record whose name holds an id we would not write is quarantined, not ignored.
+_ENTRY = re.compile(r"^(\d{12})-(.{1,200})\.json$")
 TMP_PREFIX = ".tmp-"
 QUARANTINE = "quarantine"
 QUARANTINE_MAX_FILES = 200
@@ -69,7 +67,7 @@ class UnsafeFile(ValueError):
 
 class Quarantined(NamedTuple):
     name: str  # "<seq>-<id>"
-    request_id: str
+    request_id: Optional[str]  # None when the name holds no valid id: no status can be sent
     reason: str
 
 
@@ -84,31 +82,23 @@ def read_regular(path: str, limit: int) -> bytes:
         if os.path.islink(path):
             raise UnsafeFile("{} is a symbolic link".format(path)) from None
         raise exc
-    try:
+    with os.fdopen(fd, "rb") as handle:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnsafeFile("{} is not a regular file".format(path))
         if st.st_size > limit:
             raise UnsafeFile("{} is {} bytes, over its cap of {}".format(path, st.st_size, limit))
-        chunks, left = [], limit + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > limit:
-            raise UnsafeFile("{} grew over its cap of {} bytes".format(path, limit))
-        return data
-    finally:
-        os.close(fd)
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise UnsafeFile("{} grew over its cap of {} bytes".format(path, limit))
+    return data
 
 
 def write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o600, gid: Optional[int] = None) -> None:
     """`data` as `name` in the directory `dir_fd`: written to a new temporary file (O_CREAT|O_EXCL|
     O_NOFOLLOW, a random name: whatever was planted there is neither followed nor reused), fsync'd,
-    given `mode` (and group `gid`) and renamed over `name` (a rename replaces a link, never follows it)."""
+    given `mode` (and group `gid`) and renamed over `name` (a rename replaces a link, never follows
+    it); the directory is fsync'd, so the new name survives a power cut."""
     tmp = "{}{}.{}".format(TMP_PREFIX, name, binascii.hexlify(os.urandom(6)).decode("ascii"))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
@@ -120,6 +110,7 @@ def write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o600, gid: Option
             os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
@@ -134,19 +125,17 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         os.close(fd)
 
 
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
+
+
+def _discard(path: str) -> None:
+    """Remove a leftover found at start-up; what cannot be removed (a directory) is logged."""
+    try:
+        _unlink(path)
+    except OSError as exc:
+        log.warning("spool: cannot remove the leftover %s: %s", path, exc)
 
 
 def prepare_directory(directory: str) -> None:
@@ -317,7 +306,6 @@ class Spool(object):
                 if image is not None:
                     write_atomic(entry.image_path, bytes(image))
                 write_atomic(entry.record_path, body)
-                _fsync_directory(self.directory)
             except OSError:
                 _unlink(entry.image_path)
                 _unlink(entry.record_path)
@@ -388,7 +376,7 @@ class Spool(object):
         for filename in names:
             path = os.path.join(self.directory, filename)
             if filename.startswith(TMP_PREFIX):
-                _unlink(path)  # a link or a file: unlink never follows it
+                _discard(path)  # a link or a file: unlink never follows it
                 continue
             match = _ENTRY.match(filename)
             if not match:
@@ -397,18 +385,18 @@ class Spool(object):
             try:
                 entry = self._load(name)
             except (OSError, ValueError) as exc:
-                bad.append(Quarantined(name, match.group(2), str(exc)))
+                request_id = match.group(2) if re.fullmatch(ID_PATTERN, match.group(2)) else None
+                bad.append(Quarantined(name, request_id, str(exc)))
                 continue
             records.add(name)
             self._entries.append(entry)
             self._bytes += entry.size
             self._next_seq = max(self._next_seq, int(match.group(1)) + 1)
-        for item in bad:
-            self._quarantine(item)
-            self._next_seq = max(self._next_seq, int(item.name[:12]) + 1)
+        if bad:
+            self._quarantine(bad)
         for filename in names:
             if filename.endswith(".bin") and filename[:-len(".bin")] not in records:
-                _unlink(os.path.join(self.directory, filename))
+                _discard(os.path.join(self.directory, filename))
         if bad:
             log.warning("spool %s: %d damaged record(s) moved to %s (first: %s: %s)", self.directory,
                         len(bad), os.path.join(self.directory, QUARANTINE), bad[0].name, bad[0].reason)
@@ -439,26 +427,30 @@ class Spool(object):
             size += st.st_size
         return Entry(self.directory, name, record, size, len(data))
 
-    def _quarantine(self, item: Quarantined) -> None:
-        """Move the entry's files aside (never deleting what an operator may want to look at),
-        keeping the quarantine within its bounds."""
-        self.quarantined_count += 1
-        self.quarantined.append(item)
+    def _quarantine(self, bad: List[Quarantined]) -> None:
+        """Move the entries' files aside (an operator may want to look at them), behind the time,
+        keeping the quarantine within its bounds (the oldest go first)."""
+        self.quarantined_count += len(bad)
+        self.quarantined.extend(bad)
         folder = os.path.join(self.directory, QUARANTINE)
         with contextlib.suppress(FileExistsError):
             os.mkdir(folder, 0o700)
         try:
             qfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | _CLOEXEC)
         except OSError as exc:
-            log.warning("spool: %s is not a usable directory (%s); removing %s instead", folder, exc, item.name)
-            _unlink(os.path.join(self.directory, item.name + ".json"))
+            log.warning("spool: %s is not a usable directory (%s); removing the damaged records", folder, exc)
+            for item in bad:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.directory, item.name + ".json"))
             return
         try:
             stamp = "{:020d}-".format(int(time.time() * 1e9))
-            for suffix in (".json", ".bin"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(os.path.join(self.directory, item.name + suffix),
-                              stamp + item.name + suffix, dst_dir_fd=qfd)
+            for item in bad:
+                self._next_seq = max(self._next_seq, int(item.name[:12]) + 1)
+                for suffix in (".json", ".bin"):
+                    with contextlib.suppress(OSError):  # what stays is found again next time
+                        os.rename(os.path.join(self.directory, item.name + suffix),
+                                  stamp + item.name + suffix, dst_dir_fd=qfd)
             self._prune_quarantine(folder, qfd)
         finally:
             os.close(qfd)

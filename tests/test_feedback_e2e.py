@@ -78,7 +78,7 @@ def invoke(body):
     return json.loads(resp["Body"].read().decode("utf-8"))
 
 
-def publish(config_id="detector", body=b"\x89PNG fake image bytes", prediction=None, **metadata):
+def publish(config_id="detector", body=b"\x89PNG\r\n\x1a\n fake image bytes", prediction=None, **metadata):
     ml.client("feedback").publish(ConfigId=config_id, ModelInput=body,
                                   ModelPrediction=prediction or {"prediction": [[0, 0.5, 0.1, 0.1, 0.4, 0.4]]},
                                   Metadata=metadata)

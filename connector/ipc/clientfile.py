@@ -146,6 +146,13 @@ def check_directory(path: str) -> None:
             path, ENV_CLIENT_FILE))
 
 
+def directory_reason(directory: str) -> Optional[str]:
+    """Why a file this user creates in `directory` could be replaced by another unprivileged user
+    (None: it could not): the rule of :func:`check_directory`, for other directories whose files
+    must not be planted or replaced (the feedback spool)."""
+    return _directory_reason(directory)
+
+
 def _directory_reason(directory: str) -> Optional[str]:
     # The directory must be safe for a file created there by us.
     st = os.stat(directory)

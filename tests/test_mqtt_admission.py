@@ -396,7 +396,7 @@ def test_the_attached_feedback_command_publishes_with_its_own_token(tmp_path, br
         deadline = time.monotonic() + 30
         while True:  # until the attached Lambda serves the MLFeedback address
             try:
-                ml.client("feedback").publish(ConfigId="local", ModelInput=b"png bytes",
+                ml.client("feedback").publish(ConfigId="local", ModelInput=b"\x89PNG\r\n\x1a\n png bytes",
                                               ModelPrediction={"prediction": [[0, 0.5, 0, 0, 1, 1]]},
                                               Metadata={"n": "attached"})
                 break

@@ -246,10 +246,8 @@ def _core_client(env: Mapping[str, str], timeout: Optional[float] = None,
     if env.get(protocol.ENV_AUTH_TOKEN):
         return (IPCClient.from_environment(env, timeout=timeout),
                 env.get(protocol.ENV_REGION) or DEFAULT_REGION)
-    path = clientfile.default_path(env)
-    entry = _host_entry(path, host_name)
-    return (IPCClient.from_client_file(path, timeout=timeout, name=entry.get("name")),
-            entry.get("region") or DEFAULT_REGION)
+    entry = _host_entry(clientfile.default_path(env), host_name)
+    return IPCClient.from_entry(entry, timeout=timeout), entry.get("region") or DEFAULT_REGION
 
 
 def _function_client(env: Mapping[str, str], arn_of: Callable[[str], str], token_file: Optional[str],
@@ -263,29 +261,32 @@ def _function_client(env: Mapping[str, str], arn_of: Callable[[str], str], token
     entry = _host_entry(path, host_name)
     region = entry.get("region") or DEFAULT_REGION
     arn = env.get(protocol.ENV_FUNCTION_ARN) or arn_of(region)
-    if token_file:
-        try:
-            with open(token_file, "r", encoding="utf-8") as handle:
-                token = handle.read(4096).strip()
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise ConnectorError("cannot read the function token file {!r}: {}".format(
-                token_file, getattr(exc, "strerror", None) or exc)) from None
-    else:
-        token = clientfile.function_token(path, arn) or ""
+    try:  # both files are checked like the client file: a planted one must not lend a token
+        token = (clientfile.read_token_file(token_file) if token_file
+                 else clientfile.function_token(path, arn) or "")
+    except (OSError, ValueError) as exc:
+        raise ConnectorError("cannot use the function token file {!r}: {}".format(
+            token_file or path + clientfile.FUNCTIONS_SUFFIX, _why(exc))) from None
     if not token:
         raise ConnectorError(
             "the IPC host {!r} gave no token to {}: start it with `host --function {}`, or pass the "
             "function's token in AWS_CONTAINER_AUTHORIZATION_TOKEN or --function-token-file".format(
                 entry.get("name"), arn, arn))
-    return IPCClient.from_client_file(path, name=entry.get("name"), token=token), arn, region
+    # The entry already read and checked, not the file again: it may have changed since.
+    return IPCClient.from_entry(entry, token=token), arn, region
 
 
 def _host_entry(path: str, host_name: Optional[str]) -> Dict[str, Any]:
+    """The host's entry in the client file at `path`, refused (one line) when the file fails the
+    SDK's safety rule: whoever could replace it would receive the function's token."""
     try:
         return clientfile.read(path, host_name)
     except (OSError, ValueError) as exc:
-        raise ConnectorError("cannot find a standalone IPC host: {}".format(
-            exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)) from None
+        raise ConnectorError("cannot find a standalone IPC host: {}".format(_why(exc))) from None
+
+
+def _why(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def _report_initialized(client: IPCClient, arn: str, response: str) -> None:

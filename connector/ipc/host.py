@@ -261,7 +261,8 @@ class IPCHost(object):
         if self._server is not None:
             raise RuntimeError("IPCHost already started")
         if self.client_file_path:
-            clientfile.check_directory(self.client_file_path)  # before binding: fail fast, clean
+            # before binding: fail fast, clean
+            clientfile.check_directory(self.client_file_path, self.client_file_group)
         try:
             self._server = _Server((self.bind_host, self.requested_port), self)
         except (OSError, OverflowError, UnicodeError, ValueError) as exc:

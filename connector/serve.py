@@ -9,6 +9,10 @@
   ``GG_DAEMON_PORT``); else ``--function-token-file``; else the token ``host --function`` wrote for
   its ARN in the function-token file next to the client file (0600, readable only by the host's
   user). What the function itself calls (the feedback feed, GGRouter) goes out as a caller.
+  Before any token is sent, the client file and the function-token file must pass the SDK's
+  safety rule (:func:`connector.ipc.clientfile.refuse_unsafe`: no link, nothing another user
+  could replace), and ``--function-token-file`` is read as a secret (no link, writable only by
+  its owner, at most 4 KiB); else one line says why, exit 2.
 
 Start-up problems (port in use, bad address, unsafe client-file directory, bad parameters) raise
 ConnectorError with one line; ``python -m connector`` prints it and exits 2.
@@ -44,6 +48,8 @@ log = logging.getLogger("connector.serve")
 
 ALGO_TYPE = "object-detection"
 SHUTDOWN_GRACE_S = 10.0
+# A token is 43 characters (secrets.token_urlsafe(32)); a token file of more is not one.
+MAX_TOKEN_FILE_BYTES = 4096
 
 
 def service_arn(region: str, params: Parameters) -> str:
@@ -262,7 +268,7 @@ def _function_client(env: Mapping[str, str], arn_of: Callable[[str], str], token
     region = entry.get("region") or DEFAULT_REGION
     arn = env.get(protocol.ENV_FUNCTION_ARN) or arn_of(region)
     try:  # both files are checked like the client file: a planted one must not lend a token
-        token = (clientfile.read_token_file(token_file) if token_file
+        token = (_read_token_file(token_file) if token_file
                  else clientfile.function_token(path, arn) or "")
     except (OSError, ValueError) as exc:
         raise ConnectorError("cannot use the function token file {!r}: {}".format(
@@ -274,6 +280,16 @@ def _function_client(env: Mapping[str, str], arn_of: Callable[[str], str], token
                 entry.get("name"), arn, arn))
     # The entry already read and checked, not the file again: it may have changed since.
     return IPCClient.from_entry(entry, token=token), arn, region
+
+
+def _read_token_file(path: str) -> str:
+    """The token in `--function-token-file`, read as a secret: no link, writable only by its owner,
+    at most MAX_TOKEN_FILE_BYTES (ValueError otherwise, or unless it is one printable word)."""
+    token = clientfile.read_file(path, "function token file", MAX_TOKEN_FILE_BYTES, private=True)
+    token = token.strip()
+    if not token or any(byte < 0x21 or byte > 0x7E for byte in token):
+        raise ValueError("{} does not hold a token (one word of printable ASCII)".format(path))
+    return token.decode("ascii")
 
 
 def _host_entry(path: str, host_name: Optional[str]) -> Dict[str, Any]:

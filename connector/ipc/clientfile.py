@@ -59,8 +59,6 @@ FORMAT_VERSION = 2
 DEFAULT_NAME = "ipc-host"
 # A client file is a few hundred bytes per entry; anything far larger was not written by a host.
 MAX_FILE_BYTES = 1024 * 1024
-# A token is 43 characters (secrets.token_urlsafe(32)); a token file of more is not one.
-MAX_TOKEN_FILE_BYTES = 4096
 
 
 class ClientFileError(ConnectorError):
@@ -227,10 +225,9 @@ def is_alive(entry: Mapping[str, Any]) -> bool:
 # -- reading -----------------------------------------------------------------------------------
 
 def read_file(path: str, kind: str, max_bytes: int = MAX_FILE_BYTES, private: bool = False) -> bytes:
-    """The bytes of `path`, read through one descriptor opened without following a symbolic link;
-    ValueError naming `kind` and the rule for a link, anything but a regular file, a file over
-    `max_bytes` (anyone who could write there may have planted it) and, with `private`, a file
-    its group or others may write."""
+    """The bytes of `path`, opened without following a link; ValueError naming `kind` and the
+    rule for a link, a non-regular file, one over `max_bytes` (anyone who could write there may
+    have planted it) and, with `private`, one its group or others may write."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -256,21 +253,9 @@ def _read_json(path: str, kind: str) -> Any:
     return json.loads(read_file(path, kind).decode("utf-8"))
 
 
-def read_token_file(path: str) -> str:
-    """The token in a function-token file given by its user (``--function-token-file``): read as
-    :func:`read_file` with `private` (no link, writable only by its owner, at most
-    MAX_TOKEN_FILE_BYTES); ValueError unless it holds one word of printable ASCII."""
-    token = read_file(path, "function token file", MAX_TOKEN_FILE_BYTES, private=True).strip()
-    if not token or any(byte < 0x21 or byte > 0x7E for byte in token):
-        raise ValueError("{} does not hold a token (one word of printable ASCII)".format(path))
-    return token.decode("ascii")
-
-
 def refuse_unsafe(path: str, kind: str = "client file") -> None:
-    """ValueError (one line, with the fix) when the file at `path` fails the SDK's safety rule
-    (:func:`unsafe_reason`): whoever could replace it would receive the tokens sent to the port
-    it names. Readers (``attach``, ``feedback``, :class:`IPCClient`) check before any token is
-    sent, as the SDK does."""
+    """ValueError (one line, with the fix) when `path` fails the SDK's safety rule: whoever could
+    replace it would receive the tokens sent to the port it names."""
     reason = unsafe_reason(path)
     if reason:
         raise ValueError("refusing the {} {}: {}, so another user could have replaced it (make it "
@@ -303,15 +288,10 @@ def read(path: str, name: Optional[str] = None) -> Dict[str, Any]:
 
 
 def _checked_entry(path: str, entry: Dict[str, Any]) -> Dict[str, Any]:
-    port, host = entry.get("port"), entry.get("host")
+    port = entry.get("port")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError("the client file {} gives {} the port {!r}, not a port number".format(
             path, entry.get("name"), port))
-    if host is not None and not isinstance(host, str):
-        raise ValueError("the client file {} gives {} the host {!r}, not an address".format(
-            path, entry.get("name"), host))
-    if not isinstance(entry.get("token"), str):
-        raise ValueError("the client file {} gives {} no token".format(path, entry.get("name")))
     return entry
 
 

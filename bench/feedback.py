@@ -101,7 +101,7 @@ def main() -> int:
         expected = args.requests + len(pictures)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            delivered = healthz(on_info["port"])[1].get("feedback", {}).get("delivered", 0)
+            delivered = healthz(on_info["port"], on_info["token"])[1].get("feedback", {}).get("delivered", 0)
             if delivered >= expected:
                 break
             time.sleep(0.2)
@@ -111,7 +111,7 @@ def main() -> int:
         widths = [max(len(r[i]) for r in [headers] + rows + [ratios]) for i in range(len(headers))]
         for r in [headers] + rows + [ratios]:
             print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
-        health = healthz(on_info["port"])[1]
+        health = healthz(on_info["port"], on_info["token"])[1]
         print("feedback service: {} of {} samples delivered to {}; feeder {}".format(
             health["feedback"]["delivered"], expected, samples, health["feeder"]))
         return 0 if health["feedback"]["delivered"] >= expected and not health["feeder"]["feed_failed"] else 1

@@ -1,4 +1,4 @@
-"""Command line: `python -m connector models|infer|check-model|doctor|serve|host|attach ...`."""
+"""Command line: `python -m connector models|infer|check-model|doctor|serve|host|attach|migrate-v1 ...`."""
 from __future__ import annotations
 
 import argparse
@@ -69,7 +69,7 @@ def cmd_check_model(args: argparse.Namespace) -> int:
 def _mqtt(args: argparse.Namespace) -> "Optional[object]":
     from .mqtt_router import MqttSettings
     return MqttSettings.from_options(args.mqtt_url, args.mqtt_client_id, args.mqtt_ca, args.mqtt_cert,
-                                     args.mqtt_key)
+                                     args.mqtt_key, allow=args.mqtt_allow)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -103,6 +103,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run(args.model_dir, args.config)
 
 
+def cmd_migrate_v1(args: argparse.Namespace) -> int:
+    from .migrate.command import run
+    return run(args)
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="YAML/JSON file of connector parameters (environment variables win)")
@@ -131,6 +136,10 @@ def _add_mqtt(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mqtt-cert", metavar="FILE",
                    help="client certificate, e.g. an AWS IoT device certificate ($GG_MQTT_CERT_FILE)")
     g.add_argument("--mqtt-key", metavar="FILE", help="its private key ($GG_MQTT_KEY_FILE)")
+    g.add_argument("--mqtt-allow", action="append", default=[], metavar="FILTER",
+                   help="an MQTT topic filter (+ and # wildcards) callers and attached functions may "
+                        "publish to through GGRouter (repeatable; added to the comma-separated "
+                        "$GG_MQTT_ALLOW); default none. $ topics never")
 
 
 def _add_function_token(p: argparse.ArgumentParser) -> None:
@@ -212,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML/JSON file of ML Feedback parameters (environment variables win)")
     _add_function_token(p)
     p.set_defaults(func=cmd_feedback)
+
+    from .migrate.command import add_arguments as migrate_arguments
+    p = sub.add_parser("migrate-v1", help="turn a Greengrass V1 group (the core's group.json or "
+                       "saved definition versions) into params.yaml, a V2 deployment, the MQTT "
+                       "allow-list and a report")
+    migrate_arguments(p)
+    p.set_defaults(func=cmd_migrate_v1)
     return parser
 
 

@@ -7,6 +7,10 @@
 
 Each is served through the host's board in this process, the way :mod:`connector.serve` serves the
 connector; nothing here changes how the host itself works.
+
+The feedback service publishes through GGRouter with its own function token (as a Greengrass
+Lambda does), so the router knows it is the MLFeedback function and lets it publish its two
+topics; callers publish only what the operator's allow-list grants (see connector.mqtt_router).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from .feedback.config import FeedbackParameters
 from .feedback.feeder import FeedbackFeeder, feeder_for
 from .feedback.lambda_function import start_service
+from .feedback.router import PREDICTION_TOPIC, STATUS_TOPIC
 from .feedback.service import FeedbackService
 from .ipc import protocol, run_lambda
 from .mqtt_router import MqttSettings, RouterRunner
@@ -36,17 +41,19 @@ class HostServices(object):
         self.feeder: Optional[FeedbackFeeder] = None
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
+        feedback_arn = protocol.feedback_function_arn(host.region)
         try:
             if mqtt is not None:
-                self.router = RouterRunner(host, mqtt)
+                self.router = RouterRunner(host, mqtt, grants={
+                    feedback_arn: (PREDICTION_TOPIC, STATUS_TOPIC)})
             if feedback is not None:
-                self.feedback = start_service(host.client(timeout=10), host.region, environ,
-                                              params=feedback)
-                arn = protocol.feedback_function_arn(host.region)
-                host.register_function(arn)
+                host.register_function(feedback_arn)
+                # Its own token, not the callers': GGRouter grants topics by who publishes.
+                self.feedback = start_service(host.client(timeout=10, function_arn=feedback_arn),
+                                              host.region, environ, params=feedback)
                 thread = threading.Thread(
                     target=run_lambda, name="ml-feedback",
-                    args=(arn, self.feedback.handler, host.function_client(arn)),
+                    args=(feedback_arn, self.feedback.handler, host.function_client(feedback_arn)),
                     kwargs={"stop_event": self._stop, "concurrency": FEEDBACK_CONCURRENCY}, daemon=True)
                 thread.start()
                 self._threads.append(thread)

@@ -8,7 +8,13 @@
   the way a core hands it to a Lambda: ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` (with
   ``GG_DAEMON_PORT``); else ``--function-token-file``; else the token ``host --function`` wrote for
   its ARN in the function-token file next to the client file (0600, readable only by the host's
-  user). What the function itself calls (the feedback feed, GGRouter) goes out as a caller.
+  user). The connector's feed to the feedback service goes out as a caller; the feedback
+  service's MQTT publishes (GGRouter) go out with its own function token, as a Lambda's do, since
+  the host's GGRouter grants topics by who publishes (connector.mqtt_router).
+  Before any token is sent, the client file and the function-token file must pass the SDK's
+  safety rule (:func:`connector.ipc.clientfile.refuse_unsafe`: no link, nothing another user
+  could replace), and ``--function-token-file`` is read as a secret (no link, writable only by
+  its owner, at most 4 KiB); else one line says why, exit 2.
 
 Start-up problems (port in use, bad address, unsafe client-file directory, bad parameters) raise
 ConnectorError with one line; ``python -m connector`` prints it and exits 2.
@@ -44,6 +50,8 @@ log = logging.getLogger("connector.serve")
 
 ALGO_TYPE = "object-detection"
 SHUTDOWN_GRACE_S = 10.0
+# A token is 43 characters (secrets.token_urlsafe(32)); a token file of more is not one.
+MAX_TOKEN_FILE_BYTES = 4096
 
 
 def service_arn(region: str, params: Parameters) -> str:
@@ -244,10 +252,8 @@ def _core_client(env: Mapping[str, str], timeout: Optional[float] = None,
     if env.get(protocol.ENV_AUTH_TOKEN):
         return (IPCClient.from_environment(env, timeout=timeout),
                 env.get(protocol.ENV_REGION) or DEFAULT_REGION)
-    path = clientfile.default_path(env)
-    entry = _host_entry(path, host_name)
-    return (IPCClient.from_client_file(path, timeout=timeout, name=entry.get("name")),
-            entry.get("region") or DEFAULT_REGION)
+    entry = _host_entry(clientfile.default_path(env), host_name)
+    return IPCClient.from_entry(entry, timeout=timeout), entry.get("region") or DEFAULT_REGION
 
 
 def _function_client(env: Mapping[str, str], arn_of: Callable[[str], str], token_file: Optional[str],
@@ -261,29 +267,42 @@ def _function_client(env: Mapping[str, str], arn_of: Callable[[str], str], token
     entry = _host_entry(path, host_name)
     region = entry.get("region") or DEFAULT_REGION
     arn = env.get(protocol.ENV_FUNCTION_ARN) or arn_of(region)
-    if token_file:
-        try:
-            with open(token_file, "r", encoding="utf-8") as handle:
-                token = handle.read(4096).strip()
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise ConnectorError("cannot read the function token file {!r}: {}".format(
-                token_file, getattr(exc, "strerror", None) or exc)) from None
-    else:
-        token = clientfile.function_token(path, arn) or ""
+    try:  # both files are checked like the client file: a planted one must not lend a token
+        token = (_read_token_file(token_file) if token_file
+                 else clientfile.function_token(path, arn) or "")
+    except (OSError, ValueError) as exc:
+        raise ConnectorError("cannot use the function token file {!r}: {}".format(
+            token_file or path + clientfile.FUNCTIONS_SUFFIX, _why(exc))) from None
     if not token:
         raise ConnectorError(
             "the IPC host {!r} gave no token to {}: start it with `host --function {}`, or pass the "
             "function's token in AWS_CONTAINER_AUTHORIZATION_TOKEN or --function-token-file".format(
                 entry.get("name"), arn, arn))
-    return IPCClient.from_client_file(path, name=entry.get("name"), token=token), arn, region
+    # The entry already read and checked, not the file again: it may have changed since.
+    return IPCClient.from_entry(entry, token=token), arn, region
+
+
+def _read_token_file(path: str) -> str:
+    """The token in `--function-token-file`, read as a secret: no link, writable only by its owner,
+    at most MAX_TOKEN_FILE_BYTES (ValueError otherwise, or unless it is one printable word)."""
+    token = clientfile.read_file(path, "function token file", MAX_TOKEN_FILE_BYTES, private=True)
+    token = token.strip()
+    if not token or any(byte < 0x21 or byte > 0x7E for byte in token):
+        raise ValueError("{} does not hold a token (one word of printable ASCII)".format(path))
+    return token.decode("ascii")
 
 
 def _host_entry(path: str, host_name: Optional[str]) -> Dict[str, Any]:
+    """The host's entry in the client file at `path`, refused (one line) when the file fails the
+    SDK's safety rule: whoever could replace it would receive the function's token."""
     try:
         return clientfile.read(path, host_name)
     except (OSError, ValueError) as exc:
-        raise ConnectorError("cannot find a standalone IPC host: {}".format(
-            exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)) from None
+        raise ConnectorError("cannot find a standalone IPC host: {}".format(_why(exc))) from None
+
+
+def _why(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def _report_initialized(client: IPCClient, arn: str, response: str) -> None:
@@ -302,8 +321,9 @@ def attach_feedback(config: Optional[str] = None, environ: Optional[Mapping[str,
     stop = _stop_on_signals()
     client, arn, region = _function_client(env, protocol.feedback_function_arn, function_token_file,
                                            host_name)
-    service = feedback_lambda.start_service(_core_client(env, timeout=10, host_name=host_name)[0],
-                                            region, env, config)
+    # GGRouter publishes carry the function's own token (a caller's would be refused).
+    publisher = IPCClient(host=client.host, port=client.port, token=client.token, timeout=10)
+    service = feedback_lambda.start_service(publisher, region, env, config)
     if service is None:
         raise ParameterError("no feedback parameters: give --config FILE or set {}".format(
             FEEDBACK_MAP_PARAMETER))

@@ -1,7 +1,20 @@
 """Fixtures shared by the tests that run the service as a real process."""
+import logging
+
 import pytest
 
 from tests.dlr_fixture.build import build_dlr_model
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """A test that runs a command in-process (cli.main) points the root logger at that test's
+    captured stderr; the next test would then log into a closed capture ('--- Logging error ---')."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

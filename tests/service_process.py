@@ -100,7 +100,7 @@ def wait_for_client_file(path: Path, proc: Proc, timeout: float = 30.0,
 
 
 def healthz(port: int, token: Optional[str] = None, path: str = "/healthz") -> "tuple[int, dict]":
-    """The probe's answer; with a token the whole document (errors included), else state only."""
+    """The probe's answer; with a token the whole document (errors included), else the status only."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         conn.request("GET", path, headers={"Authorization": token} if token else {})

@@ -159,7 +159,7 @@ def service(tmp_path_factory):
         proc, info, proc_env = start_serve(tmp, model_dir)
         env.setenv("GG_ML_IPC_FILE", proc_env["GG_ML_IPC_FILE"])
         try:
-            status, health = healthz(info["port"])
+            status, health = healthz(info["port"], info["token"])
             assert status == 200 and health["restarts"] == 0, health
             yield {"proc": proc, "info": info, "pid": health["worker_pid"], "tmp": tmp, "used": set(),
                    "ipc_file": proc_env["GG_ML_IPC_FILE"]}
@@ -217,14 +217,14 @@ def next_box(service) -> "tuple[int, int, int, int]":
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_clearly_and_the_worker_survives(case, service, monkeypatch):
-    port = service["info"]["port"]
-    before = healthz(port)[1]
+    port, token = service["info"]["port"], service["info"]["token"]
+    before = healthz(port, token)[1]
     message = error_of(case, service, monkeypatch)
     for words in case.words:
         assert words in message, message
     monkeypatch.setenv("GG_ML_IPC_FILE", service["ipc_file"])  # the real token again
 
-    status, health = healthz(port)
+    status, health = healthz(port, token)
     assert status == 200, health
     assert health["worker_pid"] == service["pid"], health  # the same worker, never restarted
     assert health["restarts"] == 0 and health["crashes"] == 0, health
@@ -235,7 +235,7 @@ def test_bad_input_is_refused_clearly_and_the_worker_survives(case, service, mon
     x0, y0, x1, y1 = next_box(service)
     text = invoke(images.png(draw_box(blank_image(), RED, x0, y0, x1, y1)))
     assert json.loads(text) == {"prediction": [[0, 1.0, x0 / 512, y0 / 512, x1 / 512, y1 / 512]]}
-    assert healthz(port)[1]["worker_pid"] == service["pid"]
+    assert healthz(port, token)[1]["worker_pid"] == service["pid"]
 
 
 def test_the_inputs_are_what_their_names_say():

@@ -118,11 +118,11 @@ def test_model_yaml_bomb_fails_start_and_reload_small_and_fast(tmp_path, model_d
     proc, info, env = start_serve(tmp_path, current, env_extra={"CONNECTOR_MODEL_WATCH_SECONDS": "0"})
     try:
         port, token = info["port"], info["token"]
-        pid = healthz(port)[1]["worker_pid"]
+        pid = healthz(port, token)[1]["worker_pid"]
         (good / "model.yaml").write_text(BOMB)
         proc.popen.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 20
-        while healthz(port)[1]["reload_failures"] < 1:
+        while healthz(port, token)[1]["reload_failures"] < 1:
             assert time.monotonic() < deadline, proc.log()[-3000:]
             time.sleep(0.05)
         status, private = healthz(port, token)
@@ -134,7 +134,7 @@ def test_model_yaml_bomb_fails_start_and_reload_small_and_fast(tmp_path, model_d
         proc.popen.send_signal(signal.SIGHUP)  # fixed: the reload works and clears last_error
         deadline = time.monotonic() + 30
         # Every worker reloads (one after another), each clearing its own error.
-        while healthz(port)[1]["reloads"] < private["workers"]:
+        while healthz(port, token)[1]["reloads"] < private["workers"]:
             assert time.monotonic() < deadline, proc.log()[-3000:]
             time.sleep(0.05)
         while "last_error" in healthz(port, token)[1]:
@@ -165,8 +165,8 @@ def test_a_slow_reload_never_delays_replacing_a_crashed_worker(tmp_path, model_d
     os.symlink(str(fast), str(current))
     proc, info, env = start_serve(tmp_path, current, env_extra={"CONNECTOR_MODEL_WATCH_SECONDS": "0"})
     try:
-        port = info["port"]
-        before = healthz(port)[1]
+        port, token = info["port"], info["token"]
+        before = healthz(port, token)[1]
         tmp_link = str(current) + ".new"
         os.symlink(str(slow), tmp_link)
         os.replace(tmp_link, str(current))
@@ -177,7 +177,7 @@ def test_a_slow_reload_never_delays_replacing_a_crashed_worker(tmp_path, model_d
         os.kill(before["worker_pid"], signal.SIGKILL)
         killed = time.monotonic()
         while True:
-            doc = healthz(port)[1]
+            doc = healthz(port, token)[1]
             if doc["worker"] == "ready" and doc["worker_pid"] not in (None, before["worker_pid"]):
                 break
             assert time.monotonic() - killed < 12, "no replacement while the reload ran: {}\n{}".format(

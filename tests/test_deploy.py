@@ -122,3 +122,26 @@ def test_bundle_refuses_architectures_pypi_cannot_serve(tmp_path):
     with pytest.raises(SystemExit, match="no Python 3.7 wheel"):
         deploy.build_lambda_zip(str(tmp_path / "x.zip"), deps="bundle", python="3.7", runtime="onnx")
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_lambda_zip_never_writes_through_a_planted_link(tmp_path):
+    """Links planted at the fixed temporary name the package used (<out>.part) and at <out>
+    itself: both targets stay as they were, and <out> becomes the package, a file of its own."""
+    out = tmp_path / "fn.zip"
+    victims = {name: tmp_path / name for name in ("victim-part", "victim-out")}
+    for victim in victims.values():
+        victim.write_bytes(b"precious")
+    Path(str(out) + ".part").symlink_to(victims["victim-part"])
+    out.symlink_to(victims["victim-out"])
+    result = subprocess.run([sys.executable, "-m", "connector.tools.deploy", "lambda-zip", "--out", str(out)],
+                            cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for victim in victims.values():
+        assert victim.read_bytes() == b"precious"
+    assert not out.is_symlink() and zipfile.is_zipfile(str(out))
+    assert (out.stat().st_mode & 0o777) == 0o644
+    with zipfile.ZipFile(str(out)) as z:
+        assert "connector/lambda_function.py" in z.namelist()
+    # nothing of the temporary file is left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["fn.zip", "fn.zip.part"] + list(victims))

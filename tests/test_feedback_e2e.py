@@ -78,7 +78,7 @@ def invoke(body):
     return json.loads(resp["Body"].read().decode("utf-8"))
 
 
-def publish(config_id="detector", body=b"\x89PNG fake image bytes", prediction=None, **metadata):
+def publish(config_id="detector", body=b"\x89PNG\r\n\x1a\n fake image bytes", prediction=None, **metadata):
     ml.client("feedback").publish(ConfigId=config_id, ModelInput=body,
                                   ModelPrediction=prediction or {"prediction": [[0, 0.5, 0.1, 0.1, 0.4, 0.4]]},
                                   Metadata=metadata)
@@ -156,7 +156,7 @@ def test_connector_and_sdk_samples_reach_s3_and_mqtt(tmp_path, model_dir, sdk_en
         subscriber.wait_for(lambda s: by_metadata(s, "camera", "after-refusals"), what="sample after refusals")
         # One status per request: every id has exactly one.
         assert all(len(v) == 1 for v in subscriber.statuses().values()), subscriber.statuses()
-        status_code, health = healthz(info["port"])
+        status_code, health = healthz(info["port"], info["token"])
         assert health["feedback"]["refused"] == 5 and health["feeder"]["fed"] >= 1
         assert health["mqtt"]["forwarded"] >= 1, health  # the broker URL is for authenticated probes only
     finally:
@@ -175,7 +175,7 @@ def test_outage_of_s3_and_broker_loses_nothing(tmp_path, model_dir, sdk_env, s3,
         for name in names:
             publish(n=name)  # accepted while both are away
         time.sleep(0.5)  # a few failed retries
-        status, health = healthz(info["port"])
+        status, health = healthz(info["port"], info["token"])
         assert health["feedback"]["spooled"] == 5 and health["feedback"]["retries"] >= 1, health
         s3.start()
         broker.start()
@@ -323,9 +323,9 @@ def test_local_directory_needs_no_aws_and_no_broker(tmp_path, model_dir, sdk_env
         assert sidecar["model-prediction"] == answer and sidecar["config-id"] == "local"
         assert sidecar["metadata"]["service-name"] == "objectDetection" and sidecar["time"]
         deadline = time.monotonic() + 5
-        while healthz(info["port"])[1]["feedback"]["delivered"] < 1 and time.monotonic() < deadline:
+        while healthz(info["port"], info["token"])[1]["feedback"]["delivered"] < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        health = healthz(info["port"])[1]["feedback"]
+        health = healthz(info["port"], info["token"])[1]["feedback"]
         assert health["delivered"] == 1 and health["mqtt_skipped"] == 2  # prediction + status
     finally:
         assert proc.stop() == 0, proc.log()
@@ -338,9 +338,9 @@ def test_missing_feedback_service_costs_a_counter_and_one_log_line(tmp_path, mod
         for _ in range(4):
             assert invoke(red_box_png())["prediction"]
         deadline = time.monotonic() + 10
-        while healthz(info["port"])[1]["feeder"]["feed_failed"] < 4 and time.monotonic() < deadline:
+        while healthz(info["port"], info["token"])[1]["feeder"]["feed_failed"] < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert healthz(info["port"])[1]["feeder"] == {"fed": 0, "feed_failed": 4, "feed_dropped": 0}
+        assert healthz(info["port"], info["token"])[1]["feeder"] == {"fed": 0, "feed_failed": 4, "feed_dropped": 0}
     finally:
         assert proc.stop() == 0, proc.log()
     lines = [l for l in proc.log().splitlines() if "did not take a sample" in l]

@@ -20,6 +20,8 @@ from connector.ipc import IPCHost, run_lambda
 from connector.mqtt_router import ROUTER_ARN
 
 BUCKET = "service-bucket"
+PNG = b"\x89PNG\r\n\x1a\n not a whole image, but a PNG's signature"
+SAMPLE = "0f3d2c1b-aaaa-4bbb-8ccc-0123456789ab"
 DOC = {"prediction": [[1, 0.9, 0.1, 0.1, 0.2, 0.2]]}
 
 
@@ -63,7 +65,7 @@ def service(tmp_path, host, s3, monkeypatch, **params):
 
 
 def accept(svc, request_id):
-    svc.accept(b"image", {"ConfigId": "c1", "ModelPrediction": DOC}, request_id)
+    svc.accept(PNG, {"ConfigId": "c1", "ModelPrediction": DOC}, request_id)
 
 
 def statuses(published):
@@ -107,9 +109,9 @@ def test_a_restart_does_not_repeat_a_finished_upload(tmp_path, router, s3, monke
     host, published = router
     spool = Spool(str(tmp_path / "spool"), 10 ** 6, 10, 3600, "reject-new")
     spool.add({"id": "half-done", "config-id": "c1", "accepted": time.time(), "kept": True,
-               "verdict": "kept", "prediction": DOC, "metadata": {}, "key": "svc/already-there.png",
-               "s3_response": {"ETag": "\"from-the-first-run\"", "bucket": BUCKET, "key": "svc/already-there.png"}},
-              b"image")
+               "verdict": "kept", "prediction": DOC, "metadata": {}, "sample": SAMPLE,
+               "s3_response": {"ETag": "\"from-the-first-run\"", "bucket": BUCKET, "key": "svc/" + SAMPLE}},
+              PNG)
     before = s3.objects(BUCKET)
     svc = service(tmp_path, host, s3, monkeypatch)
     try:
@@ -118,7 +120,7 @@ def test_a_restart_does_not_repeat_a_finished_upload(tmp_path, router, s3, monke
         response = statuses(published)[0]["response"]
         assert response["s3_response"]["ETag"] == "\"from-the-first-run\""
         prediction = [d for t, d in published if t == "feedback/message/prediction"]
-        assert prediction[0]["source-ref"] == "s3://{}/svc/already-there.png".format(BUCKET)
+        assert prediction[0]["source-ref"] == "s3://{}/svc/{}".format(BUCKET, SAMPLE)
     finally:
         svc.close()
 
@@ -196,11 +198,11 @@ def test_the_lambda_module_bootstraps_from_the_greengrass_environment(tmp_path, 
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ml_sdk"))
         import greengrass_machine_learning_sdk as ml
         client = ml.client("feedback")
-        client.publish(ConfigId="c1", ModelInput=b"img", ModelPrediction={"prediction": [[7, 0.5, 0, 0, 1, 1]]},
+        client.publish(ConfigId="c1", ModelInput=PNG, ModelPrediction={"prediction": [[7, 0.5, 0, 0, 1, 1]]},
                        Metadata={"n": "kept"})
-        client.publish(ConfigId="c1", ModelInput=b"img", ModelPrediction={"prediction": [[3, 0.5, 0, 0, 1, 1]]})
+        client.publish(ConfigId="c1", ModelInput=PNG, ModelPrediction={"prediction": [[3, 0.5, 0, 0, 1, 1]]})
         with pytest.raises(ml.GreengrassFeedbackException, match="row 0"):
-            client.publish(ConfigId="c1", ModelInput=b"img", ModelPrediction={"prediction": [[3]]})
+            client.publish(ConfigId="c1", ModelInput=PNG, ModelPrediction={"prediction": [[3]]})
         wait(lambda: len(statuses(published)) == 2)
         assert sorted(s["response"]["status"] for s in statuses(published)) == [
             "sample_dropped_by_condition", "success"]
@@ -218,8 +220,8 @@ def test_the_lambda_module_bootstraps_from_the_greengrass_environment(tmp_path, 
 def test_a_poison_entry_fails_once_and_does_not_block_the_queue(tmp_path, router, s3, monkeypatch):
     host, published = router
     spool = Spool(str(tmp_path / "spool"), 10 ** 6, 10, 3600, "reject-new")
-    # Records damaged on disk: kept, but without their key (S3 refuses it; the local directory
-    # cannot even build a path: an error nobody foresaw).
+    # Records damaged on disk: kept, but without their sample (no key or file name can be built).
+    # They are quarantined at start-up; each request gets one fail status; the queue goes on.
     for request_id, config_id in (("poison-s3", "c1"), ("poison-local", "l1")):
         spool.add({"id": request_id, "config-id": config_id, "accepted": time.time(), "kept": True,
                    "verdict": "kept", "prediction": DOC, "metadata": {}, "key": None}, b"image")
@@ -230,8 +232,11 @@ def test_a_poison_entry_fails_once_and_does_not_block_the_queue(tmp_path, router
         accept(svc, "after")
         wait(lambda: len(statuses(published)) == 3)
         by_id = {s["id"]: s["response"] for s in statuses(published)}
-        assert (by_id["poison-s3"]["status"], by_id["poison-s3"]["error"]) == ("fail", "ParamValidationError")
-        assert (by_id["poison-local"]["status"], by_id["poison-local"]["error"]) == ("fail", "TypeError")
+        for poison in ("poison-s3", "poison-local"):
+            assert (by_id[poison]["status"], by_id[poison]["error"]) == ("fail", "Quarantined")
+            assert "'sample' is not a uuid4" in by_id[poison]["error_message"]
         assert by_id["after"]["status"] == "success"
+        assert svc.describe()["quarantined"] == 2
+        assert len(list((tmp_path / "spool" / "quarantine").glob("*.json"))) == 2
     finally:
         svc.close()

@@ -1,6 +1,7 @@
 """The durable spool: atomic entries, recovery after a crash, bounds and the full policies."""
 import json
 import os
+import uuid
 
 import pytest
 
@@ -8,7 +9,11 @@ from connector.feedback.spool import Spool, SpoolFull
 
 
 def record(i, **extra):
-    r = {"id": "req-{}".format(i), "kept": True, "accepted": 1000.0 + i}
+    """A record as the service writes it (the spool checks every record it reads back)."""
+    kept = extra.get("kept", True)
+    r = {"id": "req-{}".format(i), "config-id": "c1", "kept": kept, "accepted": 1000.0 + i,
+         "verdict": "kept" if kept else "sample_dropped_by_strategy", "prediction": [0.5, 0.5],
+         "metadata": {}, "sample": str(uuid.UUID(int=i, version=4)) if kept else None}
     r.update(extra)
     return r
 
@@ -25,7 +30,7 @@ def test_entries_survive_a_restart_in_order_with_their_progress(tmp_path):
     again = spool(tmp_path)
     first = again.oldest()
     assert first.record["id"] == "req-1" and first.record["s3_response"] == {"ETag": "x"}
-    assert first.read_image() == b"image-1"
+    assert first.read_image(10 ** 6) == b"image-1"
     assert len(again) == 2 and again.bytes_used == s.bytes_used
     again.remove(first)
     assert again.oldest().record["id"] == "req-2"

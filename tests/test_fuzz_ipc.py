@@ -20,8 +20,9 @@ http.server's request-line rules), and the properties checked are:
 * ``Connection: close`` is announced exactly when the host closes, and a request's unread body is
   never parsed as the next request: a pipelined ``GET /healthz`` after a well-framed request is
   answered when (and only when) the connection stays open;
-* what a 202 accepted reaches the real function (run_lambda in a thread) intact, with its client
-  context, or comes back as a Handled InvalidClientContext error when that context is not JSON;
+* a client context that is not base64 of a JSON object nested at most 32 deep is refused with
+  400 InvalidClientContext at post_work; what a 202 accepted reaches the real function
+  (run_lambda in a thread) intact, with its client context;
 * after every request, a good invocation of the registered function is answered correctly, and at
   the end the host's thread and the Lambda runtime are still alive.
 """
@@ -130,15 +131,26 @@ def _http_version(word: str):
         return None
 
 
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
 def _context_custom(context: str):
-    """custom of a base64 client context as the runtime decodes it; None when it refuses it."""
+    """custom of a base64 client context as the host decodes it; None when it refuses it (too
+    long, not base64 of a JSON object, nested deeper than 32)."""
     if not context:
         return {}
+    if len(context) > 64 * 1024:
+        return None
     try:
         document = json.loads(base64.b64decode(context.encode("ascii"), validate=True).decode("utf-8"))
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):
         return None
-    if not isinstance(document, dict):
+    if not isinstance(document, dict) or _depth(document) > 32:
         return None
     custom = document.get("custom")
     return custom if isinstance(custom, dict) else {}
@@ -242,7 +254,7 @@ def simulate(stream: bytes, served_ok: bool = True) -> Expect:
 
     if (endpoint, command) == ("", "POST"):
         context = headers.get(protocol.HEADER_CLIENT_CONTEXT, "").strip()
-        if not protocol.is_valid_base64(context):
+        if _context_custom(context) is None:
             return refuse(400, "InvalidClientContext")
         kind = headers.get(protocol.HEADER_INVOCATION_TYPE, "").strip() or "RequestResponse"
         if kind not in ("RequestResponse", "Event"):
@@ -427,13 +439,8 @@ def check_side_effects(rig, expect: Expect) -> None:
             assert e.value.status in (400, 404)
         else:
             out = client.get_work_result(ARN, post["id"])
-            custom = _context_custom(post["context"])
-            if custom is None:
-                assert out.func_err == "Handled", out
-                assert json.loads(out.payload)["errorType"] == "InvalidClientContext"
-            else:
-                assert out.func_err is None, out.payload
-                assert json.loads(out.payload) == digest(post["body"], custom)
+            assert out.func_err is None, out.payload
+            assert json.loads(out.payload) == digest(post["body"], _context_custom(post["context"]))
     if expect.init is False:
         # Documented: a function that reports a failed initialization is not served any more.
         with pytest.raises(IPCError) as e:
@@ -526,6 +533,10 @@ BAD_CONTEXTS = st.one_of(
                      base64.b64encode(b'{"custom": [1]}').decode(),
                      base64.b64encode(b"\xff\xfe not utf-8").decode(),
                      base64.b64encode(b"null").decode(), ""]),
+    # nested at, just over and far over the depth limit (JSON's own parser recurses)
+    st.sampled_from([32, 33, 2_000, 20_000]).map(lambda depth: base64.b64encode(
+        b"{" + b'"a":{' * (depth - 1) + b"}" * (depth - 1) + b"}" if depth < 100
+        else b'{"a":' + b"[" * depth + b"]" * depth + b"}").decode()),
     st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),  # base64, rarely JSON
     st.text(max_size=20),
 )

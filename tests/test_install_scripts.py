@@ -97,3 +97,78 @@ def test_systemd_unit_verifies_as_installed(tmp_path):
     good = text.replace("@PREFIX@", prefix).replace("@MEMORY_MAX@", memory_max(500000))
     assert verify(good).strip() == ""
     assert "Invalid memory limit" in verify(good.replace(memory_max(500000), "lots"))
+
+
+def test_install_writes_never_follow_planted_links(tmp_path):
+    """install_systemd_unit and place_libdlr, as --systemd --config and --libdlr run them, with
+    links planted where they write (the unit, its parameters, the library): every link is
+    replaced by a file of its own, the targets stay as they were, no temporary file is left.
+    The interpreter and systemd are stand-ins (this must not touch the system)."""
+    common = (ROOT / "scripts" / "install" / "common.sh").read_text()
+    # a common.sh that ignored these would write to this machine's /etc
+    assert "GGML_ETC_DIR" in common and "GGML_UNIT_DIR" in common
+    etc, units, prefix, pkg = (tmp_path / n for n in ("etc", "units", "prefix", "pkg"))
+    for d in (etc, units, prefix / "bin", prefix / "dlr", pkg):
+        d.mkdir(parents=True)
+    python = prefix / "bin" / "python"  # memory-max prints a value; find_dlr_package prints pkg
+    python.write_text('#!/bin/sh\nif [ "$1" = -m ]; then echo 1126400K; else echo {}; fi\n'.format(pkg))
+    python.chmod(0o755)
+    config, libdlr = tmp_path / "params.yaml", tmp_path / "given-libdlr.so"
+    config.write_text("LocalInferenceServiceName: objectDetection\n")
+    libdlr.write_bytes(b"\x7fELF a library")
+    victims = {}
+    for planted in (etc / "params.yaml", units / "gg-ml-connector.service", prefix / "dlr" / "libdlr.so"):
+        victim = tmp_path / ("victim-" + planted.name)
+        victim.write_bytes(b"precious")
+        planted.symlink_to(victim)
+        victims[planted] = victim
+    (pkg / "libdlr.so").symlink_to(tmp_path)  # a link to a directory: ln -sf would go into it
+    script = ('source {common}; as_root() {{ "$@"; }}; systemctl() {{ :; }}; useradd() {{ :; }}; '
+              'id() {{ return 1; }}; SYSTEMD=1 CONFIG={config} LIBDLR={libdlr} PREFIX={prefix}; '
+              'install_systemd_unit; place_libdlr').format(
+        common=ROOT / "scripts" / "install" / "common.sh", config=config, libdlr=libdlr, prefix=prefix)
+    env = dict(os.environ, GGML_ETC_DIR=str(etc), GGML_UNIT_DIR=str(units))
+    out = subprocess.run(["bash", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         universal_newlines=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for planted, victim in victims.items():
+        assert victim.read_bytes() == b"precious", planted
+        assert not planted.is_symlink() and (planted.stat().st_mode & 0o777) == 0o644, planted
+    assert (etc / "params.yaml").read_text() == config.read_text()
+    assert (prefix / "dlr" / "libdlr.so").read_bytes() == libdlr.read_bytes()
+    unit = (units / "gg-ml-connector.service").read_text()
+    assert "ExecStart={}/bin/python -m connector serve".format(prefix) in unit and "MemoryMax=1126400K" in unit
+    assert os.readlink(str(pkg / "libdlr.so")) == str(prefix / "dlr" / "libdlr.so")
+    assert not os.path.lexists(str(tmp_path / "libdlr.so"))  # not made inside the linked directory
+    assert not [p for d in (etc, units, prefix / "dlr") for p in d.iterdir() if p.name.startswith(".")]
+    # a link in place of a directory the installer writes into is refused, naming it
+    (prefix / "dlr" / "libdlr.so").unlink()
+    (prefix / "dlr").rmdir()
+    (prefix / "dlr").symlink_to(tmp_path)
+    out = subprocess.run(["bash", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         universal_newlines=True, timeout=60)
+    assert out.returncode != 0 and "{} is a symbolic link".format(prefix / "dlr") in out.stderr
+
+
+def test_systemd_unit_gives_the_feedback_spool_a_writable_state_directory():
+    """ProtectSystem=strict makes everything read-only but the unit's own directories: the
+    default spool ($XDG_STATE_HOME, else ~/.local/state of a user without a home) must lie in
+    its StateDirectory, which only the service user may enter."""
+    from connector.feedback.config import default_spool_directory
+    unit = (ROOT / "scripts" / "install" / "gg-ml-connector.service").read_text()
+    service = unit.split("[Service]")[1].split("[Install]")[0]
+    settings = {}
+    environment = {"HOME": "/home/gg-ml-connector"}  # what systemd sets for User=, nonexistent
+    for line in service.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            if key == "Environment":
+                name, _, text = value.partition("=")
+                environment[name] = text
+            else:
+                settings[key] = value
+    assert settings["ProtectSystem"] == "strict"
+    assert settings["StateDirectoryMode"] == "0700"
+    state = "/var/lib/" + settings["StateDirectory"]
+    spool = default_spool_directory(environment)
+    assert spool.startswith(state + "/"), (spool, state)

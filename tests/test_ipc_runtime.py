@@ -109,13 +109,18 @@ def test_handler_exceptions_become_handled_errors(host):
 
 
 def test_undecodable_client_context_is_refused_not_ignored(host):
+    not_json = base64.b64encode(b"not json").decode()
     with Serving(host, upper_handler):
         client = host.client(timeout=5)
-        not_json = base64.b64encode(b"not json").decode()
-        invocation_id = client.post_work(ARN, b"x", not_json)
-        out = client.get_work_result(ARN, invocation_id)
-    assert out.func_err == "Handled"
-    assert json.loads(out.payload)["errorType"] == "InvalidClientContext"
+        with pytest.raises(IPCError) as refused:  # our host refuses it at post_work
+            client.post_work(ARN, b"x", not_json)
+        assert refused.value.status == 400 and refused.value.error_type == "InvalidClientContext"
+        # a core that passes it through: the runtime answers with the same error type
+        invocation = host.board.submit(ARN, b"x", not_json, protocol.INVOCATION_REQUEST_RESPONSE,
+                                       "caller")
+        out = host.board.wait_result(ARN, invocation.invocation_id, "caller")
+    assert out.function_error == "Handled"
+    assert json.loads(out.result)["errorType"] == "InvalidClientContext"
 
 
 def test_sdk_sees_handler_failures_as_inference_exceptions(host, monkeypatch):

@@ -76,7 +76,7 @@ def test_many_concurrent_clients_lose_nothing_and_mix_nothing_up(tmp_path, model
     stopped = False
     try:
         sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
-        status, before = healthz(info["port"])
+        status, before = healthz(info["port"], info["token"])
         assert status == 200 and before["worker"] == "ready", before
         arn = protocol.inference_function_arn(info["region"], "object-detection", "objectDetection")
         context = protocol.encode_client_context({"Content-Type": "image/png"})
@@ -143,7 +143,7 @@ def test_many_concurrent_clients_lose_nothing_and_mix_nothing_up(tmp_path, model
         assert not wrong, "{} of {} answers wrong, e.g. {}".format(len(wrong), len(jobs), wrong[:5])
         assert vias["sdk"] > 0 and vias["ipc"] > 0, vias  # both transports were exercised
 
-        status, after = healthz(info["port"])
+        status, after = healthz(info["port"], info["token"])
         assert status == 200, after
         assert after["worker"] == "ready" and after["worker_pid"] == before["worker_pid"], after
         for counter in ("restarts", "crashes", "timeouts", "memory_limit_exceeded"):

@@ -145,7 +145,7 @@ def test_slow_connections_and_floods_leave_the_service_usable_and_bounded(tmp_pa
         for _ in range(5):
             assert normal_call(port, token, arn)["prediction"]
             assert healthz(port)[0] == 200
-        status, doc = healthz(port)
+        status, doc = healthz(port, token)
         assert doc["connections"] <= nofile - FD_RESERVE, doc
         assert doc["evicted"] > 0, doc
 

@@ -160,12 +160,12 @@ def test_sighup_reloads_the_serving_process(tmp_path, versions):
     proc, info, env = start_serve(tmp_path, current, env_extra={"CONNECTOR_MODEL_WATCH_SECONDS": "0",
                                                                 "CONNECTOR_INFERENCE_WORKERS": "1"})
     try:
-        before = healthz(info["port"])[1]
+        before = healthz(info["port"], info["token"])[1]
         assert before["backend"] == "dlr" and before["reloads"] == 0
         swap_symlink(current, v2)
         proc.popen.send_signal(signal.SIGHUP)
-        wait_until(lambda: healthz(info["port"])[1]["backend"] == "onnxruntime", what="SIGHUP reload")
-        after = healthz(info["port"])[1]
+        wait_until(lambda: healthz(info["port"], info["token"])[1]["backend"] == "onnxruntime", what="SIGHUP reload")
+        after = healthz(info["port"], info["token"])[1]
         assert after["reloads"] == 1 and after["worker_pid"] != before["worker_pid"]
         assert after["worker"] == "ready"
     finally:

@@ -76,7 +76,7 @@ def test_answer_is_exact_json_and_python_literal(server):
 
 def test_health_reports_ready_with_backend(server):
     proc, info, env = server
-    status, body = healthz(info["port"])
+    status, body = healthz(info["port"], info["token"])
     assert status == 200
     assert body["state"] == "ready" and body["backend"] == "dlr" and body["device"] == "cpu"
 
@@ -97,7 +97,7 @@ def test_bad_requests_get_clear_errors_and_service_keeps_serving(server):
         ml.client("inference").invoke_inference_service(AlgoType="object-detection",
                                                         ServiceName="objectDetection", Body=None)
     assert json.loads(invoke(red_box_png(10, 10, 50, 50)))["prediction"][0][0] == 0
-    status, health = healthz(server[1]["port"])
+    status, health = healthz(server[1]["port"], server[1]["token"])
     assert health["refused"] == len(cases) and health["restarts"] == 0 and health["worker"] == "ready"
 
 
@@ -226,7 +226,7 @@ def test_pixel_limit_follows_the_memory_left_by_the_model(tmp_path, model_dir, s
                                   env_extra={"CONNECTOR_INFERENCE_WORKERS": "1"})
     sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
     try:
-        health = healthz(info["port"])[1]
+        health = healthz(info["port"], info["token"])[1]
         pixels = health["max_pixels"]
         assert pixels == (limit_kb - health["worker_loaded_kb"]) * 1024 // imaging.BYTES_PER_DECODED_PIXEL, health
         width = 2000
@@ -235,7 +235,7 @@ def test_pixel_limit_follows_the_memory_left_by_the_model(tmp_path, model_dir, s
                            match="{}x{} = {} pixels, over the limit of {}".format(
                                width, pixels // width + 1, width * (pixels // width + 1), pixels)):
             invoke(images.png(blank_image(pixels // width + 1, width)))
-        health = healthz(info["port"])[1]
+        health = healthz(info["port"], info["token"])[1]
         assert health["memory_limit_exceeded"] == 0 and health["restarts"] == 0, health
     finally:
         assert proc.stop() == 0, proc.log()
@@ -250,7 +250,7 @@ def test_memory_limit_is_enforced_on_the_worker(tmp_path, model_dir, sdk_env):
                            match="more than LocalInferenceServiceMemoryLimitKB=200000"):
             invoke(images.png(set_trigger(box.copy(), memory_pixel(12))))  # 192 MiB more
         assert json.loads(invoke(images.png(box)))["prediction"][0][:2] == [0, 1.0]
-        health = healthz(info["port"])[1]
+        health = healthz(info["port"], info["token"])[1]
         assert health["memory_limit_exceeded"] == 1 and health["restarts"] == 1, health
     finally:
         assert proc.stop() == 0, proc.log()
@@ -270,7 +270,7 @@ def test_body_over_the_configured_maximum_is_refused_unread(tmp_path, model_dir,
         with pytest.raises(ml.GreengrassDependencyException, match="413.*50000"):
             invoke(noisy)
         assert json.loads(invoke(small))["prediction"][0][:2] == [0, 1.0]
-        assert healthz(info["port"])[1]["restarts"] == 0
+        assert healthz(info["port"], info["token"])[1]["restarts"] == 0
     finally:
         assert proc.stop() == 0, proc.log()
 

@@ -12,12 +12,13 @@ the key and the rule.
 """
 from __future__ import annotations
 
+import grp
 import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, Mapping, Optional
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional
 
 from ..errors import ParameterError
 from ..params import read_parameter_file
@@ -25,6 +26,12 @@ from ..params import read_parameter_file
 CONFIG_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9-]{1,62}$"
 BUCKET_PATTERN = r"^[a-z0-9\.\-]{3,63}$"
 REQUEST_LIMIT_PATTERN = r"^$|^[0-9]{1,3}$"
+# Letters and digits after an optional dot: the extension becomes part of a file name and a key.
+FILE_EXT_PATTERN = r"^(\.?[A-Za-z0-9]{1,16})?$"
+# What S3 and a file system both take as a Content-Type: printable ASCII (it is an HTTP header).
+CONTENT_TYPE_PATTERN = r"^[!-~][ -~]{0,254}$"
+GROUP_PATTERN = r"^$|^[0-9]{1,10}$|^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$"
+MAX_PREFIX_CHARS = 512
 
 STRATEGIES = ("RANDOM_SAMPLING", "LEAST_CONFIDENCE", "MARGIN", "ENTROPY")
 
@@ -38,6 +45,15 @@ POLICY_DROP_OLDEST = "drop-oldest"
 DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_SPOOL_MAX_ITEMS = 5000
 DEFAULT_SPOOL_MAX_AGE_S = 7 * 24 * 3600
+DEFAULT_LOCAL_MAX_BYTES = 256 * 1024 * 1024
+
+# Caps of what a caller sends with a sample. Metadata becomes S3 user metadata, which S3 limits to
+# 2 KB (keys and values, UTF-8); a prediction is a detection document or a probability list, a few
+# KB, kept in the spool record and sent over MQTT.
+METADATA_MAX_KEYS = 32
+METADATA_MAX_BYTES = 2048
+PREDICTION_MAX_BYTES = 256 * 1024
+PREDICTION_MAX_DEPTH = 16
 
 # name -> (pattern, default, meaning) of the service parameters beyond the original two.
 SERVICE_RULES: Dict[str, Any] = {
@@ -52,6 +68,8 @@ SERVICE_RULES: Dict[str, Any] = {
                                 "what a full spool does: refuse the new sample or evict the oldest"),
     "FeedbackRetryMinSeconds": (r"^[0-9]+(\.[0-9]+)?$", "1", "first retry delay after a failure"),
     "FeedbackRetryMaxSeconds": (r"^[0-9]+(\.[0-9]+)?$", "300", "cap of the doubling retry delay"),
+    "FeedbackFilesGroup": (GROUP_PATTERN, "", "group (name or gid) that may read the samples written "
+                                              "to a local-directory (0750/0640); empty: 0700/0600"),
 }
 ALL_PARAMETERS = (MAP_PARAMETER, REQUEST_LIMIT_PARAMETER) + tuple(SERVICE_RULES)
 
@@ -94,6 +112,7 @@ class FeedbackConfig:
     file_ext: str = ""
     strategy: Optional[Strategy] = None
     local_directory: Optional[str] = None
+    local_max_bytes: int = DEFAULT_LOCAL_MAX_BYTES
     conditions: Conditions = field(default_factory=Conditions)
     budget: Budget = field(default_factory=Budget)
 
@@ -109,6 +128,7 @@ class FeedbackParameters:
     spool_full_policy: str
     retry_min_s: float
     retry_max_s: float
+    files_gid: Optional[int] = None  # FeedbackFilesGroup, resolved
 
 
 def _bad(config_id: str, key: str, rule: str, value: Any) -> ParameterError:
@@ -136,6 +156,45 @@ def _string(config_id: str, key: str, value: Any, pattern: Optional[str] = None)
         raise _bad(config_id, key, "must be a string" + (" matching {}".format(pattern) if pattern
                                                          else ""), value)
     return value
+
+
+def path_escape(value: str) -> Optional[str]:
+    """What in `value` (a path or a key) could lead a name outside its directory or confuse a
+    reader: a control character, a backslash, a '.' or '..' segment; None when nothing."""
+    if any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in value):
+        return "a control character"
+    if "\\" in value:
+        return "a backslash"
+    if any(segment in (".", "..") for segment in value.split("/")):
+        return "a '.' or '..' segment"
+    return None
+
+
+def _prefix(config_id: str, value: Any) -> str:
+    """s3-prefix: surrounding slashes are stripped (the original's rule); what is left becomes
+    directories under local-directory and the start of every S3 key, so it must stay relative."""
+    text = _string(config_id, "s3-prefix", value)
+    inner = text.strip("/")
+    rule = "must be a relative key prefix (surrounding slashes are stripped) of at most {} " \
+           "characters without empty segments".format(MAX_PREFIX_CHARS)
+    escape = path_escape(inner)
+    if escape is not None:
+        raise _bad(config_id, "s3-prefix", "{}; it has {}".format(rule, escape), value)
+    if len(inner) > MAX_PREFIX_CHARS or "//" in inner:
+        raise _bad(config_id, "s3-prefix", rule, value)
+    return text
+
+
+def absolute_path(name: str, value: Any) -> str:
+    """The rule for an operator's directory: an absolute path without escapes. Returns the reason
+    it breaks, or "" (the caller names the parameter or the config key)."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return "must be an absolute path"
+    escape = path_escape(value)
+    if escape is not None:
+        return "must be an absolute path without control characters, backslashes or '.'/'..' " \
+               "segments; it has {}".format(escape)
+    return ""
 
 
 def parse_strategy(config_id: str, raw: Any) -> Optional[Strategy]:
@@ -193,8 +252,8 @@ def parse_config(config_id: Any, raw: Any) -> FeedbackConfig:
         raise ParameterError("{} config {!r} must be an object, not {}".format(
             MAP_PARAMETER, config_id, type(raw).__name__))
     local = raw.get("local-directory")
-    if local is not None and not (isinstance(local, str) and os.path.isabs(local)):
-        raise _bad(config_id, "local-directory", "must be an absolute path", local)
+    if local is not None and absolute_path("local-directory", local):
+        raise _bad(config_id, "local-directory", absolute_path("local-directory", local), local)
     bucket = raw.get("s3-bucket-name")
     if bucket is not None or local is None:  # required unless a local directory takes the samples
         if bucket is None:
@@ -204,12 +263,14 @@ def parse_config(config_id: Any, raw: Any) -> FeedbackConfig:
         raise _bad(config_id, "content-type", "is required", None)
     return FeedbackConfig(
         config_id=config_id,
-        content_type=_string(config_id, "content-type", raw["content-type"], r".+"),
+        content_type=_string(config_id, "content-type", raw["content-type"], CONTENT_TYPE_PATTERN),
         bucket=bucket,
-        prefix=_string(config_id, "s3-prefix", raw.get("s3-prefix", "")),
-        file_ext=_string(config_id, "file-ext", raw.get("file-ext", ""), r"[^/]*"),
+        prefix=_prefix(config_id, raw.get("s3-prefix", "")),
+        file_ext=_string(config_id, "file-ext", raw.get("file-ext", ""), FILE_EXT_PATTERN),
         strategy=parse_strategy(config_id, raw.get("sampling-strategy")),
         local_directory=local,
+        local_max_bytes=_count(config_id, "local-directory-max-bytes",
+                               raw.get("local-directory-max-bytes")) or DEFAULT_LOCAL_MAX_BYTES,
         conditions=parse_conditions(config_id, raw.get("conditions")),
         budget=parse_budget(config_id, raw.get("budget")),
     )
@@ -258,8 +319,9 @@ def parse_parameters(values: Mapping[str, Any], environ: Optional[Mapping[str, s
                              "queue; empty or 0 = unbounded)".format(REQUEST_LIMIT_PARAMETER, limit,
                                                                      REQUEST_LIMIT_PATTERN))
     spool = _service_value(values, "FeedbackSpoolDirectory") or default_spool_directory(env)
-    if not os.path.isabs(spool):
-        raise ParameterError("parameter FeedbackSpoolDirectory={!r} must be an absolute path".format(spool))
+    if absolute_path("FeedbackSpoolDirectory", spool):
+        raise ParameterError("parameter FeedbackSpoolDirectory={!r} {}".format(
+            spool, absolute_path("FeedbackSpoolDirectory", spool)))
     retry_min = float(_service_value(values, "FeedbackRetryMinSeconds"))
     retry_max = float(_service_value(values, "FeedbackRetryMaxSeconds"))
     if retry_max < retry_min:
@@ -275,7 +337,70 @@ def parse_parameters(values: Mapping[str, Any], environ: Optional[Mapping[str, s
         spool_full_policy=_service_value(values, "FeedbackSpoolFullPolicy"),
         retry_min_s=retry_min,
         retry_max_s=retry_max,
+        files_gid=files_group(_service_value(values, "FeedbackFilesGroup")),
     )
+
+
+def files_group(text: str) -> Optional[int]:
+    """FeedbackFilesGroup as a gid this user may give files to (None when not set)."""
+    if not text:
+        return None
+    try:
+        gid = int(text) if text.isdigit() else grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ParameterError("parameter FeedbackFilesGroup={!r}: no such group".format(text)) from None
+    if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
+        raise ParameterError("parameter FeedbackFilesGroup={!r}: this user (uid {}) is not a member of "
+                             "group {}, so it cannot give files to it".format(text, os.geteuid(), gid))
+    return gid
+
+
+def check_metadata(metadata: Any) -> Dict[str, str]:
+    """A request's Metadata: ValueError naming the rule when it is not a small object of strings."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise ValueError("Metadata must be an object of strings, not {}".format(type(metadata).__name__))
+    if len(metadata) > METADATA_MAX_KEYS:
+        raise ValueError("Metadata has {} keys; at most {} are allowed".format(len(metadata),
+                                                                                METADATA_MAX_KEYS))
+    total = 0
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key or not isinstance(value, str):
+            raise ValueError("Metadata must map non-empty strings to strings; {!r}: {!r} does not".format(
+                key, value)[:300])
+        # S3 user metadata travels in HTTP headers: printable ASCII only.
+        if not all(" " <= c <= "~" for c in key + value):
+            raise ValueError("Metadata must be printable ASCII (S3 user metadata); {!r}: {!r} is "
+                             "not".format(key, value)[:300])
+        total += len(key) + len(value)
+    if total > METADATA_MAX_BYTES:
+        raise ValueError("Metadata holds {} bytes of keys and values; at most {} are allowed (the S3 "
+                         "user-metadata limit)".format(total, METADATA_MAX_BYTES))
+    return metadata
+
+
+def check_prediction(prediction: Any) -> None:
+    """A request's ModelPrediction: a non-empty list or object, at most PREDICTION_MAX_DEPTH
+    levels deep and PREDICTION_MAX_BYTES as JSON; ValueError naming the rule otherwise."""
+    if not isinstance(prediction, (list, dict)) or not prediction:
+        raise ValueError("ModelPrediction must be a non-empty list or object")
+    # Depth first and without recursion: json.dumps of a deep document would hit the recursion limit.
+    pending: List[Any] = [(prediction, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > PREDICTION_MAX_DEPTH:
+            raise ValueError("ModelPrediction is nested more than {} levels deep".format(
+                PREDICTION_MAX_DEPTH))
+        children = value.values() if isinstance(value, dict) else value
+        pending.extend((c, depth + 1) for c in children if isinstance(c, (list, dict)))
+    try:
+        size = len(json.dumps(prediction).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError("ModelPrediction must be plain JSON: {}".format(exc)) from None
+    if size > PREDICTION_MAX_BYTES:
+        raise ValueError("ModelPrediction is {} bytes as JSON; at most {} are allowed".format(
+            size, PREDICTION_MAX_BYTES))
 
 
 def read_file(path: str) -> Dict[str, Any]:

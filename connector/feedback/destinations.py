@@ -10,16 +10,19 @@ Python 3.7 Lambda may have ignores them. boto3's own retries are off: the spool 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import json
 import os
+import re
+import stat
 import threading
 import uuid
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from .config import FeedbackConfig
-from .spool import write_atomic
+from .spool import UUID_PATTERN, write_at
 
 PERMANENT_S3_CODES = frozenset([
     "NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
@@ -42,9 +45,21 @@ class PermanentError(DeliveryError):
 class TransientError(DeliveryError):
     """Try again later."""
 
+    def __init__(self, name: str, message: str, disk_full: bool = False) -> None:
+        super().__init__(name, message)
+        self.disk_full = disk_full  # ENOSPC, EDQUOT, EFBIG: counted apart
+
+
+def checked_sample(sample: Any) -> str:
+    """`sample` when it is a uuid4 (what the service generates); it becomes a key and a file name."""
+    if not isinstance(sample, str) or re.fullmatch(UUID_PATTERN, sample) is None:
+        raise PermanentError("InvalidSample", "sample id {!r} is not a uuid4".format(sample)[:200])
+    return sample
+
 
 def object_key(prefix: str, file_ext: str, sample_id: Optional[str] = None) -> str:
-    """``<prefix stripped of slashes>/<uuid4>.<ext>``, without an empty segment or a dangling dot."""
+    """``<prefix stripped of slashes>/<uuid4>.<ext>``, without an empty segment or a dangling dot.
+    `prefix` and `file_ext` are the config's (checked at start-up), `sample_id` a uuid4."""
     name = sample_id or str(uuid.uuid4())
     if file_ext:
         name += "." + file_ext.lstrip(".")
@@ -119,20 +134,107 @@ def utc_now_text() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
-class LocalDirectory(object):
-    """``<local-directory>/<key>`` and ``<...>.json``: prediction, metadata, time, ids."""
+# A full disk, a quota, or a file-size limit: the card may get room again, so retry, but count it.
+DISK_FULL_ERRNOS = frozenset([errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
+_PERMANENT_ERRNOS = frozenset([errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ELOOP,
+                               errno.EISDIR])
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+LOCAL_FULL = "LocalDirectoryFull"
 
-    def put(self, config: FeedbackConfig, key: str, image: bytes, sidecar: Dict[str, Any]
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def _usage(root: str) -> int:
+    """Bytes of the regular files under `root` (links are neither followed nor counted)."""
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(directory, name))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    return total
+
+
+class LocalDirectory(object):
+    """``<local-directory>/<prefix>/<sample>.<ext>`` and ``<...>.json``: prediction, metadata, time, ids.
+
+    Names come only from the config's checked prefix and extension and the sample's uuid. Below
+    local-directory each directory is opened without following links, files are written with
+    :func:`write_at` (no planted file or link is written through); files 0600 and directories 0700,
+    or 0640/0750 with FeedbackFilesGroup. The directory holds at most the config's
+    ``local-directory-max-bytes``: a sample that does not fit fails as ``LocalDirectoryFull``."""
+
+    def __init__(self, gid: Optional[int] = None) -> None:
+        self.gid = gid
+        self.file_mode = 0o640 if gid is not None else 0o600
+        self.dir_mode = 0o750 if gid is not None else 0o700
+        self._used: Dict[str, int] = {}  # bytes under each local directory, as far as we know
+        self._lock = threading.Lock()
+
+    def put(self, config: FeedbackConfig, sample: str, image: bytes, sidecar: Dict[str, Any]
             ) -> Dict[str, Any]:
-        path = os.path.join(str(config.local_directory), key)
+        key = object_key(config.prefix, config.file_ext, checked_sample(sample))
+        root = str(config.local_directory)
+        path = os.path.join(root, key)
+        body = json.dumps(sidecar, indent=1).encode("utf-8")
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            write_atomic(path, image)
-            write_atomic(path + ".json", json.dumps(sidecar, indent=1).encode("utf-8"))
+            with self._lock:
+                self._reserve(root, len(image) + len(body), config.local_max_bytes)
+                fd = self._open_directories(root, key.split("/")[:-1])
+                try:
+                    name = key.rsplit("/", 1)[-1]
+                    write_at(fd, name, image, self.file_mode, self.gid)
+                    write_at(fd, name + ".json", body, self.file_mode, self.gid)
+                finally:
+                    os.close(fd)
+                self._used[root] += len(image) + len(body)
         except OSError as exc:
             name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
             message = "cannot write {}: {}".format(path, exc.strerror or exc)
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
+            if exc.errno in _PERMANENT_ERRNOS:
                 raise PermanentError(name, message)
-            raise TransientError(name, message)  # e.g. ENOSPC: the card may get room again
+            raise TransientError(name, message, disk_full=is_disk_full(exc))
         return {"path": path, "sidecar": path + ".json"}
+
+    def _reserve(self, root: str, size: int, budget: int) -> None:
+        """PermanentError LocalDirectoryFull when `size` more bytes would pass the budget (counted
+        afresh before refusing: someone may have moved samples away)."""
+        if root not in self._used or self._used[root] + size > budget:
+            self._used[root] = _usage(root)
+        if self._used[root] + size > budget:
+            raise PermanentError(LOCAL_FULL, "local-directory {} holds {} bytes; this sample's {} would "
+                                 "pass local-directory-max-bytes={}".format(root, self._used[root], size,
+                                                                            budget))
+
+    def _open_directories(self, root: str, segments: List[str]) -> int:
+        """A descriptor of root/segments..., creating what is missing; no segment is a link."""
+        if not os.path.isdir(root):
+            os.makedirs(root, mode=self.dir_mode, exist_ok=True)
+            self._own(root)
+        fd = os.open(root, _DIRECTORY)
+        try:
+            for segment in segments:
+                try:
+                    os.mkdir(segment, self.dir_mode, dir_fd=fd)
+                    created = True
+                except FileExistsError:
+                    created = False
+                child = os.open(segment, _DIRECTORY | _NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                if created:
+                    self._own(fd)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _own(self, target: Any) -> None:
+        """The mode (and group) a directory we created must have, whatever the umask."""
+        if self.gid is not None:
+            os.chown(target, -1, self.gid)
+        os.chmod(target, self.dir_mode)

@@ -31,7 +31,11 @@ def start_service(client: Any, region: str, environ: Optional[Mapping[str, str]]
                   config_file: Optional[str] = None,
                   params: Optional[FeedbackParameters] = None) -> Optional[FeedbackService]:
     """The started service, publishing MQTT through `client`'s GGRouter; None without parameters
-    (`params`, else loaded from `config_file` and the environment)."""
+    (`params`, else loaded from `config_file` and the environment).
+
+    `client` must hold this function's own token (inside a core: the Lambda's
+    AWS_CONTAINER_AUTHORIZATION_TOKEN; on our host: the MLFeedback function's): a router grants
+    topics by who publishes, and the standalone host's refuses the callers' token by default."""
     env = os.environ if environ is None else environ
     params = params or load_parameters(config_file, env)
     if params is None:

@@ -1,10 +1,15 @@
 """The durable on-disk queue of accepted feedback requests.
 
-Every accepted request is one entry: ``<seq>-<id>.json`` (the record: config, prediction, metadata,
-S3 key, delivery progress) and, for a kept sample, ``<seq>-<id>.bin`` (the model input). Both are
-written to a temporary name, fsync'd and renamed, image first, so an entry exists exactly when its
-record does; a crash leaves at most an orphan image or temporary file, removed at the next start.
-Entries are delivered oldest first (the sequence number) and removed once delivered or failed.
+Every accepted request is one entry: ``<seq>-<id>.json`` (the record) and, for a kept sample,
+``<seq>-<id>.bin`` (the model input). Both are written to a fresh temporary name (O_EXCL|O_NOFOLLOW:
+nothing planted is written through), fsync'd and renamed, image first, so an entry exists exactly
+when its record does; a crash leaves at most an orphan image or temporary file, removed at the
+next start. Entries are delivered oldest first (the sequence number), removed once done.
+
+What is on disk is untrusted input. The directory must be safe (the client file's rule,
+:func:`connector.ipc.clientfile.directory_reason`) or the service does not start; files are read
+without following links, only when regular, with a size cap; records are checked by
+:func:`validate_record`. A bad entry is moved to ``quarantine/`` (bounded), counted and logged.
 
 Bounds (bytes, items, age) are checked when a request is added. When it would not fit, the policy
 decides: ``reject-new`` refuses it (:class:`SpoolFull`), ``drop-oldest`` evicts the oldest entries
@@ -13,31 +18,213 @@ handed out by :meth:`Spool.take_expired`.
 """
 from __future__ import annotations
 
+import binascii
+import contextlib
 import json
 import logging
+import math
 import os
 import re
+import shutil
+import stat
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from .config import POLICY_DROP_OLDEST
+from ..errors import ParameterError
+from ..ipc import clientfile
+from . import gate as gates
+from .config import CONFIG_ID_PATTERN, POLICY_DROP_OLDEST, PREDICTION_MAX_BYTES, check_metadata, check_prediction
 
 log = logging.getLogger(__name__)
 
-_ENTRY = re.compile(r"^(\d{12})-([A-Za-z0-9._-]+)\.json$")
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+# Loose on purpose: a record whose name holds an id we would not write is quarantined, not ignored.
+_ENTRY = re.compile(r"^(\d{12})-(.{1,200})\.json$")
+TMP_PREFIX = ".tmp-"
+QUARANTINE = "quarantine"
+QUARANTINE_MAX_FILES = 200
+QUARANTINE_MAX_BYTES = 32 * 1024 * 1024
+# A record holds a capped prediction and metadata plus a few small delivery responses.
+MAX_RECORD_BYTES = PREDICTION_MAX_BYTES + 64 * 1024
+_MAX_TEXT = 4096
+VERDICTS = frozenset([gates.KEPT, gates.DROPPED_BY_CONDITION, gates.DROPPED_BY_STRATEGY,
+                      gates.DROPPED_BY_COOLDOWN, gates.DROPPED_BY_BUDGET])
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: opening a planted FIFO must not hang the reader; it is refused by fstat instead.
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 
 
 class SpoolFull(Exception):
     """The sample does not fit in the spool and the policy is to refuse new samples."""
 
 
+class UnsafeFile(ValueError):
+    """A file to read is a symbolic link, not a regular file, or larger than its cap."""
+
+
+class Quarantined(NamedTuple):
+    name: str  # "<seq>-<id>"
+    request_id: Optional[str]  # None when the name holds no valid id: no status can be sent
+    reason: str
+
+
+# -- files that are never followed through a link --------------------------------------------
+
+def read_regular(path: str, limit: int) -> bytes:
+    """The bytes of the regular file `path`, never through a symbolic link; UnsafeFile when it is
+    a link, not a regular file or over `limit` bytes; OSError when it cannot be read."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UnsafeFile("{} is a symbolic link".format(path)) from None
+        raise exc
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFile("{} is not a regular file".format(path))
+        if st.st_size > limit:
+            raise UnsafeFile("{} is {} bytes, over its cap of {}".format(path, st.st_size, limit))
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise UnsafeFile("{} grew over its cap of {} bytes".format(path, limit))
+    return data
+
+
+def write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o600, gid: Optional[int] = None) -> None:
+    """`data` as `name` in the directory `dir_fd`: written to a new temporary file (O_CREAT|O_EXCL|
+    O_NOFOLLOW, a random name: whatever was planted there is neither followed nor reused), fsync'd,
+    given `mode` (and group `gid`) and renamed over `name` (a rename replaces a link, never follows
+    it); the directory is fsync'd, so the new name survives a power cut."""
+    tmp = "{}{}.{}".format(TMP_PREFIX, name, binascii.hexlify(os.urandom(6)).decode("ascii"))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if gid is not None:
+                os.fchown(handle.fileno(), -1, gid)
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+    try:
+        write_at(fd, os.path.basename(path), data, mode)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _discard(path: str) -> None:
+    """Remove a leftover found at start-up; what cannot be removed (a directory) is logged."""
+    try:
+        _unlink(path)
+    except OSError as exc:
+        log.warning("spool: cannot remove the leftover %s: %s", path, exc)
+
+
+def prepare_directory(directory: str) -> None:
+    """Create the spool directory 0700 when missing; ParameterError (one line, with the fix) when
+    another user could plant or replace entries in it."""
+    what = "FeedbackSpoolDirectory {}".format(directory)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        st = os.lstat(directory)
+    except OSError as exc:
+        raise ParameterError("cannot create {}: {}".format(what, exc.strerror or exc)) from None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ParameterError("{} is {}; give the real directory's path".format(
+            what, "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"))
+    reason = clientfile.directory_reason(directory)
+    if reason:
+        raise ParameterError("unsafe {}: {}; another user could plant or replace spooled samples. Fix: "
+                             "chmod go-w (and chown to this user) the directories named, or choose a "
+                             "directory only this user can write".format(what, reason))
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ParameterError("cannot write in {}: permission denied".format(what))
+
+
+# -- records -----------------------------------------------------------------------------------
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _is_text(value: Any, pattern: Optional[str] = None) -> bool:
+    return isinstance(value, str) and len(value) <= _MAX_TEXT and (
+        pattern is None or re.fullmatch(pattern, value) is not None)
+
+
+def _sample_of(record: Dict[str, Any]) -> Optional[str]:
+    """The sample uuid; a record of an earlier version has only its key, ``[prefix/]<uuid>[.ext]``."""
+    sample = record.get("sample")
+    if sample is None and isinstance(record.get("key"), str):
+        sample = record["key"].rsplit("/", 1)[-1].split(".", 1)[0]
+    return sample if _is_text(sample, UUID_PATTERN) else None
+
+
+def validate_record(record: Any, name: str) -> Dict[str, Any]:
+    """The record of entry `name` as the service may use it; ValueError naming what is wrong.
+
+    ``id`` (the entry's), ``config-id``, ``accepted`` (a time), ``kept`` and ``verdict`` (agreeing),
+    ``prediction``, ``metadata`` (the request's caps), for a kept sample ``sample`` (a uuid4: keys and
+    file names are built from it and the config, never from a path in the record) and optionally
+    ``image-bytes``; progress: ``failure``, ``s3_response``, ``local_response``, ``prediction_sent``."""
+    _require(isinstance(record, dict), "the record is not an object")
+    _require(_is_text(record.get("id"), ID_PATTERN) and name.split("-", 1)[-1] == record["id"],
+             "'id' is missing, does not match {} or is not the entry's".format(ID_PATTERN))
+    _require(_is_text(record.get("config-id"), CONFIG_ID_PATTERN), "'config-id' is missing or malformed")
+    accepted = record.get("accepted")
+    _require(isinstance(accepted, (int, float)) and not isinstance(accepted, bool)
+             and math.isfinite(accepted) and accepted >= 0, "'accepted' is not a time in seconds")
+    _require(isinstance(record.get("kept"), bool), "'kept' is not true or false")
+    _require(record.get("verdict") in VERDICTS and record["kept"] == (record["verdict"] == gates.KEPT),
+             "'verdict' is not one of the gate's or disagrees with 'kept'")
+    check_prediction(record.get("prediction"))
+    _require(isinstance(record.get("metadata"), dict), "'metadata' is not an object")
+    check_metadata(record["metadata"])
+    clean = dict(record)
+    if record["kept"]:
+        clean["sample"] = _sample_of(record)
+        _require(clean["sample"] is not None, "'sample' is not a uuid4 (nor is the key's name)")
+        size = record.get("image-bytes")
+        _require(size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 0),
+                 "'image-bytes' is not a size")
+    failure = record.get("failure")
+    _require(failure is None or (isinstance(failure, dict) and failure.get("status") == "fail"
+                                 and _is_text(failure.get("error"))
+                                 and isinstance(failure.get("error_message"), str)),
+             "'failure' is not a fail status")
+    for key in ("s3_response", "local_response"):
+        _require(record.get(key) is None or isinstance(record[key], dict), "{!r} is not an object".format(key))
+    _require(isinstance(record.get("prediction_sent", False), bool), "'prediction_sent' is not true or false")
+    return clean
+
+
 class Entry(object):
-    def __init__(self, directory: str, name: str, record: Dict[str, Any], size: int) -> None:
+    def __init__(self, directory: str, name: str, record: Dict[str, Any], size: int,
+                 record_bytes: int = 0) -> None:
         self.directory = directory
         self.name = name  # "<seq>-<id>"
         self.record = record
         self.size = size
+        self.record_bytes = record_bytes
 
     @property
     def record_path(self) -> str:
@@ -47,36 +234,18 @@ class Entry(object):
     def image_path(self) -> str:
         return os.path.join(self.directory, self.name + ".bin")
 
-    def read_image(self) -> bytes:
-        with open(self.image_path, "rb") as handle:
-            return handle.read()
+    def read_image(self, limit: int) -> bytes:
+        """The spooled image (a regular file, never through a link, at most `limit` bytes and the
+        size the record says); UnsafeFile or OSError otherwise."""
+        data = read_regular(self.image_path, limit)
+        expected = self.record.get("image-bytes")
+        if expected is not None and len(data) != expected:
+            raise UnsafeFile("{} is {} bytes, not the {} its record says".format(
+                self.image_path, len(data), expected))
+        return data
 
     def __repr__(self) -> str:
         return "Entry({})".format(self.name)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class Spool(object):
@@ -93,7 +262,10 @@ class Spool(object):
         self._busy: Optional[Entry] = None
         self._bytes = 0
         self._next_seq = 1
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.quarantined_count = 0
+        # Quarantined at start-up, waiting for the service to give them their fail status.
+        self.quarantined: List[Quarantined] = []
+        prepare_directory(directory)
         self._recover()
 
     # -- facts --------------------------------------------------------------------------------
@@ -110,7 +282,8 @@ class Spool(object):
     # -- adding and taking --------------------------------------------------------------------
 
     def add(self, record: Dict[str, Any], image: Optional[bytes]) -> Tuple[Entry, List[Entry]]:
-        """Write one request durably; returns it and the entries evicted to make room."""
+        """Write one request durably; returns it and the entries evicted to make room. OSError
+        (a full disk) leaves nothing behind."""
         body = json.dumps(record).encode("utf-8")
         size = len(body) + (len(image) if image is not None else 0)
         with self._lock:
@@ -128,11 +301,15 @@ class Spool(object):
                 evicted.append(self._remove_locked(candidates[0]))
             name = "{:012d}-{}".format(self._next_seq, record["id"])
             self._next_seq += 1
-            entry = Entry(self.directory, name, record, size)
-            if image is not None:
-                write_atomic(entry.image_path, bytes(image))
-            write_atomic(entry.record_path, body)
-            _fsync_directory(self.directory)
+            entry = Entry(self.directory, name, record, size, len(body))
+            try:
+                if image is not None:
+                    write_atomic(entry.image_path, bytes(image))
+                write_atomic(entry.record_path, body)
+            except OSError:
+                _unlink(entry.image_path)
+                _unlink(entry.record_path)
+                raise
             self._entries.append(entry)
             self._bytes += size
             self.changed.notify_all()
@@ -152,15 +329,16 @@ class Spool(object):
             self._busy = None
 
     def update(self, entry: Entry, **progress: Any) -> None:
-        """Record delivery progress durably (a restart does not repeat a finished step)."""
+        """Record delivery progress durably (a restart does not repeat a finished step). The
+        progress is kept in memory even when writing it fails (OSError)."""
         with self._lock:
             entry.record.update(progress)
             if entry in self._entries:
                 body = json.dumps(entry.record).encode("utf-8")
-                old_size = os.path.getsize(entry.record_path)
                 write_atomic(entry.record_path, body)
-                entry.size += len(body) - old_size
-                self._bytes += len(body) - old_size
+                entry.size += len(body) - entry.record_bytes
+                self._bytes += len(body) - entry.record_bytes
+                entry.record_bytes = len(body)
 
     def remove(self, entry: Entry) -> None:
         with self._lock:
@@ -170,7 +348,7 @@ class Spool(object):
         """Remove and return the entries older than the age bound."""
         now = time.time() if now is None else now
         with self._lock:
-            expired = [e for e in self._entries if now - e.record.get("accepted", now) > self.max_age_s]
+            expired = [e for e in self._entries if now - e.record["accepted"] > self.max_age_s]
             for entry in expired:
                 self._remove_locked(entry)
             return expired
@@ -194,34 +372,99 @@ class Spool(object):
     def _recover(self) -> None:
         names = sorted(os.listdir(self.directory))
         records = set()
+        bad: List[Quarantined] = []
         for filename in names:
-            match = _ENTRY.match(filename)
             path = os.path.join(self.directory, filename)
-            if filename.startswith(".tmp-"):
-                _unlink(path)
+            if filename.startswith(TMP_PREFIX):
+                _discard(path)  # a link or a file: unlink never follows it
                 continue
+            match = _ENTRY.match(filename)
             if not match:
                 continue
-            try:
-                with open(path, "rb") as handle:
-                    record = json.loads(handle.read().decode("utf-8"))
-            except (OSError, ValueError) as exc:
-                log.warning("spool: ignoring unreadable record %s: %s", path, exc)
-                continue
             name = filename[:-len(".json")]
-            size = os.path.getsize(path)
-            image = os.path.join(self.directory, name + ".bin")
-            if os.path.exists(image):
-                size += os.path.getsize(image)
-            elif record.get("kept"):
-                log.warning("spool: record %s lost its image; it will fail as ImageMissing", name)
+            try:
+                entry = self._load(name)
+            except (OSError, ValueError) as exc:
+                request_id = match.group(2) if re.fullmatch(ID_PATTERN, match.group(2)) else None
+                bad.append(Quarantined(name, request_id, str(exc)))
+                continue
             records.add(name)
-            self._entries.append(Entry(self.directory, name, record, size))
-            self._bytes += size
+            self._entries.append(entry)
+            self._bytes += entry.size
             self._next_seq = max(self._next_seq, int(match.group(1)) + 1)
+        if bad:
+            self._quarantine(bad)
         for filename in names:
             if filename.endswith(".bin") and filename[:-len(".bin")] not in records:
-                _unlink(os.path.join(self.directory, filename))
+                _discard(os.path.join(self.directory, filename))
+        if bad:
+            log.warning("spool %s: %d damaged record(s) moved to %s (first: %s: %s)", self.directory,
+                        len(bad), os.path.join(self.directory, QUARANTINE), bad[0].name, bad[0].reason)
         if self._entries:
             log.info("spool %s: %d undelivered request(s) from an earlier run", self.directory,
                      len(self._entries))
+
+    def _load(self, name: str) -> Entry:
+        path = os.path.join(self.directory, name + ".json")
+        data = read_regular(path, MAX_RECORD_BYTES)
+        try:
+            record = validate_record(json.loads(data.decode("utf-8")), name)
+        except RecursionError:
+            raise ValueError("the record is nested too deeply") from None
+        size = len(data)
+        image = os.path.join(self.directory, name + ".bin")
+        try:
+            st = os.lstat(image)
+        except FileNotFoundError:
+            if record["kept"] and record.get("failure") is None:
+                log.warning("spool: record %s lost its image; it will fail as ImageMissing", name)
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafeFile("{} is not a regular file".format(image))
+            if record.get("image-bytes") not in (None, st.st_size):
+                raise UnsafeFile("{} is {} bytes, not the {} its record says".format(
+                    image, st.st_size, record["image-bytes"]))
+            size += st.st_size
+        return Entry(self.directory, name, record, size, len(data))
+
+    def _quarantine(self, bad: List[Quarantined]) -> None:
+        """Move the entries' files aside (an operator may want to look at them), behind the time,
+        keeping the quarantine within its bounds (the oldest go first)."""
+        self.quarantined_count += len(bad)
+        self.quarantined.extend(bad)
+        folder = os.path.join(self.directory, QUARANTINE)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+        try:
+            qfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | _CLOEXEC)
+        except OSError as exc:
+            log.warning("spool: %s is not a usable directory (%s); removing the damaged records", folder, exc)
+            for item in bad:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.directory, item.name + ".json"))
+            return
+        try:
+            stamp = "{:020d}-".format(int(time.time() * 1e9))
+            for item in bad:
+                self._next_seq = max(self._next_seq, int(item.name[:12]) + 1)
+                for suffix in (".json", ".bin"):
+                    with contextlib.suppress(OSError):  # what stays is found again next time
+                        os.rename(os.path.join(self.directory, item.name + suffix),
+                                  stamp + item.name + suffix, dst_dir_fd=qfd)
+            self._prune_quarantine(folder, qfd)
+        finally:
+            os.close(qfd)
+
+    @staticmethod
+    def _prune_quarantine(folder: str, qfd: int) -> None:
+        names = sorted(os.listdir(qfd))
+        sizes = {n: os.lstat(n, dir_fd=qfd).st_size for n in names}
+        total = sum(sizes.values())
+        while names and (len(names) > QUARANTINE_MAX_FILES or total > QUARANTINE_MAX_BYTES):
+            oldest = names.pop(0)
+            total -= sizes[oldest]
+            if stat.S_ISDIR(os.lstat(oldest, dir_fd=qfd).st_mode):
+                shutil.rmtree(os.path.join(folder, oldest), ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(oldest, dir_fd=qfd)

@@ -91,10 +91,19 @@ class IPCClient(object):
     def from_client_file(cls, path: Optional[str] = None, timeout: Optional[float] = None,
                          name: Optional[str] = None, token: Optional[str] = None) -> "IPCClient":
         """A client for the standalone host described by its client file (entry `name`, else
-        the only live one); `token` replaces the callers' token (a function's own)."""
-        document = clientfile.read(path or clientfile.default_path(), name)
-        return cls(host=document.get("host") or "127.0.0.1", port=int(document["port"]),
-                   token=token or str(document["token"]), timeout=timeout)
+        the only live one); `token` replaces the callers' token (a function's own).
+
+        ValueError when the file fails the SDK's safety rule (another user could have replaced
+        it, and would receive the token): see :func:`connector.ipc.clientfile.refuse_unsafe`."""
+        return cls.from_entry(clientfile.read(path or clientfile.default_path(), name),
+                              timeout=timeout, token=token)
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, object], timeout: Optional[float] = None,
+                   token: Optional[str] = None) -> "IPCClient":
+        """A client for one entry that :func:`connector.ipc.clientfile.read` returned (checked)."""
+        return cls(host=str(entry.get("host") or "127.0.0.1"), port=int(str(entry["port"])),
+                   token=token or str(entry["token"]), timeout=timeout)
 
     def __repr__(self) -> str:
         return "IPCClient(host={!r}, port={})".format(self.host, self.port)

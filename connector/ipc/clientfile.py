@@ -23,7 +23,8 @@ every directory above must be owned by root or by the file's owner and writable 
 only a directory *above* the file's own may be writable by others if it is sticky (``/tmp``),
 because nobody can rename another user's entry there. The host refuses to start on an unsafe
 directory (one line saying which and how to fix it) and creates a missing one 0700; the SDK
-refuses an unsafe file. The file is 0600, or 0640 for a group the owner lets read it
+refuses an unsafe file, and so do ``attach``, ``feedback`` and :class:`IPCClient` before they
+send any token (:func:`read`, :func:`function_token`). The file is 0600, or 0640 for a group the owner lets read it
 (``--client-file-group``); group members may read, never write.
 
 Function tokens (for functions that attach from another process, see :mod:`connector.ipc.host`)
@@ -120,12 +121,26 @@ def unsafe_reason(path: str) -> Optional[str]:
         directory, leaf = parent, False
 
 
-def check_directory(path: str) -> None:
+def check_directory(path: str, group: Optional[str] = None) -> None:
     """Make sure the host can write the client file at `path` safely: create a missing directory
-    0700; raise ClientFileError (one line, with the fix) otherwise."""
+    0700, or 0750 owned by `group` (the client-file group must reach the 0640 file; an existing
+    directory is taken as it is, group-readable or not); raise ClientFileError (one line, with
+    the fix) otherwise."""
     directory = os.path.dirname(os.path.abspath(path))
+    gid = _group_id(group) if group else None
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise NotADirectoryError(errno.ENOTDIR, "it exists and is not a directory")
+            if gid is not None:
+                _warn_if_out_of_reach(directory, gid)
+        else:  # ours, fresh: let the group in (mkdir's mode is masked by the umask, so chmod)
+            if gid is not None:
+                os.chown(directory, -1, gid)
+                os.chmod(directory, 0o750)
     except OSError as exc:
         raise ClientFileError("cannot create the client-file directory {}: {} (set {} to a file in a "
                               "directory you can write)".format(directory, _reason(exc),
@@ -144,6 +159,23 @@ def check_directory(path: str) -> None:
     if os.path.isdir(path):
         raise ClientFileError("the client file {} is a directory; remove it or set {}".format(
             path, ENV_CLIENT_FILE))
+
+
+def directory_reason(directory: str) -> Optional[str]:
+    """Why a file this user creates in `directory` could be replaced by another unprivileged user
+    (None: it could not): the rule of :func:`check_directory`, for other directories whose files
+    must not be planted or replaced (the feedback spool)."""
+    return _directory_reason(directory)
+
+
+def _warn_if_out_of_reach(directory: str, gid: int) -> None:
+    # An operator's directory is not changed (systemd's RuntimeDirectoryMode= says 0750), but a
+    # group that cannot pass through it would see only "permission denied" on every call.
+    st = os.stat(directory)
+    if not (st.st_mode & 0o001 or (st.st_gid == gid and st.st_mode & 0o010)):
+        log.warning("the client-file group (gid %d) cannot reach %s (mode %o, group %d): chgrp "
+                    "and chmod g+rx it to let the group use the service", gid, directory,
+                    stat.S_IMODE(st.st_mode), st.st_gid)
 
 
 def _directory_reason(directory: str) -> Optional[str]:
@@ -199,14 +231,43 @@ def is_alive(entry: Mapping[str, Any]) -> bool:
 
 # -- reading -----------------------------------------------------------------------------------
 
+def read_file(path: str, kind: str, max_bytes: int = MAX_FILE_BYTES, private: bool = False) -> bytes:
+    """The bytes of `path`, opened without following a link; ValueError naming `kind` and the
+    rule for a link, a non-regular file, one over `max_bytes` (anyone who could write there may
+    have planted it) and, with `private`, one its group or others may write."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("{} is a symbolic link; a {} must not be one".format(path, kind)) from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("{} is not a regular file; not a {}".format(path, kind))
+        if private and st.st_mode & 0o022:
+            raise ValueError("{} is writable by {} (mode {:o}); a {} must be writable only by its "
+                             "owner".format(path, "others" if st.st_mode & 0o002 else "its group",
+                                            stat.S_IMODE(st.st_mode), kind))
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError("{} is larger than {} bytes; not a {}".format(path, max_bytes, kind))
+    return data
+
+
 def _read_json(path: str, kind: str) -> Any:
-    """The JSON in `path`; ValueError when it is over MAX_FILE_BYTES (anyone who could write
-    there may have planted it), not UTF-8 or not JSON."""
-    with open(path, "rb") as handle:
-        data = handle.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise ValueError("{} is larger than {} bytes; not a {}".format(path, MAX_FILE_BYTES, kind))
-    return json.loads(data.decode("utf-8"))
+    """The JSON in `path` (see read_file); ValueError when it is not UTF-8 JSON too."""
+    return json.loads(read_file(path, kind).decode("utf-8"))
+
+
+def refuse_unsafe(path: str, kind: str = "client file") -> None:
+    """ValueError (one line, with the fix) when `path` fails the SDK's safety rule: whoever could
+    replace it would receive the tokens sent to the port it names."""
+    reason = unsafe_reason(path)
+    if reason:
+        raise ValueError("refusing the {} {}: {}, so another user could have replaced it (make it "
+                         "and its directories writable only by their owner, or set {} to a file in "
+                         "a directory only you can write)".format(kind, path, reason, ENV_CLIENT_FILE))
 
 
 def _load(path: str) -> Dict[str, Any]:
@@ -227,7 +288,21 @@ def entries(path: str) -> Dict[str, Dict[str, Any]]:
 
 
 def read(path: str, name: Optional[str] = None) -> Dict[str, Any]:
-    """The entry of host `name` (else the only live one); OSError/ValueError when there is none."""
+    """The entry of host `name` (else the only live one); OSError/ValueError when there is none,
+    or when the file fails the safety rule (:func:`refuse_unsafe`) or the entry's address."""
+    refuse_unsafe(path)
+    return _checked_entry(path, _chosen(path, name))
+
+
+def _checked_entry(path: str, entry: Dict[str, Any]) -> Dict[str, Any]:
+    port = entry.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError("the client file {} gives {} the port {!r}, not a port number".format(
+            path, entry.get("name"), port))
+    return entry
+
+
+def _chosen(path: str, name: Optional[str]) -> Dict[str, Any]:
     found = entries(path)
     live = {k: v for k, v in found.items() if is_alive(v)}
     if name is not None and name in found:
@@ -247,7 +322,9 @@ def read(path: str, name: Optional[str] = None) -> Dict[str, Any]:
 
 
 def function_token(path: str, function_arn: str) -> Optional[str]:
-    """The token a running host gave `function_arn`, from the function-token file."""
+    """The token a running host gave `function_arn`, from the function-token file; ValueError
+    when that file fails the safety rule (:func:`refuse_unsafe`) or is not one."""
+    refuse_unsafe(path + FUNCTIONS_SUFFIX, "function-token file")
     try:
         document = _load_functions(path + FUNCTIONS_SUFFIX)
     except FileNotFoundError:
@@ -264,7 +341,7 @@ def function_token(path: str, function_arn: str) -> Optional[str]:
 def publish(path: str, name: str, host: str, port: int, token: str, region: str,
             timeout_s: Optional[float] = None, group: Optional[str] = None) -> Dict[str, Any]:
     """Write (or take over a stale) entry `name`; ClientFileError when a live host holds it."""
-    check_directory(path)
+    check_directory(path, group)
     entry = {"host": host, "port": int(port), "token": token, "region": region, "pid": os.getpid(),
              "started": process_start(os.getpid())}
     if timeout_s is not None:

@@ -11,12 +11,18 @@ memory is the number of connections and how long each may hold them without prog
   ``head_timeout_s`` of the first wait on a fresh connection (``idle_timeout_s`` on a kept-alive
   one), the body within ``body_timeout_s`` of the head. A whole deadline, not an idle timer, so a
   client sending a byte now and then gains nothing. Checked by the server loop every 0.1 s.
-* **body budget** (``max_reading_bytes``): the declared Content-Length is reserved before a byte of
-  the body is read; a body that does not fit is refused with ``429`` at once, so stalled uploads
-  hold at most the budget.
+* **body budget** (``max_reading_bytes``, 64 MiB): bodies are read in chunks of
+  ``BODY_CHUNK_BYTES`` and each chunk is charged to the budget before it is read, so a body holds
+  what has arrived (plus the one chunk being read), never what it declared: an upload that
+  declares 16 MiB and stalls holds 64 KiB. Bodies that declared more than ``small_body_bytes``
+  (1 MiB) may hold together only the budget less ``small_reserve_bytes`` (a quarter: 48 of 64
+  MiB), so uploads that send fast and then stall cannot starve small calls (an image is a few
+  hundred KB). A chunk that does not fit is refused with ``429`` at once. The body deadline and
+  the connection cap bound how long and how many; the budget stays the ceiling on memory.
 """
 from __future__ import annotations
 
+import io
 import resource
 import socket
 import threading
@@ -27,6 +33,10 @@ DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_HEAD_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 30.0
 DEFAULT_MAX_READING_BYTES = 64 * 1024 * 1024
+# Bodies up to this size (declared) may use the reserve; larger ones share the rest of the budget.
+DEFAULT_SMALL_BODY_BYTES = 1024 * 1024
+# A body is read, and charged to the budget, this much at a time.
+BODY_CHUNK_BYTES = 64 * 1024
 # Descriptors kept free for everything else (worker sockets, model and log files, the listener).
 FD_RESERVE = 64
 
@@ -60,12 +70,20 @@ class ConnectionGuard(object):
     def __init__(self, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
                  idle_timeout_s: float = 60.0, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-                 max_reading_bytes: int = DEFAULT_MAX_READING_BYTES) -> None:
+                 max_reading_bytes: int = DEFAULT_MAX_READING_BYTES, largest_body_bytes: int = 0,
+                 small_body_bytes: int = DEFAULT_SMALL_BODY_BYTES,
+                 small_reserve_bytes: Optional[int] = None) -> None:
+        """`largest_body_bytes`: the largest body the host accepts; the budget grows to hold it
+        beside the reserve, or such a body would be refused as busy forever. The reserve is a
+        quarter of `max_reading_bytes` unless given."""
         self.max_connections = connection_cap(int(max_connections))
         self.head_timeout_s = float(head_timeout_s)
         self.idle_timeout_s = float(idle_timeout_s)
         self.body_timeout_s = float(body_timeout_s)
-        self.max_reading_bytes = int(max_reading_bytes)
+        reserve = int(max_reading_bytes) // 4 if small_reserve_bytes is None else int(small_reserve_bytes)
+        self.max_reading_bytes = max(int(max_reading_bytes), int(largest_body_bytes) + reserve)
+        self.large_reading_bytes = self.max_reading_bytes - reserve
+        self.small_body_bytes = int(small_body_bytes)
         self._lock = threading.Lock()
         self._entries: Dict[socket.socket, _Entry] = {}
         self._reading_bytes = 0
@@ -127,16 +145,49 @@ class ConnectionGuard(object):
 
     # -- the body budget ----------------------------------------------------------------------
 
-    def reserve(self, size: int) -> bool:
+    def charge(self, size: int, small: bool) -> bool:
+        """Take `size` bytes of the budget for a body (`small`: declared at most
+        small_body_bytes, so it may use the reserve); False when they do not fit."""
         with self._lock:
-            if size and self._reading_bytes + size > self.max_reading_bytes:
+            limit = self.max_reading_bytes if small else self.large_reading_bytes
+            if size and self._reading_bytes + size > limit:
                 return False
             self._reading_bytes += size
             return True
 
-    def unreserve(self, size: int) -> None:
+    def uncharge(self, size: int) -> None:
         with self._lock:
             self._reading_bytes -= size
+
+    def reading_bytes(self) -> int:
+        """Bytes of bodies being read now (charged)."""
+        with self._lock:
+            return self._reading_bytes
+
+    def read_body(self, rfile: io.BufferedIOBase, length: int) -> Optional[bytes]:
+        """Up to `length` bytes of a body from `rfile`, each chunk charged before it is read
+        (fewer when the client stopped sending); None when a chunk did not fit the budget.
+        Whatever was charged is given back on return: the body then counts in the work board."""
+        small = length <= self.small_body_bytes
+        # BytesIO grows as bytes arrive (a stalled 16 MiB upload allocates what it sent) and
+        # getvalue() hands its buffer over without a second copy.
+        body, received, charged = io.BytesIO(), 0, 0
+        try:
+            while received < length:
+                want = min(BODY_CHUNK_BYTES, length - received)
+                if not self.charge(want, small):
+                    return None
+                charged += want
+                chunk = rfile.read1(want)
+                self.uncharge(want - len(chunk))
+                charged -= want - len(chunk)
+                if not chunk:
+                    break
+                body.write(chunk)
+                received += len(chunk)
+        finally:
+            self.uncharge(charged)
+        return body.getvalue()
 
     # -- deadlines ----------------------------------------------------------------------------
 

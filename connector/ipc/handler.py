@@ -12,6 +12,9 @@ a caller's token on a function's endpoint   403 (get_work, results, initialized:
                                             function's own token)
 another principal's invocation id           404 (as if unknown: nothing is revealed)
 queue or body budget full                   429 TooManyRequestsException (retry later)
+refused by the function's admission rule    the rule's 4xx and errorType (GGRouter: 400 bad
+                                            topic, 403 topic not allowed, 413 message too
+                                            large, 429 its queue full; see mqtt_router.py)
 connections full of busy clients            503 (answered before a thread is started)
 unknown path / method on a known path       404 / 405 (+ Allow)
 bad header, bad client context, bad JSON    400
@@ -248,9 +251,10 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
 
     def _post_work(self, function_arn: str, body: bytes) -> None:
         client_context = self.headers.get(protocol.HEADER_CLIENT_CONTEXT, "").strip()
-        if not protocol.is_valid_base64(client_context):
-            raise Refusal(400, "{} must be base64".format(protocol.HEADER_CLIENT_CONTEXT),
-                          "InvalidClientContext")
+        try:  # size, base64, depth and JSON: a bad one is the caller's 400, never the function's
+            protocol.decode_client_context(client_context)
+        except ValueError as exc:
+            raise Refusal(400, str(exc), "InvalidClientContext")
         invocation_type = self.headers.get(protocol.HEADER_INVOCATION_TYPE, "").strip() \
             or protocol.INVOCATION_REQUEST_RESPONSE
         if invocation_type not in protocol.INVOCATION_TYPES:
@@ -258,7 +262,8 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
                 protocol.HEADER_INVOCATION_TYPE, ", ".join(protocol.INVOCATION_TYPES),
                 invocation_type), "InvalidInvocationType")
         invocation = self._board(lambda b: b.submit(function_arn, body, client_context,
-                                                    invocation_type, self._principal.name))
+                                                    invocation_type, self._principal.name,
+                                                    principal=self._principal))
         self._send(202, headers=[(protocol.HEADER_INVOCATION_ID, invocation.invocation_id)])
 
     def _get_work(self, function_arn: str, body: bytes) -> None:
@@ -322,7 +327,7 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
         host = self.server.ipc_host
         if which == "health":
             # Details (errors, paths) only for a valid token, raw or "Bearer" as /metrics takes
-            # it (a monitoring system sends the same header to both); without one, state only.
+            # it (a monitoring system sends the same header to both); without one, the status only.
             given = _bearer_stripped(self.headers.get(protocol.HEADER_AUTH_TOKEN))
             status, document = host.health(given is not None and host.principal(given) is not None)
         else:
@@ -334,6 +339,8 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
     def _board(self, call):
         try:
             return call(self.server.ipc_host.board)
+        except workboard.NotAdmitted as exc:
+            raise Refusal(exc.status, str(exc), exc.error_type)
         except workboard.WorkBoardError as exc:
             status, error_type = _BOARD_REFUSALS[type(exc)]
             raise Refusal(status, str(exc), error_type)
@@ -369,15 +376,13 @@ class IPCRequestHandler(BaseHTTPRequestHandler):
             raise Refusal(413, "body of {} bytes is over the limit of {} bytes".format(length, limit),
                           "PayloadTooLarge")
         guard = self.server.guard
-        if not guard.reserve(length):
+        guard.reading(self.connection)  # the body's deadline starts now
+        body = guard.read_body(self.rfile, length)
+        if body is None:
             raise Refusal(429, "the IPC host is busy receiving other bodies ({} bytes at most at "
-                          "once); retry later".format(guard.max_reading_bytes),
-                          "TooManyRequestsException")
-        try:
-            guard.reading(self.connection)  # the body's deadline starts now
-            body = self.rfile.read(length) if length else b""
-        finally:
-            guard.unreserve(length)
+                          "once, {} for bodies over {} bytes); retry later".format(
+                              guard.max_reading_bytes, guard.large_reading_bytes,
+                              guard.small_body_bytes), "TooManyRequestsException")
         if len(body) != length:
             raise Refusal(400, "body ended after {} of {} bytes".format(len(body), length),
                           "IncompleteBody")

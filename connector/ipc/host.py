@@ -31,8 +31,9 @@ reads.
 Which ARNs count as served is documented in :mod:`connector.ipc.workboard`; the bounds on
 connections and bodies in :mod:`connector.ipc.connections`. Probes need no token: ``GET /livez``
 (the host answers), ``GET /readyz`` (a request now would be served without waiting) and
-``GET /healthz`` (state only: numbers and one-word states; with any valid token, the whole
-document, errors included).
+``GET /healthz``; without a valid token each carries ``{"status": ...}`` only (``ok``,
+``starting``, ``stopping``, ``error``; ``alive``; ``ready``, ``not ready``), with any valid token
+``/healthz`` is the whole document, errors included.
 """
 from __future__ import annotations
 
@@ -41,7 +42,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import socket
 import socketserver
@@ -58,7 +58,7 @@ from .clientfile import DEFAULT_NAME
 from .connections import (BUSY_RESPONSE, DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEAD_TIMEOUT_S,
                           DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_READING_BYTES, ConnectionGuard)
 from .handler import IPCRequestHandler
-from .workboard import DEFAULT_MAX_QUEUED, DEFAULT_MAX_QUEUED_BYTES, WorkBoard
+from .workboard import DEFAULT_MAX_QUEUED, DEFAULT_MAX_QUEUED_BYTES, AdmissionHook, WorkBoard
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import IPCClient
@@ -233,7 +233,8 @@ class IPCHost(object):
         # A body the host accepts must fit the budgets, or it would be refused as "busy" forever.
         self.guard = ConnectionGuard(max_connections=max_connections, head_timeout_s=head_timeout_s,
                                      idle_timeout_s=idle_timeout_s, body_timeout_s=body_timeout_s,
-                                     max_reading_bytes=max(max_reading_bytes, self.max_body_bytes))
+                                     max_reading_bytes=max_reading_bytes,
+                                     largest_body_bytes=self.max_body_bytes)
         self.board = WorkBoard(result_timeout_s=result_timeout_s, attach_grace_s=attach_grace_s,
                                max_queued=max_queued,
                                max_queued_bytes=max(max_queued_bytes, self.max_body_bytes))
@@ -260,7 +261,8 @@ class IPCHost(object):
         if self._server is not None:
             raise RuntimeError("IPCHost already started")
         if self.client_file_path:
-            clientfile.check_directory(self.client_file_path)  # before binding: fail fast, clean
+            # before binding: fail fast, clean
+            clientfile.check_directory(self.client_file_path, self.client_file_group)
         try:
             self._server = _Server((self.bind_host, self.requested_port), self)
         except (OSError, OverflowError, UnicodeError, ValueError) as exc:
@@ -317,13 +319,16 @@ class IPCHost(object):
 
     def register_function(self, function_arn: str, token: Optional[str] = None, served: bool = True,
                           timeout_s: Optional[float] = None,
-                          timeout_message: Optional[str] = None) -> str:
+                          timeout_message: Optional[str] = None,
+                          admit: Optional[AdmissionHook] = None) -> str:
         """Declare a function this host serves and return its token (see the module docstring).
 
         :param token: the function's token; default a fresh random one.
         :param served: True: post_work for it is accepted from now on (the function runs in this
             process or is sure to attach); False: only while its worker polls (served-ARN rule).
         :param timeout_s, timeout_message: its invocations' timeout and the caller's message.
+        :param admit: judges each post_work from the poster's :class:`Principal` before it is
+            queued (see :mod:`connector.ipc.workboard`, admission).
         """
         old = self._function_tokens.get(function_arn)
         token = token or old or secrets.token_urlsafe(32)
@@ -336,7 +341,7 @@ class IPCHost(object):
         self._function_tokens[function_arn] = token
         self._principals[digest] = Principal("function " + function_arn, function_arn)
         self.board.register(function_arn, served=served, timeout_s=timeout_s,
-                            timeout_message=timeout_message)
+                            timeout_message=timeout_message, admit=admit)
         self._publish_function_tokens()
         return token
 
@@ -421,7 +426,8 @@ class IPCHost(object):
         return "http://{}:{}".format("[{}]".format(host) if ":" in host else host, self.port)
 
     def health(self, detailed: bool = True) -> Tuple[int, Dict[str, Any]]:
-        """(status, document) of ``GET /healthz``; without `detailed` (no token) state only."""
+        """(status, document) of ``GET /healthz``; without `detailed` (no valid token) only
+        ``{"status": ...}``: the rest (ARN, model, pids, counters) helps an attacker only."""
         if self.board.draining:
             return 503, {"status": "stopping"}
         if not self._ready:
@@ -435,8 +441,9 @@ class IPCHost(object):
             json.dumps(document)  # fail here, with the reason, rather than in the handler
         except Exception as exc:  # the probe must say why, not drop the connection
             log.exception("health callback failed")
-            return 500, {"status": "error", "errorMessage": str(exc)[:200] if detailed else "see the log"}
-        return 200, (document if detailed else public_view(document))
+            return 500, ({"status": "error", "errorMessage": str(exc)[:200]} if detailed
+                         else {"status": "error"})
+        return 200, (document if detailed else {"status": "ok"})
 
     def liveness(self) -> Tuple[int, Dict[str, Any]]:
         """``GET /livez``: the host answers (even while its function's worker restarts)."""
@@ -482,24 +489,6 @@ class IPCHost(object):
                     return False
                 self._inflight_changed.wait(remaining)
             return True
-
-
-_STATE_TEXT = re.compile(r"^[A-Za-z0-9_.:-]{0,100}$")
-
-
-def public_view(document: Dict[str, Any], depth: int = 3) -> Dict[str, Any]:
-    """What an unauthenticated prober may see: numbers, booleans and one-word states, also inside
-    nested sections (counters of the feedback service); no paths, messages or listings (they
-    contain a slash or a blank)."""
-    view: Dict[str, Any] = {}
-    for key, value in document.items():
-        if isinstance(value, dict):
-            if depth > 0:
-                view[key] = public_view(value, depth - 1)
-        elif value is None or isinstance(value, (bool, int, float)) \
-                or (isinstance(value, str) and _STATE_TEXT.match(value)):
-            view[key] = value
-    return view
 
 
 def _reason(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import quote, unquote
 
@@ -39,6 +40,12 @@ ENV_DAEMON_PORT = "GG_DAEMON_PORT"
 ENV_FUNCTION_ARN = "MY_FUNCTION_ARN"
 ENV_REGION = "AWS_REGION"
 DEFAULT_DAEMON_PORT = 8000
+
+# X-Amz-Client-Context is the caller's: bounded before it is parsed. The size is the host's header
+# line limit (http.server's and http.client's 64 KiB), so no context that ever passed is refused;
+# the depth is far above what any Greengrass client sends ({"custom": {...}}: 2).
+MAX_CLIENT_CONTEXT_BYTES = 64 * 1024
+MAX_CLIENT_CONTEXT_DEPTH = 32
 
 # Addresses of the AWS ML services, as greengrass_machine_learning_sdk builds them.
 INFERENCE_ARN_FORMAT = "arn:aws:lambda:{region}:aws:function:GG-ML-INF-{algo_type}-{service_name}"
@@ -108,18 +115,60 @@ def decode_client_context(value: Optional[str]) -> Dict[str, Any]:
     """The JSON object inside an X-Amz-Client-Context value ({} when there is none).
 
     Raises ValueError naming what is wrong, because a handler must not silently run without the
-    metadata (content type, feedback config) its caller sent.
+    metadata (content type, feedback config) its caller sent. The value is a caller's: it is
+    refused over MAX_CLIENT_CONTEXT_BYTES and, by a linear scan before json.loads, when nested
+    deeper than MAX_CLIENT_CONTEXT_DEPTH (json.loads recurses: 20 000 levels raise RecursionError).
     """
     if not value:
         return {}
+    if len(value) > MAX_CLIENT_CONTEXT_BYTES:
+        raise ValueError("{} is {} characters, over the limit of {}".format(
+            HEADER_CLIENT_CONTEXT, len(value), MAX_CLIENT_CONTEXT_BYTES))
     try:
         decoded = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("{} is not base64 of a JSON object: {}".format(HEADER_CLIENT_CONTEXT, exc))
+    if nesting_exceeds(decoded, MAX_CLIENT_CONTEXT_DEPTH):
+        raise ValueError("{} is JSON nested deeper than {} levels".format(
+            HEADER_CLIENT_CONTEXT, MAX_CLIENT_CONTEXT_DEPTH))
+    try:
         document = json.loads(decoded.decode("utf-8"))
-    except (binascii.Error, ValueError, UnicodeError) as exc:
-        raise ValueError("X-Amz-Client-Context is not base64 of a JSON object: {}".format(exc))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError("{} is not base64 of a JSON object: {}".format(HEADER_CLIENT_CONTEXT, exc))
     if not isinstance(document, dict):
-        raise ValueError("X-Amz-Client-Context is JSON but not an object")
+        raise ValueError("{} is JSON but not an object".format(HEADER_CLIENT_CONTEXT))
     return document
+
+
+# The bytes that matter to nesting: brackets, and what starts, ends or escapes a string.
+_JSON_STRUCTURE = re.compile(rb'[\\"\[\]{}]')
+
+
+def nesting_exceeds(text: bytes, limit: int) -> bool:
+    """True when the JSON `text` opens more than `limit` arrays/objects inside each other.
+
+    Brackets inside strings do not count. Linear in len(text) and stops at the first level over
+    `limit`, whatever the text holds (it need not be valid JSON: json.loads judges that)."""
+    depth, in_string, skip_to = 0, False, -1
+    for match in _JSON_STRUCTURE.finditer(text):
+        at = match.start()
+        if at < skip_to:  # the character after a backslash
+            continue
+        char = text[at]
+        if in_string:
+            if char == 0x5C:  # backslash: skip what it escapes
+                skip_to = at + 2
+            elif char == 0x22:
+                in_string = False
+        elif char == 0x22:
+            in_string = True
+        elif char in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in (0x5D, 0x7D):
+            depth -= 1
+    return False
 
 
 def error_body(message: str, error_type: Optional[str] = None) -> bytes:

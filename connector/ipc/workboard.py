@@ -28,6 +28,13 @@ keeps each invocation's owner so that only the principal who posted it gets its 
 Bounds (``max_queued``, ``max_queued_bytes``): unfinished invocations, Event ones included, and
 the payload bytes they hold. A post_work beyond either is refused at once with :class:`Busy`; a
 payload is released as soon as its invocation finishes.
+
+Admission (``register(..., admit=)``): a function may judge each post_work before it is queued,
+from who posted it (the authenticated principal the HTTP layer passes, never anything the request
+says about itself), its client context and its payload. The hook raises :class:`NotAdmitted`
+with the status and the rule; the caller gets that refusal at once, nothing is queued. This is
+how the host's GGRouter applies its subscription-like rules (:mod:`connector.mqtt_router`)
+without the board knowing anything about MQTT.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ import itertools
 import threading
 import time
 import uuid
-from typing import Callable, Deque, Dict, Optional
+from typing import Any, Callable, Deque, Dict, Optional
 
 from . import protocol
 
@@ -75,6 +82,20 @@ class NotDelivered(WorkBoardError):
 
 class Busy(WorkBoardError):
     """Too many invocations (or payload bytes) are queued; the caller should retry later."""
+
+
+class NotAdmitted(WorkBoardError):
+    """The function's admission hook refused this post_work; `status` (4xx) and `error_type`
+    travel to the caller with the message, which names the rule."""
+
+    def __init__(self, message: str, status: int = 403, error_type: str = "Forbidden") -> None:
+        super().__init__(message)
+        self.status = int(status)
+        self.error_type = error_type
+
+
+# admit(principal, client_context, payload): returns to admit, raises NotAdmitted to refuse.
+AdmissionHook = Callable[[Any, str, bytes], None]
 
 
 class Invocation(object):
@@ -120,6 +141,7 @@ class _Function(object):
         self.initialization: Optional[Dict[str, object]] = None
         self.timeout_s: Optional[float] = None
         self.timeout_message = DEFAULT_TIMEOUT_MESSAGE
+        self.admit: Optional[AdmissionHook] = None
         # What callers experienced: the board's timeouts, callers that hung up before their answer,
         # and results a worker posted after their caller had been answered.
         self.counters: Dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
@@ -161,13 +183,16 @@ class WorkBoard(object):
     # -- who serves what ----------------------------------------------------------------------
 
     def register(self, function_arn: str, served: bool = True, timeout_s: Optional[float] = None,
-                 timeout_message: Optional[str] = None) -> None:
+                 timeout_message: Optional[str] = None, admit: Optional[AdmissionHook] = None) -> None:
         """Declare `function_arn`. served=False: it counts as served only while a worker polls it
         (see the served-ARN rule). timeout_message may use {function_arn}, {invocation_id} and
-        {seconds}."""
+        {seconds}. admit: the function's admission hook (see the module docstring); once set it
+        stays until replaced by another."""
         with self._lock:
             fn = self._function(function_arn)
             fn.registered = served
+            if admit is not None:
+                fn.admit = admit
             if timeout_s is not None:
                 fn.timeout_s = float(timeout_s)
             if timeout_message is not None:
@@ -217,18 +242,17 @@ class WorkBoard(object):
     # -- the caller's side --------------------------------------------------------------------
 
     def submit(self, function_arn: str, payload: bytes, client_context: str,
-               invocation_type: str, owner: str = "") -> Invocation:
-        """Queue work for `function_arn`; raises Draining, NotServed or Busy instead of queueing."""
+               invocation_type: str, owner: str = "", principal: Any = None) -> Invocation:
+        """Queue work for `function_arn`; raises Draining, NotServed, NotAdmitted (the function's
+        admission hook, given `principal`: who posted, as authenticated) or Busy instead."""
         with self._lock:
-            if self._draining:
-                raise Draining("the IPC host is shutting down and accepts no new work")
-            self._sweep()
-            if not self.is_served(function_arn):
-                fn = self._functions.get(function_arn)
-                if fn is not None and _failed_initialization(fn):
-                    raise NotServed("{} reported that it failed to initialize: {}".format(
-                        function_arn, fn.initialization.get("Response") or "(no reason given)"))
-                raise NotServed("no function serves {} on this host".format(function_arn))
+            self._check_accepting(function_arn)
+            admit = self._function(function_arn).admit
+        if admit is not None:
+            admit(principal, client_context, payload)  # outside the lock: it may parse the context
+        with self._lock:
+            if admit is not None:
+                self._check_accepting(function_arn)  # the host may have begun draining meanwhile
             fn = self._function(function_arn)
             if (self._unfinished >= self.max_queued
                     or self._unfinished_bytes + len(payload) > self.max_queued_bytes):
@@ -246,6 +270,18 @@ class WorkBoard(object):
             fn.queue.append(invocation)
             fn.work_arrived.notify_all()
             return invocation
+
+    def _check_accepting(self, function_arn: str) -> None:
+        """Raise Draining or NotServed unless post_work for `function_arn` can be taken now."""
+        if self._draining:
+            raise Draining("the IPC host is shutting down and accepts no new work")
+        self._sweep()
+        if not self.is_served(function_arn):
+            fn = self._functions.get(function_arn)
+            if fn is not None and _failed_initialization(fn):
+                raise NotServed("{} reported that it failed to initialize: {}".format(
+                    function_arn, fn.initialization.get("Response") or "(no reason given)"))
+            raise NotServed("no function serves {} on this host".format(function_arn))
 
     def wait_result(self, function_arn: str, invocation_id: str, owner: str = "",
                     cancelled: Callable[[], bool] = lambda: False) -> Invocation:

@@ -77,7 +77,7 @@ class Engine:
         bgr = imaging.decode_bgr(data, self.max_pixels, self.max_decode_bytes, reduce)
         decoded = time.perf_counter()
         document = postprocess.prediction_document(self.detect(bgr))
-        # For the operator's latency split (connector.metrics); one request at a time per engine.
+        # For the operator's latency split (connector.service.metrics); one request at a time per engine.
         self.last_timings = {"decode": decoded - started, "inference": time.perf_counter() - decoded}
         return document
 

@@ -95,6 +95,17 @@ COUNTERS = (
     ("busy", "requests_busy_total", "Requests refused because the function's queue was full."),
     ("late_results", "late_results_total", "Answers that came after their caller's deadline (dropped)."),
 )
+# The ML Feedback service's counters (the health document's "feedback" object), when it runs here.
+FEEDBACK_COUNTERS = (
+    ("quarantined", "feedback_quarantined_total",
+     "Spooled feedback records that failed their checks and were moved to the spool's quarantine/."),
+    ("delivery_restarts", "feedback_delivery_restarts_total",
+     "Times the feedback delivery loop failed and was restarted."),
+    ("full", "feedback_local_directory_full_total",
+     "Feedback samples failed as LocalDirectoryFull (local-directory-max-bytes used up)."),
+    ("disk_errors", "feedback_disk_errors_total",
+     "Feedback writes that found the disk full (ENOSPC, EDQUOT, EFBIG); the sample stayed in the spool."),
+)
 
 
 def render(service: str, metrics: RequestMetrics, health: Mapping[str, Any],
@@ -125,6 +136,10 @@ def render(service: str, metrics: RequestMetrics, health: Mapping[str, Any],
         lines.append("ggml_request_seconds_count{{{}}} {}".format(base, h.count))
     for key, name, help_text in COUNTERS:
         metric(name, "counter", help_text, [("", health.get(key, 0) or 0)])
+    feedback = health.get("feedback")
+    if isinstance(feedback, Mapping):
+        for key, name, help_text in FEEDBACK_COUNTERS:
+            metric(name, "counter", help_text, [("", feedback.get(key, 0) or 0)])
     metric("worker_ready", "gauge", "1 while the inference worker is ready to serve.",
            [("", 1 if health.get("worker") == "ready" else 0)])
     if queue_depth is not None:

@@ -26,6 +26,7 @@ The Lambda package (AWS limits: 50 MB zipped for a direct upload, 250 MB unzippe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -167,13 +168,28 @@ def build_lambda_zip(out: str, deps: str = "device", arch: str = "x86_64", pytho
         if unzipped > UNZIPPED_LIMIT:
             raise SystemExit("error: the package would be {:.0f} MB unzipped, over AWS Lambda's 250 MB; "
                              "use --deps device".format(unzipped / 2**20))
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        partial = out + ".part"
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+        _write_zip(out, files)
+    return {"files": len(files), "unzipped": unzipped, "zipped": os.path.getsize(out), "pruned": pruned}
+
+
+def _write_zip(out: str, files: List[Tuple[str, str]]) -> None:
+    """Zip `files` to `out` through a fresh file of an unpredictable name beside it (mkstemp:
+    O_EXCL, so never through a link someone planted at a fixed name such as `out`.part), renamed
+    over `out` (which replaces a link there instead of writing through it)."""
+    directory = os.path.dirname(os.path.abspath(out))
+    os.makedirs(directory, exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix="." + os.path.basename(out) + ".", suffix=".part",
+                                   dir=directory)
+    try:
+        with os.fdopen(fd, "w+b") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as z:
             for src, arc in sorted(files, key=lambda f: f[1]):
                 z.write(src, arc)
+        os.chmod(partial, 0o644)  # mkstemp's 0600 would hide the package from the uploader
         os.replace(partial, out)
-    return {"files": len(files), "unzipped": unzipped, "zipped": os.path.getsize(out), "pruned": pruned}
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
 
 
 def main(argv: Optional[List[str]] = None) -> int:

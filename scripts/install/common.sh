@@ -14,9 +14,12 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PREFIX=/opt/gg-ml-connector
 SYSTEMD=0 CONFIG="" LIBDLR="" MODEL_DIR="" FEEDBACK=0
 DONE_STEPS=() CURRENT_STEP=""
-# Overridable for tests: where os-release is read and what machine this is.
+# Overridable for tests: where os-release is read, what machine this is, and where the systemd
+# unit and its parameters go.
 OS_RELEASE="${GGML_OS_RELEASE:-/etc/os-release}"
 MACHINE="${GGML_MACHINE:-$(uname -m)}"
+ETC_DIR="${GGML_ETC_DIR:-/etc/gg-ml-connector}"
+UNIT_DIR="${GGML_UNIT_DIR:-/etc/systemd/system}"
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -80,6 +83,25 @@ trap _on_exit EXIT
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# Writers never follow a symbolic link someone planted (cp, tee and > write through one):
+# make_dir DIR MODE refuses a link at DIR; write_file DEST MODE < CONTENT writes a fresh file of
+# an unpredictable name beside DEST (mktemp: O_EXCL, 0600) and renames it over DEST, which
+# replaces a link there instead of writing through it.
+make_dir() {
+  if [ -L "$1" ]; then die "$1 is a symbolic link; remove it (the installer writes only into real directories)"; fi
+  as_root install -d -m "$2" "$1"
+}
+
+write_file() {
+  local dest="$1" mode="$2" tmp
+  tmp=$(as_root mktemp "$(dirname "$dest")/.$(basename "$dest").XXXXXX") || die "cannot create a file beside $dest"
+  if as_root tee "$tmp" >/dev/null && as_root chmod "$mode" "$tmp" && as_root mv -fT "$tmp" "$dest"; then
+    return 0
+  fi
+  as_root rm -f "$tmp"
+  die "cannot write $dest"
+}
+
 apt_install() {  # packages...: installs only the missing ones, so a re-run does not touch apt.
   local missing=() p
   for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
@@ -117,8 +139,8 @@ pip_install() { as_root "$PREFIX/bin/python" -m pip install --quiet --disable-pi
 place_libdlr() {
   local target="$PREFIX/dlr/libdlr.so" pkg
   if [ -n "$LIBDLR" ]; then
-    as_root mkdir -p "$PREFIX/dlr"
-    as_root install -m 0644 "$LIBDLR" "$target"
+    make_dir "$PREFIX/dlr" 0755
+    write_file "$target" 0644 < "$LIBDLR"
     echo "   $target <- $LIBDLR"
   elif [ -e "$target" ]; then
     echo "   $target present"
@@ -128,7 +150,8 @@ place_libdlr() {
     return 0
   fi
   pkg=$("$PREFIX/bin/python" -c 'from connector.model.backends.dlr_runtime import find_dlr_package as f; print(f() or "")')
-  if [ -n "$pkg" ]; then as_root ln -sf "$target" "$pkg/libdlr.so"; fi
+  # -n: a link to a directory planted there is replaced, not followed into
+  if [ -n "$pkg" ]; then as_root ln -sfn "$target" "$pkg/libdlr.so"; fi
 }
 
 # DLR phones home unless told not to; the edge must not make surprise connections (SPEC section 9).
@@ -139,12 +162,12 @@ dlr_no_phone_home() {
 install_systemd_unit() {
   if [ "$SYSTEMD" != 1 ]; then echo "   skipped (pass --systemd --config FILE to install the service unit)"; return 0; fi
   command -v systemctl >/dev/null || die "--systemd: this system has no systemctl"
-  as_root install -d -m 0755 /etc/gg-ml-connector
-  as_root install -m 0644 "$CONFIG" /etc/gg-ml-connector/params.yaml
+  make_dir "$ETC_DIR" 0755
+  write_file "$ETC_DIR/params.yaml" 0644 < "$CONFIG"
   local memory_max
   memory_max=$("$PREFIX/bin/python" -m connector.tools.deploy memory-max --config "$CONFIG")
   sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@MEMORY_MAX@|$memory_max|g" "$REPO/scripts/install/gg-ml-connector.service" |
-    as_root tee /etc/systemd/system/gg-ml-connector.service >/dev/null
+    write_file "$UNIT_DIR/gg-ml-connector.service" 0644
   id gg-ml-connector >/dev/null 2>&1 || as_root useradd --system --no-create-home --shell /usr/sbin/nologin gg-ml-connector
   as_root systemctl daemon-reload
   as_root systemctl enable --now gg-ml-connector.service

@@ -67,33 +67,33 @@ def cmd_check_model(args: argparse.Namespace) -> int:
 
 
 def _mqtt(args: argparse.Namespace) -> "Optional[object]":
-    from .mqtt_router import MqttSettings
+    from .standalone.ggrouter.settings import MqttSettings
     return MqttSettings.from_options(args.mqtt_url, args.mqtt_client_id, args.mqtt_ca, args.mqtt_cert,
                                      args.mqtt_key, allow=args.mqtt_allow)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    from .standalone.serve import serve
     return serve(args.config, args.port, args.bind, max_body_bytes=args.max_body_bytes,
                  feedback_config=args.feedback_config, mqtt=_mqtt(args),
                  client_file_group=args.client_file_group)
 
 
 def cmd_host(args: argparse.Namespace) -> int:
-    from .serve import host_only
+    from .standalone.serve import host_only
     return host_only(args.port, args.bind, max_body_bytes=args.max_body_bytes, mqtt=_mqtt(args),
                      functions=args.function, name=args.name,
                      client_file_group=args.client_file_group)
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from .serve import attach_feedback
+    from .standalone.attach import attach_feedback
     return attach_feedback(args.config, function_token_file=args.function_token_file,
                            host_name=args.host_name)
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from .serve import attach
+    from .standalone.attach import attach
     return attach(args.config, function_token_file=args.function_token_file,
                   host_name=args.host_name)
 
@@ -104,7 +104,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_v1(args: argparse.Namespace) -> int:
-    from .migrate.command import run
+    from .tools.migrate.command import run
     return run(args)
 
 
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_function_token(p)
     p.set_defaults(func=cmd_feedback)
 
-    from .migrate.command import add_arguments as migrate_arguments
+    from .tools.migrate.command import add_arguments as migrate_arguments
     p = sub.add_parser("migrate-v1", help="turn a Greengrass V1 group (the core's group.json or "
                        "saved definition versions) into params.yaml, a V2 deployment, the MQTT "
                        "allow-list and a report")

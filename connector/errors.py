@@ -3,6 +3,10 @@
 Every message names what was wrong (the parameter, the input, the file) so that a log line alone
 is enough to act on it. Values taken from outside are quoted through :func:`excerpt`, never whole.
 
+Exceptions that never reach a caller stay with the module that raises and handles them: the work
+board's refusals (turned into HTTP statuses by :mod:`connector.ipc.routes`), the HTTP layer's
+``Refusal``, the feedback delivery's permanent and transient failures, the spool's ``SpoolFull``.
+
 Errors raised in an inference worker cross the process boundary by name
 (:mod:`connector.supervision.messages`); :data:`FROM_WORKER` is the explicit list of the names a
 worker may send, so an error type defined anywhere else arrives as what it is, or as a plain
@@ -92,6 +96,52 @@ class NotRunError(WorkerError):
         super().__init__(reason)
         self.reason = reason
         self.abandoned = abandoned
+
+
+# -- the IPC host and its clients (connector.ipc) --------------------------------------------------
+
+class HostStartError(ConnectorError):
+    """The host cannot start (address in use, unsafe client-file directory); one line says why."""
+
+
+class ClientFileError(ConnectorError):
+    """The client file cannot be written or read safely; the message says how to fix it."""
+
+
+class IPCError(ConnectorError):
+    """An IPC call failed: unreachable endpoint (status None) or a non-2xx answer (its errorType)."""
+
+    def __init__(self, message: str, status: Optional[int] = None,
+                 error_type: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+
+
+# -- the ML Feedback service (connector.feedback): its caller's publish raises
+# GreengrassFeedbackException with the message and this type's name ---------------------------------
+
+class FeedbackRefused(ConnectorError):
+    """The request is not accepted."""
+
+
+class InvalidFeedbackRequest(FeedbackRefused):
+    pass
+
+
+class QueueFull(FeedbackRefused):
+    pass
+
+
+class SpoolFullError(FeedbackRefused):
+    pass
+
+
+# -- tools ------------------------------------------------------------------------------------
+
+class MigrationError(ConnectorError):
+    """A migrate-v1 source or option cannot be used; one line naming the file (or option) and the
+    rule."""
 
 
 # The errors an inference worker reports by name, and what they become in the supervisor.

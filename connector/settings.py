@@ -74,6 +74,10 @@ TABLE: Tuple[Setting, ...] = GREENGRASS + (
     Setting("GG_MQTT_CERT_FILE", "", "client certificate, e.g. an AWS IoT device certificate"),
     Setting("GG_MQTT_KEY_FILE", "", "its private key"),
     Setting("GG_MQTT_MAX_QUEUED", "10000", "MQTT messages that may wait for the broker"),
+    Setting("GG_MQTT_MAX_QUEUED_BYTES", str(16 * 1024 * 1024),
+            "payload bytes those messages may hold (at least 131072, one message of the largest size)"),
+    Setting("GG_MQTT_ALLOW", "", "MQTT topic filters (comma-separated) callers may publish to "
+            "through GGRouter; empty: none (--mqtt-allow adds to it)"),
 )
 BY_NAME: Dict[str, Setting] = {s.name: s for s in TABLE}
 

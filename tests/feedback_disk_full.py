@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from connector.feedback import config as fc
-from connector.feedback.router import RouterPublisher
+from connector.feedback.publisher import RouterPublisher
 from connector.feedback.service import FeedbackService, SpoolFullError
 from connector.ipc import IPCHost, run_lambda
-from connector.mqtt_router import ROUTER_ARN
+from connector.ipc.protocol import GGROUTER_ARN as ROUTER_ARN
 
 SKIP = 77
 BIG = b"\x89PNG\r\n\x1a\n" + os.urandom(64 * 1024)

@@ -183,7 +183,7 @@ def test_the_function_token_file_is_read_as_a_secret(tmp_path, model_dir, fake):
     good = tmp_path / "good"
     good.write_text(FUNCTION_TOKEN + "\n")
     good.chmod(0o600)
-    from connector.serve import _read_token_file
+    from connector.standalone.attach import _read_token_file
     assert _read_token_file(str(good)) == FUNCTION_TOKEN
 
 

@@ -160,8 +160,8 @@ def service(tmp_path_factory):
         env.setenv("GG_ML_IPC_FILE", proc_env["GG_ML_IPC_FILE"])
         try:
             status, health = healthz(info["port"], info["token"])
-            assert status == 200 and health["restarts"] == 0, health
-            yield {"proc": proc, "info": info, "pid": health["worker_pid"], "tmp": tmp, "used": set(),
+            assert status == 200 and health["worker"]["restarts"] == 0, health
+            yield {"proc": proc, "info": info, "pid": health["worker"]["worker_pid"], "tmp": tmp, "used": set(),
                    "ipc_file": proc_env["GG_ML_IPC_FILE"]}
         finally:
             assert proc.stop() == 0, proc.log()
@@ -226,16 +226,16 @@ def test_bad_input_is_refused_clearly_and_the_worker_survives(case, service, mon
 
     status, health = healthz(port, token)
     assert status == 200, health
-    assert health["worker_pid"] == service["pid"], health  # the same worker, never restarted
-    assert health["restarts"] == 0 and health["crashes"] == 0, health
-    assert health["timeouts"] == 0 and health["memory_limit_exceeded"] == 0, health
-    assert health["worker"] == "ready", health
-    assert health["refused"] - before["refused"] == (1 if case.refused_by_service else 0), health
+    assert health["worker"]["worker_pid"] == service["pid"], health  # the same worker, never restarted
+    assert health["worker"]["restarts"] == 0 and health["worker"]["crashes"] == 0, health
+    assert health["board"]["timeouts"] == 0 and health["worker"]["memory_limit_exceeded"] == 0, health
+    assert health["worker"]["state"] == "ready", health
+    assert health["requests"]["refused"] - before["requests"]["refused"] == (1 if case.refused_by_service else 0), health
 
     x0, y0, x1, y1 = next_box(service)
     text = invoke(images.png(draw_box(blank_image(), RED, x0, y0, x1, y1)))
     assert json.loads(text) == {"prediction": [[0, 1.0, x0 / 512, y0 / 512, x1 / 512, y1 / 512]]}
-    assert healthz(port, token)[1]["worker_pid"] == service["pid"]
+    assert healthz(port, token)[1]["worker"]["worker_pid"] == service["pid"]
 
 
 def test_the_inputs_are_what_their_names_say():

@@ -118,26 +118,26 @@ def test_model_yaml_bomb_fails_start_and_reload_small_and_fast(tmp_path, model_d
     proc, info, env = start_serve(tmp_path, current, env_extra={"CONNECTOR_MODEL_WATCH_SECONDS": "0"})
     try:
         port, token = info["port"], info["token"]
-        pid = healthz(port, token)[1]["worker_pid"]
+        pid = healthz(port, token)[1]["worker"]["worker_pid"]
         (good / "model.yaml").write_text(BOMB)
         proc.popen.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 20
-        while healthz(port, token)[1]["reload_failures"] < 1:
+        while healthz(port, token)[1]["worker"]["reload_failures"] < 1:
             assert time.monotonic() < deadline, proc.log()[-3000:]
             time.sleep(0.05)
         status, private = healthz(port, token)
-        assert "aliases" in private["last_error"] and len(private["last_error"]) < 700
-        assert private["worker_pid"] == pid and private["worker"] == "ready"
+        assert "aliases" in private["worker"]["last_error"] and len(private["worker"]["last_error"]) < 700
+        assert private["worker"]["worker_pid"] == pid and private["worker"]["state"] == "ready"
         assert len(json.dumps(healthz(port)[1])) < 2000
         assert max(len(line) for line in proc.log().splitlines()) < 2000
         (good / "model.yaml").unlink()
         proc.popen.send_signal(signal.SIGHUP)  # fixed: the reload works and clears last_error
         deadline = time.monotonic() + 30
         # Every worker reloads (one after another), each clearing its own error.
-        while healthz(port, token)[1]["reloads"] < private["workers"]:
+        while healthz(port, token)[1]["worker"]["reloads"] < private["worker"]["workers"]:
             assert time.monotonic() < deadline, proc.log()[-3000:]
             time.sleep(0.05)
-        while "last_error" in healthz(port, token)[1]:
+        while "last_error" in healthz(port, token)[1]["worker"]:
             assert time.monotonic() < deadline, proc.log()[-3000:]
             time.sleep(0.05)
     finally:
@@ -174,16 +174,16 @@ def test_a_slow_reload_never_delays_replacing_a_crashed_worker(tmp_path, model_d
         time.sleep(2.0)  # the reload worker has read the slow version and sleeps in its warm-up
         os.symlink(str(fast), tmp_link)
         os.replace(tmp_link, str(current))  # so a replacement loads the fast one
-        os.kill(before["worker_pid"], signal.SIGKILL)
+        os.kill(before["worker"]["worker_pid"], signal.SIGKILL)
         killed = time.monotonic()
         while True:
             doc = healthz(port, token)[1]
-            if doc["worker"] == "ready" and doc["worker_pid"] not in (None, before["worker_pid"]):
+            if doc["worker"]["state"] == "ready" and doc["worker"]["worker_pid"] not in (None, before["worker"]["worker_pid"]):
                 break
             assert time.monotonic() - killed < 12, "no replacement while the reload ran: {}\n{}".format(
                 doc, proc.log()[-3000:])
             time.sleep(0.05)
-        assert doc["reloads"] == 0 and doc["crashes"] == 1  # the reload is still loading
+        assert doc["worker"]["reloads"] == 0 and doc["worker"]["crashes"] == 1  # the reload is still loading
         arn = protocol.inference_function_arn(info["region"], "object-detection", "objectDetection")
         client = IPCClient("127.0.0.1", port, info["token"], timeout=30)
         out = client.get_work_result(arn, client.post_work(

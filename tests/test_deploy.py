@@ -27,7 +27,7 @@ with open(sys.argv[2], "rb") as f:
 context = types.SimpleNamespace(client_context=types.SimpleNamespace(custom={"Content-Type": "image/png"}),
                                 invocation_id="inv-1")
 print(json.dumps(lf.function_handler(image, context)))
-lf._service.close()
+lf._handler.service.close()
 """
 
 

@@ -59,4 +59,4 @@ def test_what_the_feeder_sends_is_the_sdks_publish():
     finally:
         host.shutdown(0)
         feeder.close(1)
-    assert feeder.counters == {"fed": 1, "feed_failed": 0, "feed_dropped": 0}
+    assert feeder.counters.snapshot() == {"fed": 1, "feed_failed": 0, "feed_dropped": 0}

@@ -20,12 +20,12 @@ import pytest
 from connector.service import metrics
 from connector.errors import ParameterError
 from connector.feedback import config as fc
-from connector.feedback.router import RouterPublisher
+from connector.feedback.publisher import RouterPublisher
 from connector.feedback.service import FeedbackService, InvalidFeedbackRequest
 from connector.feedback import spool as spool_module
 from connector.feedback.spool import Spool, write_atomic
 from connector.ipc import IPCHost, run_lambda
-from connector.mqtt_router import ROUTER_ARN
+from connector.ipc.protocol import GGROUTER_ARN as ROUTER_ARN
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200

@@ -13,11 +13,11 @@ import pytest
 
 from connector.feedback import config as fc
 from connector.feedback.destinations import S3Destination, s3_client_factory
-from connector.feedback.router import RouterPublisher
+from connector.feedback.publisher import RouterPublisher
 from connector.feedback.service import FeedbackService, SpoolFullError
 from connector.feedback.spool import Spool
 from connector.ipc import IPCHost, run_lambda
-from connector.mqtt_router import ROUTER_ARN
+from connector.ipc.protocol import GGROUTER_ARN as ROUTER_ARN
 
 BUCKET = "service-bucket"
 PNG = b"\x89PNG\r\n\x1a\n not a whole image, but a PNG's signature"

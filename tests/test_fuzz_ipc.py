@@ -8,7 +8,7 @@ non-numeric, duplicated or disagreeing with the body, chunked bodies, bodies ove
 max_body_bytes, malformed header lines, and a pipelined second request.
 
 Every request is also run through a model of the documented rules (``simulate`` below: the
-status table in connector/ipc/handler.py, the served-ARN rule in connector/ipc/workboard.py and
+status table in connector/ipc/routes.py, the served-ARN rule in connector/ipc/workboard.py and
 http.server's request-line rules), and the properties checked are:
 
 * a complete request is always answered by one well-formed HTTP/1.1 response (status line,
@@ -48,7 +48,7 @@ from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 
 from connector.ipc import IPCClient, IPCError, protocol
-from connector.ipc.host import IPCHost
+from connector.ipc.host import HostLimits, IPCHost
 from connector.ipc.runtime import run_lambda
 
 TOKEN = "fuzz-token-0123456789abcdefABCDEF_-xyz"  # the callers'
@@ -84,7 +84,7 @@ def digest(payload: bytes, custom: dict) -> dict:
 @pytest.fixture(scope="module")
 def rig():
     host = IPCHost(token=TOKEN, write_client_file=False, result_timeout_s=5.0, attach_grace_s=0.0,
-                   max_body_bytes=MAX_BODY, idle_timeout_s=10.0).start()
+                   limits=HostLimits(max_body_bytes=MAX_BODY, idle_timeout_s=10.0)).start()
     host.board.poll_slice_s = 0.02  # stray long polls notice their client left within 20 ms
     host.register_function(ARN, token=FN_TOKEN)
     host.register_function(OTHER_ARN, token=OTHER_TOKEN, served=False)  # served only while polled
@@ -697,7 +697,7 @@ def test_function_paths_round_trip(arn, endpoint):
     assert protocol.parse_function_path(path) == (arn, endpoint)
 
 
-# Regressions the fuzzing found, kept as plain tests (see the fixes in connector/ipc/handler.py).
+# Regressions the fuzzing found, kept as plain tests (see the fixes in connector/ipc/http/handler.py and routes.py).
 
 @pytest.mark.parametrize("stream", [
     b"\r\nGET /healthz HTTP/1.1\r\n\r\n",  # RFC 9112 2.2: a stray empty line before the request

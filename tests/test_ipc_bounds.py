@@ -10,7 +10,7 @@ import time
 import pytest
 
 from connector.ipc import IPCClient, IPCError, protocol
-from connector.ipc.host import IPCHost
+from connector.ipc.host import HostLimits, IPCHost
 
 ARN = protocol.inference_function_arn("us-east-1", "object-detection", "bounds")
 
@@ -44,7 +44,7 @@ def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> 
 
 
 def test_the_request_head_has_a_whole_deadline_not_an_idle_timer():
-    with IPCHost(write_client_file=False, head_timeout_s=1.0) as host:
+    with IPCHost(write_client_file=False, limits=HostLimits(head_timeout_s=1.0)) as host:
         with socket.create_connection(("127.0.0.1", host.port)) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\n")
             took = closed_within(sock, 10, trickle=b"X")  # a byte every 0.3 s gains nothing
@@ -53,7 +53,7 @@ def test_the_request_head_has_a_whole_deadline_not_an_idle_timer():
 
 
 def test_the_body_has_a_deadline_and_stalled_bodies_are_dropped():
-    with IPCHost(write_client_file=False, body_timeout_s=1.0) as host:
+    with IPCHost(write_client_file=False, limits=HostLimits(body_timeout_s=1.0)) as host:
         host.register_function(ARN)
         with socket.create_connection(("127.0.0.1", host.port)) as sock:
             sock.sendall("POST {} HTTP/1.1\r\nAuthorization: {}\r\nContent-Length: 1000\r\n\r\n"
@@ -64,7 +64,7 @@ def test_the_body_has_a_deadline_and_stalled_bodies_are_dropped():
 
 
 def test_bodies_being_read_share_a_budget():
-    with IPCHost(write_client_file=False, max_body_bytes=1000, max_reading_bytes=1500) as host:
+    with IPCHost(write_client_file=False, limits=HostLimits(max_body_bytes=1000, max_reading_bytes=1500)) as host:
         host.register_function(ARN)
         with socket.create_connection(("127.0.0.1", host.port)) as stalled:
             stalled.sendall("POST {} HTTP/1.1\r\nAuthorization: {}\r\nContent-Length: 1000\r\n\r\n"
@@ -78,8 +78,8 @@ def test_bodies_being_read_share_a_budget():
 
 
 def test_queued_invocations_are_bounded_event_ones_included_and_released_when_done():
-    with IPCHost(write_client_file=False, max_queued=3, max_queued_bytes=10_000,
-                 max_body_bytes=5_000) as host:
+    with IPCHost(write_client_file=False, limits=HostLimits(
+            max_queued=3, max_queued_bytes=10_000, max_body_bytes=5_000)) as host:
         host.register_function(ARN)
         for _ in range(3):
             assert post(host, b"e" * 100, "Event")[0] == 202
@@ -97,7 +97,7 @@ def test_queued_invocations_are_bounded_event_ones_included_and_released_when_do
 
 
 def test_connections_beyond_the_cap_evict_idle_ones_or_are_refused_at_once():
-    with IPCHost(write_client_file=False, max_connections=4, head_timeout_s=30) as host:
+    with IPCHost(write_client_file=False, limits=HostLimits(max_connections=4, head_timeout_s=30)) as host:
         host.set_ready()
         idle = [socket.create_connection(("127.0.0.1", host.port)) for _ in range(4)]
         time.sleep(0.2)

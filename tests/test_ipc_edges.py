@@ -13,8 +13,8 @@ import time
 import pytest
 
 from connector.ipc import IPCClient, IPCError, IPCHost, protocol, run_lambda
-from connector.ipc.connections import (BODY_CHUNK_BYTES, READING, ConnectionGuard,
-                                       DEFAULT_SMALL_BODY_BYTES)
+from connector.ipc.http.guard import (BODY_CHUNK_BYTES, READING, ConnectionGuard,
+                                      DEFAULT_SMALL_BODY_BYTES)
 from connector.ipc.host import DEFAULT_MAX_BODY_BYTES
 
 ARN = protocol.inference_function_arn("us-east-1", "object-detection", "edges")

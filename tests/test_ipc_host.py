@@ -13,7 +13,7 @@ import time
 import pytest
 
 from connector.ipc import clientfile, protocol
-from connector.ipc.host import IPCHost
+from connector.ipc.host import HostLimits, IPCHost
 
 ARN = "arn:aws:lambda:us-east-1:aws:function:GG-ML-INF-object-detection-svc"
 BASE = protocol.function_path(ARN)
@@ -194,7 +194,7 @@ def test_content_length_rules(host):
 
 
 def test_oversized_body_is_413_without_reading_it(host):
-    small = IPCHost(write_client_file=False, max_body_bytes=1024).start()
+    small = IPCHost(write_client_file=False, limits=HostLimits(max_body_bytes=1024)).start()
     try:
         small.register_function(ARN)
         status, headers, body = call(small, "POST", BASE, b"x" * 1025)

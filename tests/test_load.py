@@ -77,7 +77,7 @@ def test_many_concurrent_clients_lose_nothing_and_mix_nothing_up(tmp_path, model
     try:
         sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
         status, before = healthz(info["port"], info["token"])
-        assert status == 200 and before["worker"] == "ready", before
+        assert status == 200 and before["worker"]["state"] == "ready", before
         arn = protocol.inference_function_arn(info["region"], "object-detection", "objectDetection")
         context = protocol.encode_client_context({"Content-Type": "image/png"})
 
@@ -145,17 +145,18 @@ def test_many_concurrent_clients_lose_nothing_and_mix_nothing_up(tmp_path, model
 
         status, after = healthz(info["port"], info["token"])
         assert status == 200, after
-        assert after["worker"] == "ready" and after["worker_pid"] == before["worker_pid"], after
-        for counter in ("restarts", "crashes", "timeouts", "memory_limit_exceeded"):
-            assert after[counter] == 0, (counter, after)
-        assert after["refused"] == bad_count, after
+        assert after["worker"]["state"] == "ready" and after["worker"]["worker_pid"] == before["worker"]["worker_pid"], after
+        for section, counter in (("worker", "restarts"), ("worker", "crashes"), ("board", "timeouts"),
+                                 ("worker", "memory_limit_exceeded")):
+            assert after[section][counter] == 0, (counter, after)
+        assert after["requests"]["refused"] == bad_count, after
         if workers != "1":
             # Lists are only in the whole document (with the host's token).
             after = healthz(info["port"], info["token"])[1]
-            assert len(set(after["worker_pids"])) == 3 and after["worker_pid"] in after["worker_pids"], after
+            assert len(set(after["worker"]["worker_pids"])) == 3 and after["worker"]["worker_pid"] in after["worker"]["worker_pids"], after
             # Every worker answered a share (16 callers keep all three busy).
-            assert all(n > 0 for n in after["worker_requests"]), after
-            assert sum(after["worker_requests"]) == len(jobs), after  # bad ones are refused there
+            assert all(n > 0 for n in after["worker"]["worker_requests"]), after
+            assert sum(after["worker"]["worker_requests"]) == len(jobs), after  # bad ones are refused there
         stopped = True
         assert proc.stop() == 0, proc.log()
     finally:

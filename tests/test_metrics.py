@@ -124,8 +124,9 @@ def test_metrics_count_outcomes_phases_and_worker_events(served):
     while True:
         _, health = healthz(info["port"], info["token"])
         s = parse(scrape(info["port"], info["token"])[2])
-        differ = {key: (value(s, "ggml_" + name), health[key]) for key, name, _ in metrics.COUNTERS
-                  if value(s, "ggml_" + name) != health[key]}
+        differ = {key: (value(s, "ggml_" + name), health[section][key])
+                  for section, key, name, _ in metrics.COUNTERS if section in health
+                  if value(s, "ggml_" + name) != health[section][key]}
         if not differ or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -175,7 +176,7 @@ def test_request_log_can_be_turned_down(tmp_path, model_dir, sdk_env):
     finally:
         proc.stop()
     assert "connector.requests" not in proc.log()
-    assert "INFO connector.serve" in proc.log()  # the rest of the INFO log is unchanged
+    assert "INFO connector.standalone.serve" in proc.log()  # the rest of the INFO log is unchanged
 
 
 def test_metrics_with_several_workers_time_each_request_on_the_worker_that_served_it(

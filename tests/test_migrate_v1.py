@@ -19,7 +19,7 @@ import yaml
 
 from connector.cli import main
 from connector.feedback import config as feedback_config
-from connector.migrate.topics import filter_problem
+from connector.tools.migrate.topics import filter_problem
 from connector.params import load_parameters
 from tests.service_process import ROOT, Proc, clean_env, wait_for_client_file, wait_ready
 

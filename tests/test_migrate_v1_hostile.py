@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from connector.cli import main
-from connector.migrate import source
+from connector.tools.migrate import source
 
 FIX = Path(__file__).parent / "fixtures" / "greengrass-v1"
 GROUP = FIX / "group-x86_64.json"

@@ -12,9 +12,12 @@ import urllib.request
 import pytest
 
 from connector.feedback.destinations import TransientError
-from connector.feedback.router import PREDICTION_TOPIC, STATUS_TOPIC, RouterPublisher
+from connector.feedback.publisher import PREDICTION_TOPIC, STATUS_TOPIC, RouterPublisher
 from connector.ipc import IPCClient, IPCError, IPCHost, protocol
-from connector.mqtt_router import MAX_MESSAGE_BYTES, ROUTER_ARN, MqttSettings, RouterRunner
+from connector.ipc.protocol import GGROUTER_ARN as ROUTER_ARN
+from connector.standalone.ggrouter.forwarder import RouterRunner
+from connector.standalone.ggrouter.settings import MqttSettings
+from connector.standalone.ggrouter.topics import MAX_MESSAGE_BYTES
 from tests.feedback_servers import Broker
 from tests.service_process import ROOT, Proc, clean_env, healthz, wait_for_client_file, wait_ready
 

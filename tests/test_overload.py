@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from connector.ipc import IPCClient, IPCError, protocol
-from connector.ipc.connections import DEFAULT_MAX_READING_BYTES, FD_RESERVE
+from connector.ipc.http.guard import DEFAULT_MAX_READING_BYTES, FD_RESERVE
 from connector.ipc.workboard import DEFAULT_MAX_QUEUED_BYTES
 from connector.supervision.memory import resident_kb
 from tests import images
@@ -146,8 +146,8 @@ def test_slow_connections_and_floods_leave_the_service_usable_and_bounded(tmp_pa
             assert normal_call(port, token, arn)["prediction"]
             assert healthz(port)[0] == 200
         status, doc = healthz(port, token)
-        assert doc["connections"] <= nofile - FD_RESERVE, doc
-        assert doc["evicted"] > 0, doc
+        assert doc["connections"]["open"] <= nofile - FD_RESERVE, doc
+        assert doc["connections"]["evicted"] > 0, doc
 
         # 2. Sixty fire-and-forget posts of 10 MB: a few are queued, the rest refused at once.
         with ThreadPoolExecutor(12) as pool:
@@ -219,14 +219,14 @@ def test_deadlines_travel_with_the_work(tmp_path, model_dir):
         assert all(message in text for _, text in failed), failed[:3]
         time.sleep(1.0)  # let the worker finish what it holds
         status, doc = healthz(port, token)
-        assert doc["timeouts"] == len(failed), (doc, len(failed))
+        assert doc["board"]["timeouts"] == len(failed), (doc, len(failed))
         gave_up = quitters.count("gave up")
-        assert doc["abandoned"] == gave_up, (doc, quitters)
+        assert doc["board"]["abandoned"] == gave_up, (doc, quitters)
         # Nearly every result the worker computed was read: only one that was sent in time and
         # took longer than the ones before it can finish after its caller's deadline.
-        assert doc["late_results"] <= 2, doc
-        assert doc["crashes"] == 0 and doc["restarts"] == 0, doc
+        assert doc["board"]["late_results"] <= 2, doc
+        assert doc["worker"]["crashes"] == 0 and doc["worker"]["restarts"] == 0, doc
         print("answered {}, timed out {}, shed {}, abandoned {}, late {}".format(
-            len(answered), len(failed), doc["shed"], doc["abandoned"], doc["late_results"]))
+            len(answered), len(failed), doc["worker"]["shed"], doc["board"]["abandoned"], doc["board"]["late_results"]))
     finally:
         assert proc.stop() == 0, proc.log()[-3000:]

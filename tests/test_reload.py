@@ -161,13 +161,13 @@ def test_sighup_reloads_the_serving_process(tmp_path, versions):
                                                                 "CONNECTOR_INFERENCE_WORKERS": "1"})
     try:
         before = healthz(info["port"], info["token"])[1]
-        assert before["backend"] == "dlr" and before["reloads"] == 0
+        assert before["worker"]["backend"] == "dlr" and before["worker"]["reloads"] == 0
         swap_symlink(current, v2)
         proc.popen.send_signal(signal.SIGHUP)
-        wait_until(lambda: healthz(info["port"], info["token"])[1]["backend"] == "onnxruntime", what="SIGHUP reload")
+        wait_until(lambda: healthz(info["port"], info["token"])[1]["worker"]["backend"] == "onnxruntime", what="SIGHUP reload")
         after = healthz(info["port"], info["token"])[1]
-        assert after["reloads"] == 1 and after["worker_pid"] != before["worker_pid"]
-        assert after["worker"] == "ready"
+        assert after["worker"]["reloads"] == 1 and after["worker"]["worker_pid"] != before["worker"]["worker_pid"]
+        assert after["worker"]["state"] == "ready"
     finally:
         assert proc.stop() == 0, proc.log()
     assert "reloading the model (SIGHUP)" in proc.log()

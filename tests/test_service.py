@@ -78,7 +78,7 @@ def test_health_reports_ready_with_backend(server):
     proc, info, env = server
     status, body = healthz(info["port"], info["token"])
     assert status == 200
-    assert body["state"] == "ready" and body["backend"] == "dlr" and body["device"] == "cpu"
+    assert body["state"] == "ready" and body["worker"]["backend"] == "dlr" and body["worker"]["device"] == "cpu"
 
 
 def test_bad_requests_get_clear_errors_and_service_keeps_serving(server):
@@ -98,7 +98,7 @@ def test_bad_requests_get_clear_errors_and_service_keeps_serving(server):
                                                         ServiceName="objectDetection", Body=None)
     assert json.loads(invoke(red_box_png(10, 10, 50, 50)))["prediction"][0][0] == 0
     status, health = healthz(server[1]["port"], server[1]["token"])
-    assert health["refused"] == len(cases) and health["restarts"] == 0 and health["worker"] == "ready"
+    assert health["requests"]["refused"] == len(cases) and health["worker"]["restarts"] == 0 and health["worker"]["state"] == "ready"
 
 
 def test_unserved_name_fails_fast_with_dependency_error(server):
@@ -227,8 +227,8 @@ def test_pixel_limit_follows_the_memory_left_by_the_model(tmp_path, model_dir, s
     sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
     try:
         health = healthz(info["port"], info["token"])[1]
-        pixels = health["max_pixels"]
-        assert pixels == (limit_kb - health["worker_loaded_kb"]) * 1024 // imaging.BYTES_PER_DECODED_PIXEL, health
+        pixels = health["worker"]["max_pixels"]
+        assert pixels == (limit_kb - health["worker"]["worker_loaded_kb"]) * 1024 // imaging.BYTES_PER_DECODED_PIXEL, health
         width = 2000
         assert json.loads(invoke(images.png(blank_image(pixels // width, width))))["prediction"] == []
         with pytest.raises(ml.GreengrassInferenceException,
@@ -236,7 +236,7 @@ def test_pixel_limit_follows_the_memory_left_by_the_model(tmp_path, model_dir, s
                                width, pixels // width + 1, width * (pixels // width + 1), pixels)):
             invoke(images.png(blank_image(pixels // width + 1, width)))
         health = healthz(info["port"], info["token"])[1]
-        assert health["memory_limit_exceeded"] == 0 and health["restarts"] == 0, health
+        assert health["worker"]["memory_limit_exceeded"] == 0 and health["worker"]["restarts"] == 0, health
     finally:
         assert proc.stop() == 0, proc.log()
 
@@ -251,7 +251,7 @@ def test_memory_limit_is_enforced_on_the_worker(tmp_path, model_dir, sdk_env):
             invoke(images.png(set_trigger(box.copy(), memory_pixel(12))))  # 192 MiB more
         assert json.loads(invoke(images.png(box)))["prediction"][0][:2] == [0, 1.0]
         health = healthz(info["port"], info["token"])[1]
-        assert health["memory_limit_exceeded"] == 1 and health["restarts"] == 1, health
+        assert health["worker"]["memory_limit_exceeded"] == 1 and health["worker"]["restarts"] == 1, health
     finally:
         assert proc.stop() == 0, proc.log()
     log = proc.log()
@@ -270,7 +270,7 @@ def test_body_over_the_configured_maximum_is_refused_unread(tmp_path, model_dir,
         with pytest.raises(ml.GreengrassDependencyException, match="413.*50000"):
             invoke(noisy)
         assert json.loads(invoke(small))["prediction"][0][:2] == [0, 1.0]
-        assert healthz(info["port"], info["token"])[1]["restarts"] == 0
+        assert healthz(info["port"], info["token"])[1]["worker"]["restarts"] == 0
     finally:
         assert proc.stop() == 0, proc.log()
 

@@ -279,15 +279,15 @@ def test_a_dead_idle_worker_is_noticed_at_once_and_health_leaks_nothing(tmp_path
     try:
         port, token = info["port"], info["token"]
         status, doc = healthz(port, token)
-        assert status == 200 and doc["worker"] == "ready"
-        pid = doc["worker_pid"]
+        assert status == 200 and doc["worker"]["state"] == "ready"
+        pid = doc["worker"]["worker_pid"]
         os.kill(pid, signal.SIGKILL)
         # no request is made: the supervisor notices by itself
         deadline = time.monotonic() + 3.0
         seen = None
         while time.monotonic() < deadline:
             status, doc = healthz(port, token)
-            if doc.get("worker_pid") != pid or doc.get("worker") != "ready":
+            if doc["worker"].get("worker_pid") != pid or doc["worker"]["state"] != "ready":
                 seen = doc
                 break
             time.sleep(0.02)
@@ -298,7 +298,7 @@ def test_a_dead_idle_worker_is_noticed_at_once_and_health_leaks_nothing(tmp_path
             assert time.monotonic() < deadline
             time.sleep(0.05)
         status, doc = healthz(port, token)
-        assert doc["crashes"] == 1 and doc["worker_pid"] not in (None, pid)
+        assert doc["worker"]["crashes"] == 1 and doc["worker"]["worker_pid"] not in (None, pid)
         # a failed reload leaves an error with a path in it: only the token sees it
         meta = Path(model_dir) / "model.yaml"
         had = meta.read_bytes() if meta.exists() else None
@@ -306,7 +306,7 @@ def test_a_dead_idle_worker_is_noticed_at_once_and_health_leaks_nothing(tmp_path
         try:
             proc.popen.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 30
-            while healthz(port, token)[1].get("reload_failures", 0) < 1:
+            while healthz(port, token)[1]["worker"].get("reload_failures", 0) < 1:
                 assert time.monotonic() < deadline, proc.log()
                 time.sleep(0.1)
         finally:
@@ -315,8 +315,8 @@ def test_a_dead_idle_worker_is_noticed_at_once_and_health_leaks_nothing(tmp_path
             else:
                 meta.write_bytes(had)
         status, private = healthz(port, token)
-        assert status == 200 and "not valid YAML" in private["last_error"]
-        assert len(private["last_error"]) < 700
+        assert status == 200 and "not valid YAML" in private["worker"]["last_error"]
+        assert len(private["worker"]["last_error"]) < 700
         # without a token: the status only (no ARN, model id, pids, counters or errors)
         assert healthz(port) == (200, {"status": "ok"})
         assert healthz(port, "wrong-token") == (200, {"status": "ok"})

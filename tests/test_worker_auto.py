@@ -12,9 +12,9 @@ import pytest
 from connector.tools import deploy
 from connector.errors import ParameterError
 from connector.supervision.memory import READ_CAP, cgroup_room_kb, cgroup_visible, mem_available_kb
-from connector.supervision.sizing import (AUTO_MAX_WORKERS, SUPERVISOR_KB, WORKERS_ENV, auto_workers,
-                                  choose_workers, memory_room_kb, requested_workers,
-                                  workers_in_memory)
+from connector.supervision.sizing import (AUTO_MAX_WORKERS, SUPERVISOR_KB, WORKERS_ENV,
+                                          auto_workers, choose_workers, memory_room_kb,
+                                          requested_workers, workers_in_memory)
 from tests.service_process import ROOT, clean_env, params_file
 
 GB_KB = 1024 * 1024

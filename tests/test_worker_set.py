@@ -235,8 +235,8 @@ def test_serve_chooses_the_worker_count_at_start_up(tmp_path, model_dir):
         try:
             assert WORKERS_ENV not in env
             status, doc = healthz(info["port"], info["token"])
-            assert status == 200 and doc["workers"] == count, doc
-            assert len(set(doc.get("worker_pids", [doc["worker_pid"]]))) == count
+            assert status == 200 and doc["worker"]["workers"] == count, doc
+            assert len(set(doc["worker"].get("worker_pids", [doc["worker"]["worker_pid"]]))) == count
         finally:
             assert proc.stop() == 0
         line = "{} inference worker{}: {} auto: {} cores, memory for ".format(

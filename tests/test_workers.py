@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from connector.errors import (BackendError, InferenceTimeoutError, InvalidImageError, MemoryLimitError,
-                              WorkerCrashedError, WorkerError)
+from connector.errors import (BackendError, InferenceTimeoutError, InvalidImageError,
+                              MemoryLimitError, WorkerCrashedError, WorkerError)
 from connector.supervision.supervisor import WorkerSupervisor
 from tests import images
 from tests.service_process import scaled

@@ -18,7 +18,7 @@ from ..ipc import protocol
 from ..ipc.client import IPCClient
 from ..logs import configure_logging
 from .config import MAP_PARAMETER, FeedbackParameters, load_parameters
-from .router import RouterPublisher
+from .publisher import RouterPublisher
 from .service import FeedbackService
 
 log = logging.getLogger("connector.feedback.lambda")

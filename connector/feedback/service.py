@@ -28,31 +28,18 @@ import traceback
 import uuid
 from typing import Any, Callable, Dict, Optional
 
+from ..errors import FeedbackRefused, InvalidFeedbackRequest, QueueFull, SpoolFullError
+from ..counters import Counters
 from . import gate as gates
 from .config import FeedbackConfig, FeedbackParameters, check_metadata, check_prediction
-from .destinations import (LOCAL_FULL, LocalDirectory, PermanentError, S3Destination, TransientError,
-                           checked_sample, is_disk_full, object_key, s3_client_factory, utc_now_text)
+from .destinations import (LOCAL_FULL, LocalDirectory, PermanentError, S3Destination,
+                           TransientError, checked_sample, is_disk_full, object_key,
+                           s3_client_factory, utc_now_text)
 from .ratelog import RateLimitedLog
-from .router import PREDICTION_TOPIC, STATUS_TOPIC, RouterPublisher
+from .publisher import PREDICTION_TOPIC, STATUS_TOPIC, RouterPublisher
 from .spool import ID_PATTERN, QUARANTINE, Entry, Spool, SpoolFull, UnsafeFile
 
 log = logging.getLogger("connector.feedback")
-
-
-class FeedbackRefused(Exception):
-    """The request is not accepted; the caller's publish raises GreengrassFeedbackException."""
-
-
-class InvalidFeedbackRequest(FeedbackRefused):
-    pass
-
-
-class QueueFull(FeedbackRefused):
-    pass
-
-
-class SpoolFullError(FeedbackRefused):
-    pass
 
 
 def publish_ts() -> str:
@@ -90,20 +77,18 @@ class FeedbackService(object):
                       for cid, config in params.configs.items()}
         self.s3 = s3 or S3Destination(s3_client_factory())
         self.local = LocalDirectory(params.files_gid)
-        self.counters = {"accepted": 0, "refused": 0, "dropped": 0, "delivered": 0, "failed": 0,
-                         "retries": 0, "full": 0, "disk_errors": 0, "delivery_restarts": 0}
-        self._counter_lock = threading.Lock()
+        self.counters = Counters(("accepted", "refused", "dropped", "delivered", "failed", "retries",
+                                  "full", "disk_errors", "delivery_restarts"))
         self._accept_lock = threading.Lock()  # RequestLimit check and spool add are one step
         self._ratelog = RateLimitedLog(log)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
-    def _count(self, name: str) -> None:
-        with self._counter_lock:
-            self.counters[name] += 1
+    def _count(self, name: str) -> int:
+        return self.counters.add(name)
 
     def describe(self) -> Dict[str, Any]:
-        info: Dict[str, Any] = dict(self.counters)
+        info: Dict[str, Any] = self.counters.snapshot()
         info.update(spooled=len(self.spool), spool_bytes=self.spool.bytes_used,
                     mqtt_skipped=self.publisher.skipped, quarantined=self.spool.quarantined_count,
                     delivery="running" if self._thread is not None and self._thread.is_alive()

@@ -34,7 +34,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 from ..errors import ParameterError
 from ..ipc import clientfile
 from . import gate as gates
-from .config import CONFIG_ID_PATTERN, POLICY_DROP_OLDEST, PREDICTION_MAX_BYTES, check_metadata, check_prediction
+from .config import (CONFIG_ID_PATTERN, POLICY_DROP_OLDEST, PREDICTION_MAX_BYTES, check_metadata,
+                     check_prediction)
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import socket
 import threading
 from typing import Dict, Mapping, Optional, Set, Tuple, Union
 
+from ..errors import IPCError
 from . import clientfile
 from . import protocol
 
@@ -28,16 +29,6 @@ WorkItem.__new__.__defaults__ = (None, None)
 GetWorkResultOutput = collections.namedtuple("GetWorkResultOutput", ["payload", "func_err"])
 
 Payload = Union[bytes, bytearray, memoryview, str, None]
-
-
-class IPCError(Exception):
-    """An IPC call failed: unreachable endpoint (status None) or a non-2xx answer."""
-
-    def __init__(self, message: str, status: Optional[int] = None,
-                 error_type: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
 
 
 def _as_bytes(payload: Payload) -> bytes:

@@ -47,7 +47,7 @@ import stat
 import tempfile
 from typing import Any, Dict, Iterator, Mapping, Optional
 
-from ..errors import ConnectorError
+from ..errors import ClientFileError
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ FORMAT_VERSION = 2
 DEFAULT_NAME = "ipc-host"
 # A client file is a few hundred bytes per entry; anything far larger was not written by a host.
 MAX_FILE_BYTES = 1024 * 1024
-
-
-class ClientFileError(ConnectorError):
-    """The client file cannot be written or read safely; the message says how to fix it."""
 
 
 def default_path(environ: Optional[Mapping[str, str]] = None) -> str:

@@ -47,6 +47,21 @@ DEFAULT_DAEMON_PORT = 8000
 MAX_CLIENT_CONTEXT_BYTES = 64 * 1024
 MAX_CLIENT_CONTEXT_DEPTH = 32
 
+# The function a Lambda posts its MQTT publishes to (greengrasssdk's iot-data client does).
+GGROUTER_ARN = "arn:aws:lambda:::function:GGRouter"
+# The rules our host's GGRouter judges a publish by: rule -> (status, errorType) of the refusal
+# (connector.standalone.ggrouter.topics), so that a publisher knows which refusals are for good.
+GGROUTER_RULES = {
+    "bad_client_context": (400, "InvalidClientContext"),
+    "bad_topic": (400, "InvalidTopic"),
+    "topic_too_long": (400, "TopicTooLong"),
+    "topic_too_deep": (400, "TopicTooDeep"),
+    "reserved_topic": (403, "ReservedTopic"),
+    "not_allowed": (403, "TopicNotAllowed"),
+    "message_too_large": (413, "MessageTooLarge"),
+    "queue_full": (429, "TooManyRequestsException"),
+}
+
 # Addresses of the AWS ML services, as greengrass_machine_learning_sdk builds them.
 INFERENCE_ARN_FORMAT = "arn:aws:lambda:{region}:aws:function:GG-ML-INF-{algo_type}-{service_name}"
 FEEDBACK_ARN_FORMAT = "arn:aws:lambda:{region}:aws:function:MLFeedback"

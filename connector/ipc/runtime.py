@@ -224,3 +224,21 @@ def run_lambda(function_arn: str, handler: Handler, client: Optional[IPCClient] 
             for worker in workers:
                 worker.join(timeout=0.1)
         log.info("stopped serving %s", function_arn)
+
+
+class LambdaThread:
+    """:func:`run_lambda` in a thread of its own (how a host serves a function in its process)."""
+
+    def __init__(self, function_arn: str, handler: Handler, client: Any, concurrency: int = 1,
+                 name: Optional[str] = None, daemon: bool = False) -> None:
+        self.function_arn = function_arn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=run_lambda, name=name or "lambda-{}".format(protocol.function_name_of(function_arn)[0]),
+            args=(function_arn, handler, client),
+            kwargs={"stop_event": self._stop, "concurrency": concurrency}, daemon=daemon)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)

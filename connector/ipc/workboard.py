@@ -33,7 +33,7 @@ Admission (``register(..., admit=)``): a function may judge each post_work befor
 from who posted it (the authenticated principal the HTTP layer passes, never anything the request
 says about itself), its client context and its payload. The hook raises :class:`NotAdmitted`
 with the status and the rule; the caller gets that refusal at once, nothing is queued. This is
-how the host's GGRouter applies its subscription-like rules (:mod:`connector.mqtt_router`)
+how the host's GGRouter applies its subscription-like rules (:mod:`connector.standalone.ggrouter.forwarder`)
 without the board knowing anything about MQTT.
 """
 from __future__ import annotations
@@ -203,6 +203,10 @@ class WorkBoard(object):
         with self._lock:
             fn = self._functions.get(function_arn)
             return dict(fn.counters) if fn else dict.fromkeys(COUNTER_NAMES, 0)
+
+    def describe(self, function_arn: str) -> Dict[str, int]:
+        """The health document's ``board`` section for `function_arn`: its counters and queue."""
+        return dict(self.counters(function_arn), queue_depth=self.queue_depth(function_arn))
 
     def queue_depth(self, function_arn: str) -> int:
         """Invocations of `function_arn` waiting to be taken (get_work not yet called for them)."""

@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from .. import settings
-from ..errors import (ConnectorError, InferenceTimeoutError, InvalidImageError, NotRunError)
+from ..errors import ConnectorError, InferenceTimeoutError, InvalidImageError, NotRunError
 from ..model import imaging, postprocess
 from ..model.engine import Engine
 from ..params import Parameters
@@ -128,6 +128,10 @@ class SupervisedService:
             log.info("%d inference worker%s: %s", workers.count, "s" if workers.count > 1 else "",
                      workers.why)
         return service
+
+    def describe_requests(self) -> Dict[str, int]:
+        """The health document's ``requests`` section: how the service finished each request."""
+        return self.metrics.snapshot()[0]
 
     def describe_worker(self) -> Dict[str, Any]:
         """The health document's ``worker`` section: the pool's state and what its workers met."""

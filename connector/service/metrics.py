@@ -80,38 +80,47 @@ def _number(value: Any) -> str:
     return repr(float(value)) if isinstance(value, float) else str(int(value))
 
 
-# Health-document counters exposed as Prometheus counters: (key, metric name, help).
+# Health-document counters exposed as Prometheus counters: (section, key, metric name, help).
 COUNTERS = (
-    ("restarts", "worker_restarts_total", "Inference worker processes started to replace one that failed or hung."),
-    ("crashes", "worker_crashes_total", "Inference workers that died while handling a request."),
-    ("hangs", "worker_hangs_total", "Inference workers stopped for taking longer than the timeout."),
-    ("timeouts", "timeouts_total", "Requests not answered within LocalInferenceServiceTimeoutSeconds."),
-    ("memory_limit_exceeded", "worker_memory_kills_total",
+    ("worker", "restarts", "worker_restarts_total",
+     "Inference worker processes started to replace one that failed or hung."),
+    ("worker", "crashes", "worker_crashes_total", "Inference workers that died while handling a request."),
+    ("worker", "hangs", "worker_hangs_total", "Inference workers stopped for taking longer than the timeout."),
+    ("board", "timeouts", "timeouts_total",
+     "Requests the host answered with a timeout: not answered within LocalInferenceServiceTimeoutSeconds."),
+    ("worker", "memory_limit_exceeded", "worker_memory_kills_total",
      "Inference workers stopped for using more than LocalInferenceServiceMemoryLimitKB."),
-    ("reloads", "model_reloads_total", "Workers switched to a new model version while serving (one per worker and version)."),
-    ("reload_failures", "model_reload_failures_total", "Model versions that failed to load (the old one kept serving)."),
-    ("shed", "requests_shed_total", "Requests refused because they could not finish before their deadline."),
-    ("abandoned", "requests_abandoned_total", "Requests whose caller stopped waiting before a worker took them (never run)."),
-    ("busy", "requests_busy_total", "Requests refused because the function's queue was full."),
-    ("late_results", "late_results_total", "Answers that came after their caller's deadline (dropped)."),
-)
-# The ML Feedback service's counters (the health document's "feedback" object), when it runs here.
-FEEDBACK_COUNTERS = (
-    ("quarantined", "feedback_quarantined_total",
+    ("worker", "reloads", "model_reloads_total",
+     "Workers switched to a new model version while serving (one per worker and version)."),
+    ("worker", "reload_failures", "model_reload_failures_total",
+     "Model versions that failed to load (the old one kept serving)."),
+    ("worker", "shed", "requests_shed_total",
+     "Requests never sent to a worker because they could not finish before their deadline."),
+    ("board", "abandoned", "requests_abandoned_total",
+     "Requests whose caller stopped waiting before the answer."),
+    ("board", "busy", "requests_busy_total", "Requests refused because the function's queue was full."),
+    ("board", "late_results", "late_results_total", "Answers that came after their caller's deadline (dropped)."),
+    # The ML Feedback service's, when it runs here.
+    ("feedback", "quarantined", "feedback_quarantined_total",
      "Spooled feedback records that failed their checks and were moved to the spool's quarantine/."),
-    ("delivery_restarts", "feedback_delivery_restarts_total",
+    ("feedback", "delivery_restarts", "feedback_delivery_restarts_total",
      "Times the feedback delivery loop failed and was restarted."),
-    ("full", "feedback_local_directory_full_total",
+    ("feedback", "full", "feedback_local_directory_full_total",
      "Feedback samples failed as LocalDirectoryFull (local-directory-max-bytes used up)."),
-    ("disk_errors", "feedback_disk_errors_total",
+    ("feedback", "disk_errors", "feedback_disk_errors_total",
      "Feedback writes that found the disk full (ENOSPC, EDQUOT, EFBIG); the sample stayed in the spool."),
 )
 
 
+def _section(health: Mapping[str, Any], name: str) -> Optional[Mapping[str, Any]]:
+    section = health.get(name)
+    return section if isinstance(section, Mapping) else None
+
+
 def render(service: str, metrics: RequestMetrics, health: Mapping[str, Any],
-           queue_depth: Optional[int] = None, resident_bytes: Optional[Mapping[str, Optional[int]]] = None) -> str:
-    """The exposition text for one service. `health` is the detailed /healthz document (for the
-    worker counters and state); `resident_bytes` maps a process role to its RSS."""
+           resident_bytes: Optional[Mapping[str, Optional[int]]] = None) -> str:
+    """The exposition text for one service. `health` is the detailed /healthz document (its
+    sections: see connector.service.health); `resident_bytes` maps a process role to its RSS."""
     label = 'service="{}"'.format(_escape(service))
     lines: List[str] = []
 
@@ -134,17 +143,17 @@ def render(service: str, metrics: RequestMetrics, health: Mapping[str, Any],
             lines.append('ggml_request_seconds_bucket{{{},le="{}"}} {}'.format(base, le, n))
         lines.append("ggml_request_seconds_sum{{{}}} {}".format(base, repr(h.sum)))
         lines.append("ggml_request_seconds_count{{{}}} {}".format(base, h.count))
-    for key, name, help_text in COUNTERS:
-        metric(name, "counter", help_text, [("", health.get(key, 0) or 0)])
-    feedback = health.get("feedback")
-    if isinstance(feedback, Mapping):
-        for key, name, help_text in FEEDBACK_COUNTERS:
-            metric(name, "counter", help_text, [("", feedback.get(key, 0) or 0)])
+    for section_name, key, name, help_text in COUNTERS:
+        section = _section(health, section_name)
+        if section is not None or section_name != "feedback":
+            metric(name, "counter", help_text, [("", (section or {}).get(key, 0) or 0)])
+    worker = _section(health, "worker") or {}
     metric("worker_ready", "gauge", "1 while the inference worker is ready to serve.",
-           [("", 1 if health.get("worker") == "ready" else 0)])
-    if queue_depth is not None:
+           [("", 1 if worker.get("state") == "ready" else 0)])
+    board = _section(health, "board")
+    if board is not None and "queue_depth" in board:
         metric("queue_depth", "gauge", "Requests waiting for the service (queued, not yet taken).",
-               [("", queue_depth)])
+               [("", board["queue_depth"])])
     if resident_bytes:
         metric("resident_memory_bytes", "gauge", "Resident memory of the service's processes.",
                [('process="{}"'.format(role), rss) for role, rss in sorted(resident_bytes.items()) if rss is not None])

@@ -2,7 +2,7 @@
 
 The same call runs inside a Greengrass core (which routes by its subscriptions), under the V2
 Lambda launcher, and against the standalone host (which forwards to its broker, see
-:mod:`connector.mqtt_router`).
+:mod:`connector.standalone.ggrouter`).
 
 Outcomes: True when the router took the message; False when nothing routes MQTT here (a
 standalone host started without a broker answers 404: the message is skipped, counted and logged
@@ -20,16 +20,16 @@ from typing import Any, Dict
 
 from ..ipc import protocol
 from ..ipc.client import IPCError
-from ..mqtt_router import ROUTER_ARN, RULES
 from .destinations import TransientError
 from .ratelog import RateLimitedLog
 
-log = logging.getLogger("connector.feedback.router")
+log = logging.getLogger("connector.feedback.publisher")
 
 PREDICTION_TOPIC = "feedback/message/prediction"
 STATUS_TOPIC = "feedback/message/status"
 # The router's refusals that would be the same on every retry (not its 429: the queue drains).
-_REFUSED_FOR_GOOD = frozenset(error_type for status, error_type in RULES.values() if status != 429)
+_REFUSED_FOR_GOOD = frozenset(error_type for status, error_type in protocol.GGROUTER_RULES.values()
+                               if status != 429)
 
 
 class RouterPublisher(object):
@@ -45,7 +45,7 @@ class RouterPublisher(object):
             {"source": self.source_arn, "subject": topic, "queueFullPolicy": ""})
         body = json.dumps(document).encode("utf-8")
         try:
-            self.client.post_work(ROUTER_ARN, body, context, protocol.INVOCATION_EVENT)
+            self.client.post_work(protocol.GGROUTER_ARN, body, context, protocol.INVOCATION_EVENT)
         except IPCError as exc:
             if exc.status == 404:
                 self.skipped += 1

@@ -1,5 +1,5 @@
-"""The host's connection bounds: a cap on open connections, deadlines per request phase, and a
-budget for request bodies being read.
+"""Connection bounds: a cap on open connections, deadlines per request phase, and a budget for
+request bodies being read.
 
 A thread serves each connection (``http.server``), so what bounds threads, file descriptors and
 memory is the number of connections and how long each may hold them without progress:
@@ -113,6 +113,11 @@ class ConnectionGuard(object):
     def open_count(self) -> int:
         with self._lock:
             return len(self._entries)
+
+    def describe(self) -> Dict[str, int]:
+        """The health document's ``connections`` section: open now, and what the bounds did."""
+        with self._lock:
+            return dict(self.counters, open=len(self._entries))
 
     def open_connections(self) -> "list[socket.socket]":
         with self._lock:

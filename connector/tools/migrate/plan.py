@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..errors import ParameterError
-from ..params import RULES, parse_parameters
+from ...errors import ParameterError
+from ...params import RULES, parse_parameters
 from .group import ML_RESOURCE_TYPES, Connector, Function, Resource, V1Group, get
 from .source import MigrationError, show
 from .topics import Allowed, NotMapped, allow_list

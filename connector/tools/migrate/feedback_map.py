@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Union
 
-from ..errors import ParameterError
-from ..feedback import config as feedback_config
+from ...errors import ParameterError
+from ...feedback import config as feedback_config
 from .group import Connector, Function, V1Group
 from .source import MAX_DEPTH, nesting_depth, show
 

@@ -2,7 +2,7 @@
 allow-list, the report and the one-screen summary.
 
 Every value that came from a V1 document reaches a text through YAML/JSON encoding or through
-:func:`connector.migrate.source.show` (printable, cut), so a document cannot add lines to the
+:func:`connector.tools.migrate.source.show` (printable, cut), so a document cannot add lines to the
 report or escape sequences to the operator's terminal.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ import re
 import sys
 from typing import List, Tuple
 
-from ..params import RULES
+from ...params import RULES
 from . import render, writer
 from .group import REGION_PATTERN, V1Group, add_document
 from .plan import ACCOUNT_PATTERN, THING_GROUP_PATTERN, VERSION_PATTERN, Options, make_plan

@@ -1,7 +1,7 @@
 """Writing the results: under --out only, with fixed names, never through a symbolic link.
 
 Nothing a V1 document says becomes a path here: the directory is the operator's ``--out`` and the
-names are :data:`connector.migrate.render.FILES`. ``--out`` must be a directory (created when
+names are :data:`connector.tools.migrate.render.FILES`. ``--out`` must be a directory (created when
 missing, its parent must exist) and not a symbolic link; it is opened once with ``O_NOFOLLOW`` and
 every file is created beside its final name relative to that descriptor (``O_EXCL|O_NOFOLLOW``),
 then renamed over it. A rename replaces a planted link itself instead of writing where it points.

@@ -21,7 +21,7 @@ import re
 import stat
 from typing import Any, Dict, List, Tuple
 
-from ..errors import ConnectorError
+from ...errors import MigrationError
 
 MAX_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 32
@@ -32,10 +32,6 @@ SHOW_CHARS = 120
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-class MigrationError(ConnectorError):
-    """A source or an option cannot be used; one line naming the file (or option) and the rule."""
 
 
 def show(value: Any, limit: int = SHOW_CHARS) -> str:

@@ -8,7 +8,6 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .model import imaging, postprocess
 from .errors import ConnectorError
 from .ipc.host import DEFAULT_MAX_BODY_BYTES
 from .logs import configure_logging
@@ -24,10 +23,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `doctor` and `models` must run where NumPy/OpenCV are missing.
     import cv2
 
-    from .tools.draw import annotate
+    from .model import imaging, postprocess
     from .model.engine import Engine
+    from .tools.draw import annotate
 
     model_dir = args.model_dir or model_path(DEFAULT_MODEL)
     try:

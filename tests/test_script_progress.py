@@ -28,14 +28,22 @@ class Gated:
         wrapper.chmod(0o755)
         env = dict(os.environ, PYTHON=str(wrapper))
         self.proc = subprocess.Popen([str(ROOT / "scripts" / script), *args], cwd=str(ROOT), env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     universal_newlines=True, start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
+                                     start_new_session=True)
+        self.pending = b""
 
     def line(self) -> str:
-        # A bound so that a script that prints nothing before the gate fails instead of hanging.
-        ready, _, _ = select.select([self.proc.stdout], [], [], 120)
-        assert ready, "no line while PYTHON is held: the script is silent before its slow work"
-        return self.proc.stdout.readline().rstrip("\n")
+        """The next line, read from the pipe itself (a buffered reader could hold the next line
+        where select() does not see it)."""
+        while b"\n" not in self.pending:
+            # A bound so that a script that prints nothing before the gate fails instead of hanging.
+            ready, _, _ = select.select([self.proc.stdout], [], [], 120)
+            assert ready, "no line while PYTHON is held: the script is silent before its slow work"
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            assert chunk, "the script ended: " + self.pending.decode()
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line.decode()
 
     def release(self) -> None:
         with open(str(self.fifo), "w") as f:
@@ -52,7 +60,8 @@ def test_setup_venv_says_what_it_does_first_and_when_it_is_ready(tmp_path):
     try:
         assert run.line() == "setup-venv: checking .venv has this package with extras [all] (a few seconds)..."
         run.release()
-        rest, _ = run.proc.communicate(timeout=300)
+        out, _ = run.proc.communicate(timeout=300)
+        rest = (run.pending + out).decode()
     finally:
         run.stop()
     assert run.proc.returncode == 0, rest

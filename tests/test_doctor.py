@@ -306,3 +306,28 @@ def test_dlr_phone_home_on_warns_only_when_the_service_cannot_switch_it_off(tmp_
     if "Operation not permitted" in text or "permission denied" in text.lower() and "dlr" not in text:
         pytest.skip("no mount namespace here: " + text)
     assert re.match(r"\s+warn\s+dlr .*not writable by this user: the service will refuse DLR models", text), text
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
+def test_a_model_library_that_links_a_missing_seed_library_makes_its_row_a_warning(tmp_path):
+    """A Neo model's compiled.so is loaded as well: a seed row it needs (built here against a stub
+    of the missing library, as a Neo-built compiled.so would link libgomp) is no longer ok."""
+    missing = [s for s, _ in doctor.SEED_LIBRARIES.get(doctor.machine(), []) if elf.locate_library(s) is None]
+    if not missing:
+        pytest.skip("every seed library of this platform is installed here")
+    soname = missing[0]
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (tmp_path / "stub.c").write_text("int stub_fn(void) { return 1; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(stub / soname), str(tmp_path / "stub.c"),
+                    "-Wl,-soname," + soname], check=True)
+    model = tmp_path / "model"
+    model.mkdir()
+    (tmp_path / "user.c").write_text("int stub_fn(void);\nint use(void) { return stub_fn(); }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(model / "compiled.so"), str(tmp_path / "user.c"),
+                    "-Wl,--no-as-needed", str(stub / soname)], check=True)
+    assert soname in elf.read_elf(str(model / "compiled.so")).needed
+    table = lambda text: text.split("System libraries of the seed's table")[1].split("What the installed")[0]  # noqa: E731
+    assert re.search(r"ok\s+{} not found; not needed here".format(re.escape(soname)), table(run_doctor().stdout))
+    out = run_doctor("--model-dir", str(model))
+    assert re.search(r"warn\s+{} not found".format(re.escape(soname)), table(out.stdout)), out.stdout

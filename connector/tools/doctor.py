@@ -409,7 +409,9 @@ def run(model_dir: Optional[str] = None, config: Optional[str] = None,
     check_python(r)
     found = check_packages(r)
     binaries = check_runtimes(r, found, model_dir)
-    check_library_table(r, runtime_needs(binaries))
+    # A Neo model's compiled.so is loaded too: what it links (e.g. libgomp) counts as needed.
+    model_libraries = sorted(glob.glob(os.path.join(model_dir, "*.so"))) if model_dir else []
+    check_library_table(r, runtime_needs(binaries + [p for p in model_libraries if os.path.isfile(p)]))
     check_binaries(r, binaries)
     if model_dir:
         missing = [m for m in MODEL_CHECK_NEEDS if m not in found]

@@ -206,6 +206,7 @@ def test_doctor_runs_without_any_third_party_package(tmp_path):
     python = bare_python(tmp_path)
     cfg = tmp_path / "params.yaml"
     cfg.write_text("MLModelDestinationPath: {}\n".format(tmp_path))
+    texts = {}
     for extra in ([], ["--model-dir", str(tmp_path)], ["--config", str(cfg)]):
         out = subprocess.run([python, "-m", "connector", "doctor"] + extra, cwd=str(tmp_path), env=bare_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
@@ -219,7 +220,10 @@ def test_doctor_runs_without_any_third_party_package(tmp_path):
         assert re.search(r"warn\s+dlr: not installed; .*pip install", text), text
         assert re.search(r"FAIL\s+no model runtime can load here", text), text
         assert text.rstrip().splitlines()[-1].startswith("doctor: the service CANNOT run here")
-    assert "not checked: it needs numpy, cv2, yaml" in text or "pip install pyyaml" in text
+        texts[" ".join(extra[:1])] = text
+    assert "not checked: it needs numpy, cv2, yaml (marked FAIL above)" in texts["--model-dir"]
+    assert re.search(r"FAIL\s+cannot read the parameter file \(No module named 'yaml'\); pip install pyyaml",
+                     texts["--config"]), texts["--config"]
     # The commands that need no third-party package still work there, unchanged.
     for args, expected in ((["models"], "demo-ssd "), (["--version"], "0.")):
         out = subprocess.run([python, "-m", "connector"] + args, cwd=str(tmp_path), env=bare_env(),

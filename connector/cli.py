@@ -8,7 +8,6 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .model import imaging, postprocess
 from .errors import ConnectorError
 from .ipc.host import DEFAULT_MAX_BODY_BYTES
 from .logs import configure_logging
@@ -24,10 +23,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `doctor` and `models` must run where NumPy/OpenCV are missing.
     import cv2
 
-    from .tools.draw import annotate
+    from .model import imaging, postprocess
     from .model.engine import Engine
+    from .tools.draw import DEFAULT_MIN_SCORE, annotate, drawn_summary
 
     model_dir = args.model_dir or model_path(DEFAULT_MODEL)
     try:
@@ -48,9 +49,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 out = os.path.join(args.draw, os.path.basename(path))
                 # Encode by our own extension choice so a misnamed file still gets written.
                 ext = ".png" if out.lower().endswith(".png") else ".jpg"
-                ok, buf = cv2.imencode(ext, annotate(bgr, predictions, engine.model.labels))
+                ok, buf = cv2.imencode(ext, annotate(bgr, predictions, engine.model.labels, DEFAULT_MIN_SCORE))
                 with open(os.path.splitext(out)[0] + ext, "wb") as f:
                     f.write(buf.tobytes())
+                # stderr: stdout stays one JSON document per image.
+                print("{}: {}".format(path, drawn_summary(predictions, DEFAULT_MIN_SCORE)), file=sys.stderr)
             line = {"image": path, "prediction": predictions}
         except (ConnectorError, OSError) as e:
             failed += 1

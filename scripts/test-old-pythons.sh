@@ -33,6 +33,11 @@ for v in "${versions[@]}"; do
   fi
   venv=".venv-py${v/./}"
   start=$SECONDS
+  if [ -x "$venv/bin/python" ]; then
+    echo "Python $v: checking $venv's test dependencies (seconds), then its tests (~2 min)..."
+  else
+    echo "Python $v: creating $venv and installing its test dependencies (~2 min, first run only), then its tests (~2 min)..."
+  fi
   if [ ! -x "$venv/bin/python" ]; then "$py" -m venv "$venv"; fi
   deps=(pytest pytest-timeout hypothesis pillow wheel "numpy>=1.16" "opencv-python-headless>=4.2" "pyyaml>=5.1" "dlr==1.6.0")
   [ "$v" = 3.7 ] || deps+=("onnxruntime>=1.18,<1.33" onnx)
@@ -51,6 +56,6 @@ for v in "${versions[@]}"; do
   if ! PYTHONPATH="$PWD:$PWD/ml_sdk" "$venv/bin/python" -m pytest -q -p no:cacheprovider -p no:randomly "${existing[@]}"; then
     status=1
   fi
-  echo "Python $v: $((SECONDS - start)) s"
+  echo "Python $v: done ($((SECONDS - start)) s)"
 done
 exit $status

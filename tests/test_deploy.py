@@ -145,3 +145,45 @@ def test_lambda_zip_never_writes_through_a_planted_link(tmp_path):
         assert "connector/lambda_function.py" in z.namelist()
     # nothing of the temporary file is left beside it
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["fn.zip", "fn.zip.part"] + list(victims))
+
+
+def _wheel(wheelhouse: Path, name: str, version: str) -> None:
+    """A minimal pure-Python wheel, built by hand (no network, no build backend)."""
+    wheelhouse.mkdir(exist_ok=True)
+    info = "{}-{}.dist-info".format(name, version)
+    files = {"{}/__init__.py".format(name): "",
+             info + "/METADATA": "Metadata-Version: 2.1\nName: {}\nVersion: {}\n".format(name, version),
+             info + "/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[info + "/RECORD"] = "".join("{},,\n".format(n) for n in list(files) + [info + "/RECORD"])
+    with zipfile.ZipFile(str(wheelhouse / "{}-{}-py3-none-any.whl".format(name, version)), "w") as z:
+        for arcname, text in files.items():
+            z.writestr(arcname, text)
+
+
+def test_bundle_install_prints_no_resolver_error_about_the_build_machine(tmp_path, monkeypatch, capfd):
+    """Offline part of `--deps bundle` (the real bundle needs the package index): the pip command it
+    runs, installing into the Lambda's directory a version that the build machine's own packages
+    would not accept (pytest here needs pluggy >= 1), prints no resolver ERROR about those packages:
+    they are not in the bundle."""
+    _wheel(tmp_path / "wheels", "pluggy", "0.0.1")
+    for k in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # this machine's indexes stay out of it
+    target = tmp_path / "target"
+    deploy.run_pip(deploy.pip_install_command(str(target), "x86_64", "3.8") +
+                   ["--no-index", "--find-links", str(tmp_path / "wheels"), "pluggy==0.0.1"])
+    err = capfd.readouterr().err
+    assert (target / "pluggy-0.0.1.dist-info").is_dir()
+    assert "ERROR" not in err and "incompatible" not in err, err
+
+
+def test_pip_messages_pass_through_except_the_expected_one(capfd):
+    say = [sys.executable, "-c", "print('WARNING: Target directory /t/dlr already exists. Specify --upgrade'); "
+           "print('WARNING: something else'); raise SystemExit(int(__import__('sys').argv[1]))"]
+    deploy.run_pip(say + ["0"], expected=r"^WARNING: Target directory .*/dlr already exists")
+    err = capfd.readouterr().err
+    assert "something else" in err and "Target directory" not in err
+    with pytest.raises(SystemExit, match=r"pip failed \(exit status 3\)"):
+        deploy.run_pip(say + ["3"], expected=r"^WARNING: Target directory .*/dlr already exists")
+    err = capfd.readouterr().err
+    assert "something else" in err and "Target directory" in err  # all of it when pip fails

@@ -61,6 +61,16 @@ def test_wheel_has_no_dependencies_and_only_the_sdk(sdk_wheel):
     assert sum(z.file_size for z in zipfile.ZipFile(str(sdk_wheel)).infolist()) < 200000
 
 
+def test_distribution_version_is_the_modules(sdk_wheel):
+    """One version: the wheel's (what pip shows) is the module's __version__, the API it implements."""
+    import greengrass_machine_learning_sdk as ml
+    with zipfile.ZipFile(str(sdk_wheel)) as z:
+        metadata = z.read([n for n in z.namelist() if n.endswith(".dist-info/METADATA")][0]).decode()
+    assert "\nVersion: {}\n".format(ml.__version__) in metadata, metadata[:300]
+    assert sdk_wheel.name.startswith("greengrass_machine_learning_sdk-{}-".format(ml.__version__))
+    assert "(AWS {} API)".format(ml.__version__) in metadata
+
+
 def test_sdk_alone_calls_the_service(sdk_wheel, tmp_path, model_dir):
     """Installed alone and run by an interpreter without site-packages (-S: no NumPy, no OpenCV),
     the SDK finds the standalone service through its client file and gets a prediction."""

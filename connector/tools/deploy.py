@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,36 @@ def _package_files() -> Iterable[Tuple[str, str]]:
                            os.path.normpath(os.path.join(arc_top, rel, name)))
 
 
+def pip_install_command(target: str, arch: str, python: str) -> List[str]:
+    """`pip install` of wheels for the Lambda's platform into `target` (append the requirements).
+
+    --no-warn-conflicts: after installing, pip checks what it installed against the packages of the
+    interpreter running it (this build machine's venv), not against `target`, and prints "ERROR:
+    pip's dependency resolver does not currently take into account all the packages that are
+    installed" for every package of that venv the bundle's versions would not suit (e.g. its onnx
+    wanting a newer protobuf). That is no fault of the bundle: the resolver already made the bundle
+    consistent within itself, for the target platform."""
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+           "--no-warn-conflicts", "--target", target, "--only-binary=:all:", "--implementation", "cp",
+           "--python-version", python, "--no-compile"]
+    for tag in PLATFORMS[arch]:
+        cmd += ["--platform", tag]
+    return cmd
+
+
+def run_pip(cmd: List[str], expected: Optional[str] = None) -> None:
+    """Run pip; its messages go to stderr except lines matching `expected` (known and handled
+    here). All of them when pip fails, which raises SystemExit naming the command."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    lines = proc.stdout.splitlines()
+    if proc.returncode == 0 and expected:
+        lines = [line for line in lines if not re.match(expected, line)]
+    for line in lines:
+        print(line, file=sys.stderr)
+    if proc.returncode != 0:
+        raise SystemExit("error: pip failed (exit status {}): {}".format(proc.returncode, " ".join(cmd)))
+
+
 def _pip_target(target: str, arch: str, python: str, runtime: str, feedback: bool) -> None:
     if arch not in PLATFORMS:
         raise SystemExit("error: --deps bundle: PyPI has no {} wheels of NumPy/OpenCV/ONNX Runtime; "
@@ -92,12 +123,10 @@ def _pip_target(target: str, arch: str, python: str, runtime: str, feedback: boo
         reqs.append("dlr==1.6.0" if arch == "x86_64" else "dlr>=1.6,<1.11")
     if feedback:
         reqs += ["boto3", "paho-mqtt"]
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-           "--target", target, "--only-binary=:all:", "--implementation", "cp",
-           "--python-version", python, "--no-compile"]
-    for tag in PLATFORMS[arch]:
-        cmd += ["--platform", tag]
-    subprocess.run(cmd + reqs, check=True)
+    run_pip(pip_install_command(target, arch, python) + reqs,
+            # dlr 1.6 ships libdlr.so as data for <prefix>/dlr/, which --target cannot place beside
+            # the dlr package of the same name: pip says so, and _libdlr_into_package places it.
+            expected=r"^WARNING: Target directory .*[/\\]dlr already exists" if runtime == "dlr" else None)
     if runtime == "dlr" and arch == "x86_64":
         _libdlr_into_package(target, python)
 
@@ -111,7 +140,7 @@ def _libdlr_into_package(target: str, python: str) -> None:
                "-d", tmp]
         for tag in PLATFORMS["x86_64"]:
             cmd += ["--platform", tag]
-        subprocess.run(cmd + ["dlr==1.6.0"], check=True)
+        run_pip(cmd + ["dlr==1.6.0"])
         wheel = os.path.join(tmp, [f for f in os.listdir(tmp) if f.endswith(".whl")][0])
         with zipfile.ZipFile(wheel) as z:
             member = [n for n in z.namelist() if n.endswith("/data/dlr/libdlr.so")][0]

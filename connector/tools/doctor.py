@@ -42,7 +42,8 @@ SEED_LIBRARIES: Dict[str, List[Tuple[str, List[str]]]] = {
 SEED_JETSON = [("libcudart.so.9.0", []), ("libcublas.so.9.0", []), ("libcudnn.so.7", []),
                ("libcufft.so.9.0", []), ("libcurand.so.9.0", []), ("libcusolver.so.9.0", []),
                ("libnvinfer.so.4", [])]
-# Why a seed row fails on current systems although nothing is wrong.
+# Why a seed row fails on current systems although nothing is wrong. Such a row is a warning only
+# when a runtime binary installed here really needs what it names (runtime_needs decides).
 SEED_NOTES = {
     "libgfortran.so.3": "gfortran 3 was dropped (Debian 10+, Ubuntu 18.10+); neither DLR 1.6 nor "
                         "ONNX Runtime nor OpenCV wheels link it",
@@ -51,6 +52,20 @@ SEED_NOTES = {
                     "Neo-shipped libdlr.so does)",
     "GCC_4.0.0@ld-linux-x86-64.so.2": "the seed's row is wrong: the x86_64 loader defines only GLIBC_* versions",
 }
+
+
+# (import name, distribution, required, install hint): what check_packages imports, one at a time
+# and guarded, so that the doctor itself needs none of them.
+PACKAGES = (
+    ("numpy", "numpy", True, "pip install numpy (ARMv7: apt-get install python3-numpy)"),
+    ("cv2", "opencv-python-headless", True,
+     "pip install opencv-python-headless (ARMv7: apt-get install python3-opencv)"),
+    ("yaml", "PyYAML", True, "pip install pyyaml (ARMv7: apt-get install python3-yaml)"),
+    ("onnxruntime", "onnxruntime", False, "pip install onnxruntime (Python >= 3.8; not on ARMv7)"),
+    ("boto3", "boto3", False, "only for the ML feedback service: pip install boto3"),
+    ("paho.mqtt", "paho-mqtt", False, "only for the ML feedback service: pip install paho-mqtt"))
+# What the model check (check_model.py, the engine) imports.
+MODEL_CHECK_NEEDS = ("numpy", "cv2", "yaml")
 
 
 class Report:
@@ -126,14 +141,7 @@ def check_packages(r: Report) -> Dict[str, object]:
     """Import the packages the service needs; returns the modules that imported."""
     r.section("Python packages")
     found: Dict[str, object] = {}
-    for module, dist, required, hint in (
-            ("numpy", "numpy", True, "pip install numpy (ARMv7: apt-get install python3-numpy)"),
-            ("cv2", "opencv-python-headless", True,
-             "pip install opencv-python-headless (ARMv7: apt-get install python3-opencv)"),
-            ("yaml", "PyYAML", True, "pip install pyyaml (ARMv7: apt-get install python3-yaml)"),
-            ("onnxruntime", "onnxruntime", False, "pip install onnxruntime (Python >= 3.8; not on ARMv7)"),
-            ("boto3", "boto3", False, "only for the ML feedback service: pip install boto3"),
-            ("paho.mqtt", "paho-mqtt", False, "only for the ML feedback service: pip install paho-mqtt")):
+    for module, dist, required, hint in PACKAGES:
         try:
             mod = importlib.import_module(module)
         except Exception as e:  # a broken native module raises anything
@@ -148,12 +156,29 @@ def check_packages(r: Report) -> Dict[str, object]:
     if pkg is None:
         r.line("warn", "dlr: not installed; DLR (Neo) models cannot load: " + dlr_runtime.INSTALL_HINT)
     else:
-        off = dlr_runtime.phone_home_disabled(pkg)
-        r.line("ok" if off else "warn", "dlr {} ({}); phone-home {}".format(
-            dist_version("dlr") or "?", pkg, "off" if off else
-            "NOT switched off yet (the service switches it off before loading; run as the installing user: "
-            "python -c 'from connector.model.backends.dlr_runtime import disable_phone_home; disable_phone_home()')"))
+        check_phone_home(r, pkg)
     return found
+
+
+def check_phone_home(r: Report, pkg: str) -> None:
+    """DLR's phone-home still on is a problem only when the service cannot switch it off: it then
+    refuses to load DLR models (dlr_runtime.disable_phone_home). Writable here means it will."""
+    version = dist_version("dlr") or "?"
+    if dlr_runtime.phone_home_disabled(pkg):
+        r.line("ok", "dlr {} ({}); phone-home off".format(version, pkg))
+        return
+    config = dlr_runtime.phone_home_config_path(pkg)
+    counter = os.path.dirname(config)
+    if not os.path.isdir(counter):
+        r.line("ok", "dlr {} ({}); no phone-home module".format(version, pkg))
+    elif os.access(counter, os.W_OK) and (not os.path.exists(config) or os.access(config, os.W_OK)):
+        r.line("ok", "dlr {} ({}); phone-home still on: the service switches it off before its "
+               "first DLR load (this user can write {})".format(version, pkg, config))
+    else:
+        r.line("warn", "dlr {} ({}); phone-home on and {} is not writable by this user: the service "
+               "will refuse DLR models. As the installing user run: python -c 'from connector.model."
+               "backends.dlr_runtime import disable_phone_home; disable_phone_home()'".format(
+                   version, pkg, config))
 
 
 def libdlr_candidates(model_dir: Optional[str]) -> List[str]:
@@ -225,10 +250,43 @@ def check_runtimes(r: Report, found: Dict[str, object], model_dir: Optional[str]
     return [b for b in binaries if os.path.isfile(b)]
 
 
-def check_library_table(r: Report) -> None:
-    """The seed's table, row by row, beside what this system defines. A row the system does not meet
-    is a warning: the seed describes the original's binaries (DLR 1.x with OpenMP, CUDA 9 on the
-    TX2); what the installed binaries really need is checked next, and that decides."""
+def _bundled_libraries(binary: str) -> List[str]:
+    """Libraries a wheel vendors beside `binary` (e.g. opencv_python_headless.libs): its RUNPATH
+    finds them there, not in the system."""
+    here = os.path.dirname(binary)
+    return sorted(glob.glob(os.path.join(here, "*.libs", "*.so*")) +
+                  glob.glob(os.path.join(here, "..", "*.libs", "*.so*")))
+
+
+def runtime_needs(binaries: List[str]) -> Dict[str, Set[str]]:
+    """soname -> symbol versions required of it, by the runtime binaries installed here and the
+    libraries their wheels vendor. What the system's own libraries need is the system's business."""
+    needs: Dict[str, Set[str]] = {}
+    files = set(binaries)
+    for binary in binaries:
+        files.update(_bundled_libraries(binary))
+    for path in sorted(files):
+        try:
+            info = elf.read_elf(path)
+        except elf.ElfError:
+            continue  # check_runtimes/check_binaries report unreadable binaries
+        for lib in set(info.needed) | set(info.requires):
+            needs.setdefault(lib, set()).update(info.requires.get(lib, ()))
+    return needs
+
+
+def _unneeded(needs: Optional[Dict[str, Set[str]]], soname: str, version: Optional[str] = None) -> bool:
+    """True when the installed runtimes provably do not need `soname` (at `version`)."""
+    if not needs:  # no runtime binary to judge by: the seed's row stands
+        return False
+    return soname not in needs if version is None else version not in needs.get(soname, ())
+
+
+def check_library_table(r: Report, needs: Optional[Dict[str, Set[str]]] = None) -> None:
+    """The seed's table, row by row, beside what this system defines. The seed describes the
+    original's binaries (DLR 1.x with OpenMP, CUDA 9 on the TX2), so a row the system does not meet
+    is a warning only when a runtime installed here (`needs`, from runtime_needs) requires what it
+    names; otherwise it is ok, with the reason. What the binaries need is checked next."""
     m = machine()
     rows = list(SEED_LIBRARIES.get(m, []))
     if os.path.exists("/etc/nv_tegra_release"):
@@ -240,8 +298,13 @@ def check_library_table(r: Report) -> None:
     for soname, minimum in rows:
         path = elf.locate_library(soname)
         if path is None:
-            r.line("warn", "{} not found{}".format(soname, ": " + SEED_NOTES.get(soname, "not needed by the "
-                                                                                 "installed binaries unless listed below")))
+            note = SEED_NOTES.get(soname)
+            if _unneeded(needs, soname):
+                r.line("ok", "{} not found; not needed here: no installed runtime links it{}".format(
+                    soname, "; " + note if note else ""))
+            else:
+                r.line("warn", "{} not found: {}".format(soname, note or "not needed by the installed "
+                                                         "binaries unless listed below"))
             continue
         try:
             defined = elf.read_elf(path).defines
@@ -251,10 +314,12 @@ def check_library_table(r: Report) -> None:
         newest = elf.newest_by_family(defined)
         for version in minimum:
             family = elf.version_key(version)[0]
-            have = newest.get(family)
-            note = SEED_NOTES.get("{}@{}".format(version, soname))
-            r.line("ok" if version in defined else "warn", "{:<22} {:<18} -> {}{}".format(
-                soname, version, have or "no {} versions".format(family), "; " + note if note else ""))
+            notes = [SEED_NOTES.get("{}@{}".format(version, soname), "")]
+            mark = "ok" if version in defined else "warn"
+            if mark == "warn" and _unneeded(needs, soname, version):
+                mark, notes = "ok", ["not needed here: no installed runtime requires it"] + notes
+            r.line(mark, "{:<22} {:<18} -> {}".format(soname, version, "; ".join(
+                [newest.get(family) or "no {} versions".format(family)] + [n for n in notes if n])))
         if not minimum:
             r.line("ok", "{:<22} {:<18} -> {}".format(soname, "(present)", path))
 
@@ -284,9 +349,7 @@ def check_binaries(r: Report, binaries: List[str]) -> None:
             needs.append("{} {}".format(lib, " ".join(sorted(newest.values()))))
             if where is None:
                 # Libraries a wheel bundles (e.g. opencv_python.libs) resolve through its RUNPATH.
-                bundled = glob.glob(os.path.join(os.path.dirname(path), "*.libs", lib + "*")) + \
-                    glob.glob(os.path.join(os.path.dirname(path), "..", "*.libs", lib + "*"))
-                if not bundled:
+                if not [b for b in _bundled_libraries(path) if os.path.basename(b).startswith(lib)]:
                     bad.append("{} not found".format(lib))
                 continue
             missing = elf.missing_versions(defined, versions)
@@ -332,26 +395,38 @@ def run(model_dir: Optional[str] = None, config: Optional[str] = None,
     device = "cpu"
     if config:
         from ..errors import ConnectorError
-        from ..params import load_parameters
         try:
+            from ..params import load_parameters  # reads YAML: needs PyYAML
             params = load_parameters(config)
             model_dir = model_dir or params.model_path
             device = params.device
         except ConnectorError as e:
             r.section("Parameters " + config)
             r.line("FAIL", str(e))
+        except ImportError as e:
+            r.section("Parameters " + config)
+            r.line("FAIL", "cannot read the parameter file ({}); pip install pyyaml".format(e))
     check_python(r)
     found = check_packages(r)
     binaries = check_runtimes(r, found, model_dir)
-    check_library_table(r)
+    # A Neo model's compiled.so is loaded too: what it links (e.g. libgomp) counts as needed.
+    model_libraries = sorted(glob.glob(os.path.join(model_dir, "*.so"))) if model_dir else []
+    check_library_table(r, runtime_needs(binaries + [p for p in model_libraries if os.path.isfile(p)]))
     check_binaries(r, binaries)
-    if model_dir and "numpy" in found and "cv2" in found:
-        check_model(r, model_dir, device)
+    if model_dir:
+        missing = [m for m in MODEL_CHECK_NEEDS if m not in found]
+        if missing:
+            r.section("Model directory " + model_dir)
+            r.info("not checked: it needs {} (marked FAIL above)".format(", ".join(missing)))
+        else:
+            check_model(r, model_dir, device)
     remedies(r)
     print("", file=out)
     if r.failures:
         print("doctor: the service CANNOT run here ({} problem(s) marked FAIL)".format(len(r.failures)), file=out)
         return 1
-    print("doctor: the service can run here{}".format(
-        " ({} warning(s))".format(len(r.warnings)) if r.warnings else ""), file=out)
+    if r.warnings:
+        print("doctor: the service can run here ({} warning(s))".format(len(r.warnings)), file=out)
+    else:
+        print("doctor: the service can run here; this machine is clean (no warnings)", file=out)
     return 0

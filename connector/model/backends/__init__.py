@@ -11,8 +11,12 @@ the reverse.
 """
 from __future__ import annotations
 
-from ..directory import ModelDirectory
-from .base import Backend
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only names for the annotations: importing this package (as `doctor` does for
+    # dlr_runtime) must not need NumPy (base) or PyYAML (directory)
+    from ..directory import ModelDirectory
+    from .base import Backend
 
 DEVICES = ("cpu", "gpu")
 

@@ -7,12 +7,15 @@ draws how a request flows through them):
 * :mod:`.service`     - the per-request service: outcomes, latency, metrics
 * :mod:`.ipc`         - the Greengrass V1 local IPC: protocol, host, client, Lambda runtime loop
 * :mod:`.feedback`    - the ML Feedback service (samples to S3 / a directory, MQTT messages)
-* :mod:`.tools`       - doctor, check-model, deployment packaging: never imported by the service
+* :mod:`.standalone`  - running without Greengrass: serve, host, attach, GGRouter
+* :mod:`.tools`       - doctor, check-model, migrate-v1, packaging: never imported by the service
 * :mod:`.demos`       - the bundled demo detectors
 
-and at the top: :mod:`.cli` and :mod:`.lambda_function` (the entry points), :mod:`.params` (the
-connector parameters), :mod:`.settings` (every environment variable), :mod:`.errors`,
-:mod:`.config_files` (untrusted YAML/JSON), :mod:`.logs` and :mod:`.counters`.
+and at the top: :mod:`.cli` and :mod:`.__main__` (``python -m connector``) and
+:mod:`.lambda_function` (the Greengrass handler), the entry points; :mod:`.params` (the connector
+parameters), :mod:`.settings` (every environment variable), :mod:`.errors`, :mod:`.config_files`
+(untrusted YAML/JSON), :mod:`.files` (files others may have touched), :mod:`.logs` and
+:mod:`.counters`.
 """
 import os as _os
 import site as _site

@@ -74,7 +74,8 @@ class Parameters:
 
 def load_parameters(file: Optional[str] = None,
                     environ: Optional[Mapping[str, str]] = None) -> Parameters:
-    """Read parameters from `file` (YAML/JSON, optional) overlaid by `environ` (default os.environ)."""
+    """Read parameters from `file` (YAML/JSON, optional) overlaid by `environ` (default: the
+    process's environment)."""
     values: Dict[str, Any] = read_parameter_file(file) if file else {}
     values.update(settings.overlay(RULES, environ))
     return parse_parameters(values)

@@ -126,6 +126,12 @@ def overlay(names: Iterable[str], environ: Optional[Mapping[str, str]] = None) -
     return {name: env[name] for name in names if name in env}
 
 
+def export_default(name: str, value: str) -> None:
+    """Set `name` for native libraries of this process and its children that read it (TVM's
+    thread binding), unless the operator set it."""
+    os.environ.setdefault(name, value)
+
+
 def worker_environment() -> Dict[str, str]:
     """A copy of this process's environment for a child process to start from."""
     return dict(os.environ)

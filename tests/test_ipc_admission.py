@@ -6,7 +6,7 @@ import json
 import pytest
 
 from connector.ipc import IPCHost, IPCError, protocol
-from connector.ipc.workboard import NotAdmitted
+from connector.ipc.invocations import NotAdmitted
 
 ARN = "arn:aws:lambda:us-east-1:123456789012:function:judged"
 OTHER = "arn:aws:lambda:us-east-1:123456789012:function:other"

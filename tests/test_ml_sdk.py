@@ -233,12 +233,12 @@ def test_missing_client_file_is_a_dependency_exception_naming_it(tmp_path):
 
 def test_unreachable_host_and_wrong_token_are_dependency_exceptions(service, tmp_path):
     path = str(tmp_path / "ipc.json")
-    clientfile.write(path, "127.0.0.1", service.host.port, "wrong-token", REGION)
+    clientfile.publish(path, clientfile.DEFAULT_NAME, "127.0.0.1", service.host.port, "wrong-token", REGION)
     with pytest.raises(ml.GreengrassDependencyException) as failure:
         infer(b"x")
     assert "403" in str(failure.value)
     service.close()
-    clientfile.write(path, "127.0.0.1", service.host.port, service.host.token, REGION)
+    clientfile.publish(path, clientfile.DEFAULT_NAME, "127.0.0.1", service.host.port, service.host.token, REGION)
     with pytest.raises(ml.GreengrassDependencyException) as failure:
         infer(b"x")
     assert "cannot reach" in str(failure.value)
@@ -406,8 +406,8 @@ def test_client_file_lookup_agrees_with_the_host(tmp_path):
 def test_client_file_safety_rule_and_entry_choice_agree_with_the_host(tmp_path):
     """The SDK keeps its own copy of the safety rule and the entry format: both must agree."""
     path = str(tmp_path / "ipc.json")
-    clientfile.write(path, "127.0.0.1", 1, "tok-a", "eu-west-1", name="alpha")
-    clientfile.write(path, "127.0.0.1", 2, "tok-b", "eu-west-1", name="beta")
+    clientfile.publish(path, "alpha", "127.0.0.1", 1, "tok-a", "eu-west-1")
+    clientfile.publish(path, "beta", "127.0.0.1", 2, "tok-b", "eu-west-1")
     for name in ("alpha", "beta"):
         assert _endpoint.read_client_file(path, name)["token"] == clientfile.read(path, name)["token"]
     with pytest.raises(ValueError, match="several hosts"):
@@ -586,7 +586,7 @@ def test_a_failure_at_the_endpoint_the_file_gives_is_not_retried(service, tmp_pa
     path = str(tmp_path / "ipc.json")
     assert infer(b"x")[0]["text"] == "X"
     service.close()  # removes its entry; written back, the file points at a closed port
-    clientfile.write(path, "127.0.0.1", service.host.port, service.host.token, REGION)
+    clientfile.publish(path, clientfile.DEFAULT_NAME, "127.0.0.1", service.host.port, service.host.token, REGION)
     with pytest.raises(ml.GreengrassDependencyException) as failure:
         infer(b"x")
     assert "cannot reach" in str(failure.value)

@@ -252,7 +252,7 @@ def test_a_stale_entry_is_recognised_and_taken_over(tmp_path):
     ipc = str(tmp_path / "ipc.json")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    clientfile.write(ipc, "127.0.0.1", 1, "old-token", "us-east-1", name="objectDetection")
+    clientfile.publish(ipc, "objectDetection", "127.0.0.1", 1, "old-token", "us-east-1")
     document = json.loads(open(ipc).read())
     document["services"]["objectDetection"]["pid"] = dead.pid
     Path(ipc).write_text(json.dumps(document))

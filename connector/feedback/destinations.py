@@ -21,8 +21,11 @@ import threading
 import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from .. import settings
+from ..errors import excerpt
+from ..files import DIRECTORY_FLAGS, OPERATOR_DIRECTORY_FLAGS, write_at
 from .config import FeedbackConfig
-from .spool import UUID_PATTERN, write_at
+from .records import UUID_PATTERN
 
 PERMANENT_S3_CODES = frozenset([
     "NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
@@ -53,7 +56,7 @@ class TransientError(DeliveryError):
 def checked_sample(sample: Any) -> str:
     """`sample` when it is a uuid4 (what the service generates); it becomes a key and a file name."""
     if not isinstance(sample, str) or re.fullmatch(UUID_PATTERN, sample) is None:
-        raise PermanentError("InvalidSample", "sample id {!r} is not a uuid4".format(sample)[:200])
+        raise PermanentError("InvalidSample", "sample id {} is not a uuid4".format(excerpt(sample, 100)))
     return sample
 
 
@@ -73,13 +76,12 @@ def _json_safe(value: Any) -> Any:
 
 def s3_client_factory(environ: Optional[Mapping[str, str]] = None) -> Callable[[], Any]:
     """A function making one boto3 S3 client (lazily: boto3 is the user's install)."""
-    env = os.environ if environ is None else environ
+    endpoint = settings.get("AWS_ENDPOINT_URL_S3", environ) or settings.get("AWS_ENDPOINT_URL", environ) or None
 
     def make() -> Any:
         import boto3
         from botocore.config import Config
 
-        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         return boto3.session.Session().client(
             "s3", endpoint_url=endpoint,
             config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30))
@@ -138,8 +140,6 @@ def utc_now_text() -> str:
 DISK_FULL_ERRNOS = frozenset([errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
 _PERMANENT_ERRNOS = frozenset([errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ELOOP,
                                errno.EISDIR])
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 LOCAL_FULL = "LocalDirectoryFull"
 
 
@@ -215,7 +215,7 @@ class LocalDirectory(object):
         if not os.path.isdir(root):
             os.makedirs(root, mode=self.dir_mode, exist_ok=True)
             self._own(root)
-        fd = os.open(root, _DIRECTORY)
+        fd = os.open(root, OPERATOR_DIRECTORY_FLAGS)
         try:
             for segment in segments:
                 try:
@@ -223,7 +223,7 @@ class LocalDirectory(object):
                     created = True
                 except FileExistsError:
                     created = False
-                child = os.open(segment, _DIRECTORY | _NOFOLLOW, dir_fd=fd)
+                child = os.open(segment, DIRECTORY_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = child
                 if created:

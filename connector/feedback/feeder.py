@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 from typing import Any, Dict, Mapping, Optional
 
+from .. import settings
 from ..counters import Counters
 from ..ipc import protocol
 from ..ipc.client import IPCError
@@ -92,8 +92,7 @@ def feeder_for(params: Any, client: Any, region: str,
     """
     if not params.feedback_config_id:
         return None
-    env = os.environ if environ is None else environ
-    arn = (env.get(ENV_FUNCTION_ARN) or "").strip() or protocol.feedback_function_arn(region)
+    arn = settings.get(ENV_FUNCTION_ARN, environ) or protocol.feedback_function_arn(region)
     log.info("every answered request goes to the ML Feedback service %s under config %s", arn,
              params.feedback_config_id)
     return FeedbackFeeder(client, arn, params.feedback_config_id,

@@ -37,7 +37,9 @@ from .destinations import (LOCAL_FULL, LocalDirectory, PermanentError, S3Destina
                            s3_client_factory, utc_now_text)
 from .ratelog import RateLimitedLog
 from .publisher import PREDICTION_TOPIC, STATUS_TOPIC, RouterPublisher
-from .spool import ID_PATTERN, QUARANTINE, Entry, Spool, SpoolFull, UnsafeFile
+from ..files import UnsafeFile
+from .records import ID_PATTERN
+from .spool import QUARANTINE, Entry, Spool, SpoolFull
 
 log = logging.getLogger("connector.feedback")
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from .. import settings
-from ..errors import HostStartError
+from ..errors import HostStartError, shorten
 from . import clientfile
 from .auth import Credentials, Principal, new_token
 from .clientfile import DEFAULT_NAME
@@ -41,7 +41,8 @@ from .http.guard import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEAD_TIMEOUT_S, DEFAULT
                          DEFAULT_MAX_READING_BYTES, ConnectionGuard)
 from .http.server import HardenedServer
 from .routes import GreengrassHandler
-from .workboard import DEFAULT_MAX_QUEUED, DEFAULT_MAX_QUEUED_BYTES, AdmissionHook, WorkBoard
+from .invocations import AdmissionHook
+from .workboard import DEFAULT_MAX_QUEUED, DEFAULT_MAX_QUEUED_BYTES, WorkBoard
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import IPCClient
@@ -258,7 +259,7 @@ class IPCHost(object):
             return 200, callback()
         except Exception as exc:  # the scrape must say why, not drop the connection
             log.exception("metrics callback failed")
-            return 500, "metrics failed: {}\n".format(str(exc)[:200])
+            return 500, "metrics failed: {}\n".format(shorten(exc, 200))
 
     def set_readiness(self, readiness: Optional[Callable[[], bool]]) -> None:
         """``GET /readyz`` answers 200 only while this says True (and the host is ready)."""
@@ -320,7 +321,7 @@ class IPCHost(object):
             json.dumps(document)  # fail here, with the reason, rather than in the handler
         except Exception as exc:  # the probe must say why, not drop the connection
             log.exception("health callback failed")
-            return 500, ({"status": "error", "errorMessage": str(exc)[:200]} if detailed
+            return 500, ({"status": "error", "errorMessage": shorten(exc, 200)} if detailed
                          else {"status": "error"})
         return 200, (document if detailed else {"status": "ok"})
 

@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 from urllib.parse import quote, unquote
 
 API_VERSION = "2016-11-01"
@@ -159,11 +159,13 @@ def decode_client_context(value: Optional[str]) -> Dict[str, Any]:
 _JSON_STRUCTURE = re.compile(rb'[\\"\[\]{}]')
 
 
-def nesting_exceeds(text: bytes, limit: int) -> bool:
+def nesting_exceeds(text: Union[str, bytes], limit: int) -> bool:
     """True when the JSON `text` opens more than `limit` arrays/objects inside each other.
 
     Brackets inside strings do not count. Linear in len(text) and stops at the first level over
     `limit`, whatever the text holds (it need not be valid JSON: json.loads judges that)."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogatepass")
     depth, in_string, skip_to = 0, False, -1
     for match in _JSON_STRUCTURE.finditer(text):
         at = match.start()

@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional, Tuple
 
-from . import protocol, workboard
+from . import invocations, protocol
 from .auth import Principal
 from .http.handler import HardenedHandler, Refusal
 
@@ -53,13 +53,13 @@ _PROBES = {protocol.HEALTH_PATH: "health", "/livez": "live", "/readyz": "ready"}
 _FUNCTION_ONLY = {"_get_work": "take its work", "_post_work_result": "answer its work",
                   "_initialized": "report its initialization"}
 _BOARD_REFUSALS = {
-    workboard.NotServed: (404, "ResourceNotFoundException"),
-    workboard.UnknownInvocation: (404, "InvocationNotFound"),
-    workboard.NoResultKept: (400, "NoResultKept"),
-    workboard.AlreadyFinished: (409, "InvocationAlreadyFinished"),
-    workboard.NotDelivered: (409, "InvocationNotDelivered"),
-    workboard.Draining: (503, "ServiceUnavailable"),
-    workboard.Busy: (429, "TooManyRequestsException"),
+    invocations.NotServed: (404, "ResourceNotFoundException"),
+    invocations.UnknownInvocation: (404, "InvocationNotFound"),
+    invocations.NoResultKept: (400, "NoResultKept"),
+    invocations.AlreadyFinished: (409, "InvocationAlreadyFinished"),
+    invocations.NotDelivered: (409, "InvocationNotDelivered"),
+    invocations.Draining: (503, "ServiceUnavailable"),
+    invocations.Busy: (429, "TooManyRequestsException"),
 }
 
 
@@ -220,9 +220,9 @@ class GreengrassHandler(HardenedHandler):
     def _board(self, call: Callable[[Any], Any]) -> Any:
         try:
             return call(self.server.ipc_host.board)
-        except workboard.NotAdmitted as exc:
+        except invocations.NotAdmitted as exc:
             raise Refusal(exc.status, str(exc), exc.error_type)
-        except workboard.WorkBoardError as exc:
+        except invocations.WorkBoardError as exc:
             status, error_type = _BOARD_REFUSALS[type(exc)]
             raise Refusal(status, str(exc), error_type)
 

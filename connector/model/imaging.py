@@ -31,7 +31,7 @@ from typing import Callable, Optional, Tuple
 import cv2
 import numpy as np
 
-from ..errors import InvalidImageError
+from ..errors import InvalidImageError, excerpt
 
 ACCEPTED_CONTENT_TYPES = ("image/jpeg", "image/png")
 DEFAULT_MAX_PIXELS = 40_000_000  # about 8K x 5K; the service lowers it from its memory limit
@@ -113,8 +113,8 @@ def check_content_type(content_type: Optional[str]) -> str:
         raise InvalidImageError("no content type given; send ContentType image/jpeg or image/png")
     media = str(content_type).split(";", 1)[0].strip().lower()
     if media not in ACCEPTED_CONTENT_TYPES:
-        raise InvalidImageError("content type {!r} is not supported; send image/jpeg or image/png"
-                                .format(str(content_type)[:100]))
+        raise InvalidImageError("content type {} is not supported; send image/jpeg or image/png"
+                                .format(excerpt(str(content_type), 100)))
     return media
 
 

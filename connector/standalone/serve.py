@@ -16,7 +16,7 @@ import logging
 from typing import Mapping, Optional, Sequence
 
 from .. import settings
-from ..errors import InferenceTimeoutError, ParameterError
+from ..errors import InferenceTimeoutError, ParameterError, excerpt
 from ..feedback.config import load_parameters as load_feedback_parameters
 from ..ipc import IPCHost, clientfile, protocol
 from ..ipc.auth import new_token
@@ -49,7 +49,7 @@ def daemon_port(environ: Optional[Mapping[str, str]] = None) -> int:
     """``GG_DAEMON_PORT`` (default 8000); ParameterError naming it when it is no port."""
     text = settings.get(protocol.ENV_DAEMON_PORT, environ)
     if not (text.isascii() and text.isdigit() and int(text) < 65536):
-        raise ParameterError("{}={!r} is not a port number".format(protocol.ENV_DAEMON_PORT, text[:20]))
+        raise ParameterError("{}={} is not a port number".format(protocol.ENV_DAEMON_PORT, excerpt(text, 20)))
     return int(text)
 
 

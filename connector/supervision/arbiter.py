@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 from ..errors import shorten
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .supervisor import WorkerSupervisor
 
 log = logging.getLogger("connector.supervision")
 
@@ -23,7 +20,9 @@ RESPAWN_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class Arbiter:
-    def __init__(self, supervisor: "WorkerSupervisor", reload_gate: threading.Lock) -> None:
+    def __init__(self, supervisor: Any, reload_gate: threading.Lock) -> None:
+        """:param supervisor: the WorkerSupervisor it serves (its condition, current worker,
+            watcher and counters; spawn, adopt, switch_to, retire_if_dead, set_failed)."""
         self.supervisor = supervisor
         self.spawn_failures = 0  # starts that failed in a row (under the supervisor's condition)
         self._gate = reload_gate

@@ -20,7 +20,7 @@ import re
 from typing import Mapping, NamedTuple, Optional
 
 from .. import settings
-from ..errors import ParameterError
+from ..errors import ParameterError, excerpt
 from .memory import cgroup_room_kb, cgroup_visible, mem_available_kb
 
 WORKERS_ENV = "CONNECTOR_INFERENCE_WORKERS"
@@ -45,8 +45,8 @@ def requested_workers(environ: Optional[Mapping[str, str]] = None) -> Optional[i
     if raw.lower() == "auto":
         return None
     if not re.match(r"^[0-9]{1,2}$", raw) or not 1 <= int(raw) <= MAX_WORKERS:
-        raise ParameterError("{} must be a number of workers from 1 to {} or auto, got {!r}".format(
-            WORKERS_ENV, MAX_WORKERS, raw[:40]))
+        raise ParameterError("{} must be a number of workers from 1 to {} or auto, got {}".format(
+            WORKERS_ENV, MAX_WORKERS, excerpt(raw, 40)))
     return int(raw)
 
 

@@ -22,6 +22,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from ... import settings
 from ..artefacts import architecture_problem, factory_export_problem
 from ..contract import ModelIO, neo_io
 from .dlr_runtime import (INSTALL_HINT, capture_native_stderr, clean_dlr_message, cuda_problem,
@@ -98,7 +99,7 @@ def import_dlr() -> Any:
         # TVM's thread pool pins the thread that runs a model (and the threads and processes it
         # starts later inherit that) to fixed cores from core 0 unless this is 0: every worker, a
         # reload beside the old worker, and every other thread of the process would share one core.
-        os.environ.setdefault("TVM_BIND_THREADS", "0")
+        settings.export_default("TVM_BIND_THREADS", "0")
         try:
             import dlr
             import dlr.dlr_model  # noqa: F401  (imported lazily by DLRModel; needed to patch it)

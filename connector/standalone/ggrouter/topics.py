@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from ...errors import ParameterError, excerpt
 from ...ipc import protocol
-from ...ipc.workboard import NotAdmitted
+from ...ipc.invocations import NotAdmitted
 
 ENV_ALLOW = "GG_MQTT_ALLOW"
 

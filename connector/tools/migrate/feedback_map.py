@@ -11,14 +11,14 @@ service still migrates (it never waits for feedback).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Union
 
 from ...errors import ParameterError
 from ...feedback import config as feedback_config
 from .group import Connector, Function, V1Group
-from .source import MAX_DEPTH, nesting_depth, show
+from ...ipc.protocol import nesting_exceeds
+from .source import MAX_DEPTH, show
 
 FEEDBACK_CONNECTOR = "MLFeedback"
 FEEDBACK_HANDLER = "connector.feedback.lambda_function.function_handler"
@@ -47,11 +47,11 @@ def _values(source: Union[Connector, Function]) -> Tuple[Dict[str, str], Optiona
             return values, "parameter {} must be a string, not {}".format(name,
                                                                          type(value).__name__)
     text = values.get(feedback_config.MAP_PARAMETER, "")
-    if nesting_depth(text) > MAX_DEPTH:
+    if nesting_exceeds(text, MAX_DEPTH):
         return values, "{} is nested deeper than {} levels".format(feedback_config.MAP_PARAMETER,
                                                                    MAX_DEPTH)
     try:
-        feedback_config.parse_parameters(values, os.environ)
+        feedback_config.parse_parameters(values)
     except (ParameterError, RecursionError) as exc:
         return values, str(exc)
     return values, None

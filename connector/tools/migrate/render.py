@@ -12,7 +12,6 @@ import os
 import shlex
 from typing import Any, Dict, List
 
-import yaml
 
 from .group import Connector
 from .plan import Plan
@@ -26,6 +25,7 @@ FILES = ("params.yaml", "feedback.yaml", "deployment.json", "mqtt-allow.txt", "r
 
 
 def _yaml(header: str, values: Dict[str, str]) -> str:
+    import yaml  # here, not at import: `python -m connector --help` works without PyYAML
     body = yaml.safe_dump(values, default_flow_style=False, sort_keys=False, allow_unicode=False,
                           width=1000)
     return "# {}\n# Written by `python -m connector migrate-v1`; see report.txt.\n{}".format(

@@ -22,15 +22,12 @@ import stat
 from typing import Any, Dict, List, Tuple
 
 from ...errors import MigrationError
+from ...ipc.protocol import nesting_exceeds
 
 MAX_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 32
 SHOW_CHARS = 120
 
-# The closing quote is optional so that an unterminated string still matches (to the end): a
-# failed match would be retried from every later quote, quadratic on '"\\"\\"...' (hours for 4 MiB).
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
-_BRACKET = re.compile(r"[\[\]{}]")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -44,18 +41,6 @@ def show(value: Any, limit: int = SHOW_CHARS) -> str:
     if len(text) > limit:
         return "{}...({} characters)".format(text[:limit], len(text))
     return text
-
-
-def nesting_depth(text: str) -> int:
-    """The deepest nesting of JSON arrays/objects in `text`, brackets inside strings ignored."""
-    depth = deepest = 0
-    for match in _BRACKET.finditer(_STRING.sub('""', text)):
-        if match.group() in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth = max(depth - 1, 0)
-    return deepest
 
 
 def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
@@ -73,7 +58,7 @@ def _refuse_constant(name: str) -> Any:
 
 def parse_json(text: str, where: str) -> Any:
     """Parse `text` under the depth and duplicate-key rules; MigrationError naming `where`."""
-    if nesting_depth(text) > MAX_DEPTH:
+    if nesting_exceeds(text, MAX_DEPTH):
         raise MigrationError("{} is nested deeper than {} levels; no Greengrass V1 document is"
                              .format(where, MAX_DEPTH))
     try:

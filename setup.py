@@ -19,7 +19,7 @@ DEV = [
     "pytest>=7", "pytest-timeout", "hypothesis", "pillow", "pycocotools", "vermin", "onnx",
     # the feedback tests: a real S3 API server that checks signatures, and the MQTT/S3 clients
     "moto[server]>=5", "boto3", "paho-mqtt>=1.6",
-    # manifests/kubernetes validated offline against the Kubernetes schemas (tests/test_kubernetes.py)
+    # manifests/kubernetes validated offline against the Kubernetes schemas (tests/deploy/test_kubernetes.py)
     "kubernetes-validate",
     "torch==2.13.0",  # training the demo detectors only; the runtime never imports it
 ]

@@ -1,5 +1,5 @@
 """A feedback service whose local directory finds the disk full, then gets room again; run in its
-own process by tests/test_feedback_hardening.py (a file-size limit or a mount must not touch the
+own process by tests/feedback/test_hardening.py (a file-size limit or a mount must not touch the
 test process). Prints one JSON line: the counters while the disk is full and after.
 
 ``fsize DIR``: RLIMIT_FSIZE (SIGXFSZ ignored), so writes past 16 KiB fail with EFBIG, which the

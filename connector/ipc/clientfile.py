@@ -32,7 +32,7 @@ live in a second file, ``<client file>.functions``, always 0600, ``{"version": 2
 {<arn>: {"token", "host": <entry name>, "pid", "started"}}}``.
 
 The SDK keeps its own copy of the lookup and the safety rule because it must not import this
-package; ``tests/test_ml_sdk.py`` checks that the two agree.
+package; ``tests/sdk/test_ml_sdk.py`` checks that the two agree.
 """
 from __future__ import annotations
 

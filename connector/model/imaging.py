@@ -20,7 +20,7 @@ not carry every component) is decoded by libjpeg from a buffer of all its DCT co
 bytes per sample of every component plane, so 3 for 4:2:0 YCbCr, 6 for 4:4:4 and 8 for CMYK at
 full resolution: 9.2 and 11.2 bytes a pixel measured for the last two with the wheel, 11.1 and
 13.1 with Debian's OpenCV. Such a file counts 5 + 1.1 x its coefficient bytes a pixel (at least 9).
-``tests/test_imaging.py`` measures the real peak of each kind against this estimate.
+``tests/model/test_imaging.py`` measures the real peak of each kind against this estimate.
 """
 from __future__ import annotations
 

@@ -128,9 +128,9 @@ if ! { in_root apt-get install -y -qq --no-install-recommends $debs >/dev/null &
        in_root "$py" -m pip install -q $pips >/dev/null; }; then
   record "tests (installing pytest)" FAIL; echo "results: $results"; exit 1
 fi
-tests="${TESTS:-tests/test_params.py tests/test_imaging.py tests/test_bad_input.py tests/test_dlr_backend.py
-       tests/test_dlr_phone_home.py tests/test_workers.py tests/test_ipc_host.py tests/test_ipc_local.py
-       tests/test_ipc_runtime.py tests/test_ml_sdk.py tests/test_service.py tests/test_doctor.py}"
+tests="${TESTS:-tests/test_params.py tests/model/test_imaging.py tests/service/test_bad_input.py tests/model/test_dlr_backend.py
+       tests/model/test_dlr_phone_home.py tests/supervision/test_supervisor.py tests/ipc/test_host.py tests/ipc/test_local.py
+       tests/ipc/test_runtime.py tests/sdk/test_ml_sdk.py tests/service/test_service.py tests/tools/test_doctor.py}"
 if in_root bash -c "cd /opt/src && $py -m pytest -q -rfE -p no:randomly -p no:cacheprovider $(echo $tests)" | tee -a "$results" | tail -15; then
   record "tests" ok
 else

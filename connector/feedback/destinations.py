@@ -22,8 +22,8 @@ import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from .. import settings
-from ..errors import excerpt
-from ..files import DIRECTORY_FLAGS, OPERATOR_DIRECTORY_FLAGS, write_at
+from ..errors import ParameterError, excerpt
+from ..files import DIRECTORY_FLAGS, OPERATOR_DIRECTORY_FLAGS, directory_reason, write_at
 from .config import FeedbackConfig
 from .records import UUID_PATTERN
 
@@ -174,6 +174,24 @@ class LocalDirectory(object):
         self.dir_mode = 0o750 if gid is not None else 0o700
         self._used: Dict[str, int] = {}  # bytes under each local directory, as far as we know
         self._lock = threading.Lock()
+
+    @staticmethod
+    def check_root(config: FeedbackConfig) -> None:
+        """ParameterError (one line, with the fix) when the config's local-directory exists and
+        another user could plant or replace samples in it (the rule of connector.files); a missing
+        one is created 0700 by the first sample."""
+        root = str(config.local_directory)
+        if not os.path.lexists(root):
+            return
+        if not os.path.isdir(root):
+            raise ParameterError("config {} local-directory {} is not a directory".format(
+                config.config_id, root))
+        reason = directory_reason(root)
+        if reason:
+            raise ParameterError("unsafe local-directory of config {}: {}; another user could plant or "
+                                 "replace samples. Fix: chmod go-w (and chown to this user) the "
+                                 "directories named, or choose a directory only this user can "
+                                 "write".format(config.config_id, reason))
 
     def put(self, config: FeedbackConfig, sample: str, image: bytes, sidecar: Dict[str, Any]
             ) -> Dict[str, Any]:

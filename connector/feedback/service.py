@@ -79,6 +79,9 @@ class FeedbackService(object):
                       for cid, config in params.configs.items()}
         self.s3 = s3 or S3Destination(s3_client_factory())
         self.local = LocalDirectory(params.files_gid)
+        for config in params.configs.values():  # checked at start, as the spool directory is
+            if config.local_directory:
+                self.local.check_root(config)
         self.counters = Counters(("accepted", "refused", "dropped", "delivered", "failed", "retries",
                                   "full", "disk_errors", "delivery_restarts"))
         self._accept_lock = threading.Lock()  # RequestLimit check and spool add are one step
@@ -280,6 +283,7 @@ class FeedbackService(object):
             self._status(request_id, {"status": record["verdict"]})
             self.spool.remove(entry)
             self._count("dropped")
+            self._count(record["verdict"])  # why: sample_dropped_by_strategy, _by_condition, ...
             return
         failure = record.get("failure")
         if failure is None:

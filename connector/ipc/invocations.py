@@ -23,6 +23,10 @@ class NotServed(WorkBoardError):
     """No worker serves this function ARN (see the served-ARN rule)."""
 
 
+class Starting(WorkBoardError):
+    """The function will be served once it has started (its model is loading); retry soon."""
+
+
 class Draining(WorkBoardError):
     """The host is shutting down and takes no new work."""
 

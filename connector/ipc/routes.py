@@ -22,6 +22,7 @@ Content-Length missing / body too large     411 / 413
 request line too long / HTTP/2+ version     414 / 505
 ARN nobody serves, unknown invocation id    404
 result for a finished / undelivered item    409
+function starting (its model loading)       503 ServiceStarting + Retry-After (retry soon)
 host shutting down                          503
 head / body not complete in time            connection closed (see http/guard.py)
 function timed out (get_work_result)        200 + X-Amz-Function-Error: Unhandled
@@ -59,8 +60,12 @@ _BOARD_REFUSALS = {
     invocations.AlreadyFinished: (409, "InvocationAlreadyFinished"),
     invocations.NotDelivered: (409, "InvocationNotDelivered"),
     invocations.Draining: (503, "ServiceUnavailable"),
+    invocations.Starting: (503, "ServiceStarting"),
     invocations.Busy: (429, "TooManyRequestsException"),
 }
+
+
+RETRY_AFTER_S = 1
 
 
 def bearer_stripped(given: Optional[str]) -> Optional[str]:
@@ -224,7 +229,9 @@ class GreengrassHandler(HardenedHandler):
             raise Refusal(exc.status, str(exc), exc.error_type)
         except invocations.WorkBoardError as exc:
             status, error_type = _BOARD_REFUSALS[type(exc)]
-            raise Refusal(status, str(exc), error_type)
+            # A function that is starting will serve in a moment: the caller may retry (the SDK does).
+            retry = [("Retry-After", str(RETRY_AFTER_S))] if isinstance(exc, invocations.Starting) else []
+            raise Refusal(status, str(exc), error_type, retry)
 
     def _required_invocation_id(self) -> str:
         invocation_id = (self.headers.get(protocol.HEADER_INVOCATION_ID) or "").strip()

@@ -47,7 +47,8 @@ from typing import Any, Callable, Deque, Dict, Optional
 
 from . import protocol
 from .invocations import (DONE, QUEUED, RUNNING, AdmissionHook, AlreadyFinished, Busy, Draining,
-                          Invocation, NoResultKept, NotDelivered, NotServed, UnknownInvocation)
+                          Invocation, NoResultKept, NotDelivered, NotServed, Starting,
+                          UnknownInvocation)
 
 COUNTER_NAMES = ("timeouts", "abandoned", "late_results", "busy")
 
@@ -63,6 +64,7 @@ class _Function(object):
         self.timeout_s: Optional[float] = None
         self.timeout_message = DEFAULT_TIMEOUT_MESSAGE
         self.admit: Optional[AdmissionHook] = None
+        self.starting: Optional[str] = None  # why it cannot serve yet (its model is loading)
         # What callers experienced: the board's timeouts, callers that hung up before their answer,
         # and results a worker posted after their caller had been answered.
         self.counters: Dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
@@ -112,12 +114,25 @@ class WorkBoard(object):
         with self._lock:
             fn = self._function(function_arn)
             fn.registered = served
+            fn.starting = None
             if admit is not None:
                 fn.admit = admit
             if timeout_s is not None:
                 fn.timeout_s = float(timeout_s)
             if timeout_message is not None:
                 fn.timeout_message = timeout_message
+
+    def starting(self, function_arn: str, why: str) -> None:
+        """`function_arn` will be served once it has started (:meth:`register`); until then a
+        post_work for it is refused with :class:`Starting` saying `why` (the caller retries),
+        not with NotServed (a misspelt address)."""
+        with self._lock:
+            self._function(function_arn).starting = why
+
+    def served(self) -> "list[str]":
+        """The function ARNs served now (for the message to a caller who named another)."""
+        with self._lock:
+            return sorted(arn for arn in self._functions if self.is_served(arn))
 
     def counters(self, function_arn: str) -> Dict[str, int]:
         """What callers of `function_arn` experienced: timeouts, abandoned, late_results, busy."""
@@ -201,12 +216,16 @@ class WorkBoard(object):
         if self._draining:
             raise Draining("the IPC host is shutting down and accepts no new work")
         self._sweep()
+        fn = self._functions.get(function_arn)
+        if fn is not None and fn.starting is not None:
+            raise Starting("{} is starting: {}; retry in a moment".format(function_arn, fn.starting))
         if not self.is_served(function_arn):
-            fn = self._functions.get(function_arn)
             if fn is not None and _failed_initialization(fn):
                 raise NotServed("{} reported that it failed to initialize: {}".format(
                     function_arn, fn.initialization.get("Response") or "(no reason given)"))
-            raise NotServed("no function serves {} on this host".format(function_arn))
+            served = self.served()
+            raise NotServed("no function serves {} on this host; it serves {}".format(
+                function_arn, ", ".join(served) if served else "none yet"))
 
     def wait_result(self, function_arn: str, invocation_id: str, owner: str = "",
                     cancelled: Callable[[], bool] = lambda: False) -> Invocation:

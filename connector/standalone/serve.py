@@ -88,11 +88,14 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
         host = start_host(port, bind, env, params.timeout_seconds, max_body_bytes,
                           params.service_name, client_file_group)
         undo.callback(host.shutdown, grace_s=0)  # a start that fails later: close at once
+        arn = service_arn(host.region, params)
+        # Callers that come while the model loads are told to retry (the SDK waits), not that
+        # nothing serves their address.
+        host.board.starting(arn, "its model {} is loading".format(params.model_resource_id))
         service = SupervisedService.from_parameters(params, env)
         undo.callback(service.close)
         companions = Companions(host, env, mqtt, feedback, params)
         undo.callback(companions.close)
-        arn = service_arn(host.region, params)
         loop = _serve_connector(host, arn, params, ConnectorHandler(service, companions.feeder),
                                 max(concurrency, len(service.pool.supervisors) + 1))
         undo.callback(loop.stop, SHUTDOWN_GRACE_S)

@@ -434,3 +434,25 @@ def test_bad_install_mode_is_one_clear_line(tmp_path, wheel):
     core = Core(tmp_path / "g2", wheel, package_install(tmp_path, SitePackages=str(tmp_path / "none")))
     assert core.run_step("Install", tmp_path / "install2.log") == 1
     assert "Install=package needs SitePackages" in (tmp_path / "install2.log").read_text()
+
+
+def test_what_migrate_v1_deploys_is_what_the_component_reads(tmp_path):
+    """migrate-v1's deployment configures keys the recipe has (its MqttAllow reaches the service
+    as GG_MQTT_ALLOW on every platform), for the component version this package is."""
+    from connector import __version__
+
+    recipe = load_recipe()
+    assert recipe["ComponentVersion"] == __version__
+    out = tmp_path / "migrated"
+    subprocess.run([sys.executable, "-m", "connector", "migrate-v1",
+                    str(ROOT / "tests" / "fixtures" / "greengrass-v1" / "group-x86_64.json"),
+                    "--out", str(out), "--model-path", str(tmp_path)], check=True, cwd=str(ROOT),
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deployment = json.loads((out / "deployment.json").read_text())
+    component = deployment["components"]["com.example.ObjectDetectionService"]
+    assert component["componentVersion"] == __version__
+    merged = json.loads(component["configurationUpdate"]["merge"])
+    assert set(merged) <= set(recipe["ComponentConfiguration"]["DefaultConfiguration"]), merged
+    for manifest in recipe["Manifests"]:
+        assert manifest["Lifecycle"]["Setenv"]["GG_MQTT_ALLOW"] == "{configuration:/MqttAllow}"
+        assert manifest["Lifecycle"]["Setenv"]["GG_MQTT_URL"] == "{configuration:/MqttUrl}"

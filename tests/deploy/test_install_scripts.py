@@ -74,6 +74,7 @@ def test_a_failed_step_is_reported_with_what_was_done(tmp_path):
 def test_systemd_unit_template():
     unit = (ROOT / "scripts" / "install" / "gg-ml-connector.service").read_text()
     for line in ("MemoryMax=@MEMORY_MAX@", "Restart=on-failure", "ExecStart=@PREFIX@/bin/python -m connector serve",
+                 "--client-file-group gg-ml-connector",
                  "StartLimitBurst=", "User=gg-ml-connector"):
         assert line in unit
     service = unit.split("[Service]")[1].split("[Install]")[0]

@@ -158,6 +158,8 @@ def test_connector_and_sdk_samples_reach_s3_and_mqtt(tmp_path, model_dir, sdk_en
         assert all(len(v) == 1 for v in subscriber.statuses().values()), subscriber.statuses()
         status_code, health = healthz(info["port"], info["token"])
         assert health["feedback"]["refused"] == 5 and health["feeder"]["fed"] >= 1
+        # A dropped sample's reason is counted with it (the "never" config's strategy).
+        assert health["feedback"]["dropped"] == health["feedback"]["sample_dropped_by_strategy"] >= 1, health
         assert health["mqtt"]["forwarded"] >= 1, health  # the broker URL is for authenticated probes only
     finally:
         assert proc.stop() == 0, proc.log()

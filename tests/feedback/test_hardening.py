@@ -308,6 +308,23 @@ def test_a_spool_directory_others_can_write_is_refused(tmp_path, mode, who):
     assert "chmod go-w" in message
 
 
+@pytest.mark.parametrize("mode,who", [(0o777, "others"), (0o775, "its group")])
+def test_a_local_directory_others_can_write_is_refused_at_start(tmp_path, router, mode, who):
+    """The samples' root is checked like the spool directory: another user who can write it could
+    plant or replace samples (a missing one is created 0700 by the first sample)."""
+    host, _ = router
+    root = tmp_path / "samples"
+    root.mkdir()
+    root.chmod(mode)
+    with pytest.raises(ParameterError) as refused:
+        service(tmp_path, host)
+    message = str(refused.value)
+    assert "\n" not in message and "local-directory of config l1" in message
+    assert "writable by " + who in message and "chmod go-w" in message
+    root.chmod(0o700)
+    service(tmp_path, host).close()
+
+
 def test_a_symlinked_spool_directory_is_refused(tmp_path):
     real = tmp_path / "real"
     real.mkdir(mode=0o700)

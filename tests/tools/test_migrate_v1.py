@@ -140,7 +140,7 @@ def test_four_definition_versions_combine_feedback_twilio_and_lambda(tmp_path, c
             "no V2 equivalent found",
             "arn:aws:lambda:eu-west-1:123456789012:function:PeopleCounter:prod",
             "handler counter.function_handler; pinned true; memory 131072 KB; timeout 15 s",
-            "aws.greengrass.LambdaLauncher",
+            "V2 generic component",
             "GGIPDetector:1: Greengrass V1 system function",
             "TriggerNotification", "input of the TwilioNotifications connector",
             "OutputStatus", "published by the TwilioNotifications connector",

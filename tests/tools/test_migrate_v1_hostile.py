@@ -5,6 +5,7 @@ document says printed raw.
 from __future__ import annotations
 
 import json
+import shlex
 import os
 from pathlib import Path
 
@@ -151,9 +152,11 @@ def test_feedback_map_nested_too_deep_is_reported_not_crashed(capsys, tmp_path):
     assert not (tmp_path / "out" / "feedback.yaml").exists()
 
 
-def test_a_quote_never_reaches_the_v2_components_shell(capsys, tmp_path):
-    """The component's run script writes `printf '%s' '{configuration:/Parameters}'`: a quote in a
-    value would end the shell word and run the rest on every device of the thing group."""
+def test_a_quote_in_a_value_is_carried_as_data(capsys, tmp_path):
+    """The V2 component hands its configuration to its scripts through Setenv only, quoted there
+    (tests/deploy/test_greengrass_v2.py::test_a_quote_in_a_configuration_value_is_data_not_code):
+    a value with quotes and shell syntax is written into deployment.json as it is, and the
+    commands the report prints quote it."""
     doc = json.loads(GROUP.read_text())
     lam = doc["Functions"][1]["FunctionArn"]
     doc["Subscriptions"].append({"Id": "q", "Source": lam, "Subject": "a/'$(reboot)'", "Target": "cloud"})
@@ -163,14 +166,13 @@ def test_a_quote_never_reaches_the_v2_components_shell(capsys, tmp_path):
     rc, stdout, err = migrate(capsys, src, "--out", tmp_path / "out", "--model-path", model)
     assert rc == 0
     out = tmp_path / "out"
-    assert not (out / "deployment.json").exists()
-    assert "parameter MLModelDestinationPath holds a single quote" in err
-    assert "V2 fleet:    none:" in stdout
-    assert "'" not in (out / "mqtt-allow.txt").read_text()
-    assert "the topic holds a single quote" in (out / "report.txt").read_text()
-    rc, _, _ = migrate(capsys, src, "--out", out)
-    assert rc == 0 and "'" not in json.loads((out / "deployment.json").read_text())[
-        "components"]["com.example.ObjectDetectionService"]["configurationUpdate"]["merge"]
+    merge = json.loads(json.loads((out / "deployment.json").read_text())[
+        "components"]["com.example.ObjectDetectionService"]["configurationUpdate"]["merge"])
+    assert merge["Parameters"]["MLModelDestinationPath"] == str(model)
+    assert "a/'$(reboot)'" in merge["MqttAllow"].split(",")
+    assert "a/'$(reboot)'" in (out / "mqtt-allow.txt").read_text().splitlines()
+    here = next(line.strip() for line in stdout.splitlines() if line.strip().startswith("here:"))
+    assert shlex.split(here[len("here:"):])[-1] == "a/'$(reboot)'"
 
 
 # --- writing: only under --out, fixed names, never through a link -----------------------------

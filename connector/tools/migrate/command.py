@@ -12,6 +12,7 @@ import re
 import sys
 from typing import List, Tuple
 
+from ... import __version__
 from ...params import RULES
 from . import render, writer
 from .group import REGION_PATTERN, V1Group, add_document
@@ -66,8 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the ObjectDetection connector's Id, when the group has several")
     p.add_argument("--thing-group", metavar="NAME",
                    help="V2 thing group to deploy to (default: a placeholder to edit)")
-    p.add_argument("--component-version", default="1.0.0", metavar="VERSION",
-                   help="version of com.example.ObjectDetectionService to deploy (default 1.0.0)")
+    p.add_argument("--component-version", default=__version__, metavar="VERSION",
+                   help="version of com.example.ObjectDetectionService to deploy (default {}, this "
+                        "package's)".format(__version__))
     p.add_argument("--region", help="AWS region of the deployment (default: from the documents)")
     p.add_argument("--account", metavar="ACCOUNT_ID",
                    help="AWS account id of the thing group (default: from the documents)")

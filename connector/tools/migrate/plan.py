@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ... import __version__
 from ...errors import ParameterError
 from ...params import RULES, parse_parameters
 from .group import ML_RESOURCE_TYPES, Connector, Function, Resource, V1Group, get
@@ -44,7 +45,7 @@ class Options:
     params: Tuple[Tuple[str, str], ...] = ()
     connector_id: Optional[str] = None
     thing_group: Optional[str] = None
-    component_version: str = "1.0.0"
+    component_version: str = __version__  # the component's version is the package's
     region: Optional[str] = None
     account: Optional[str] = None
 
@@ -70,13 +71,9 @@ class Plan:
 
     @property
     def deployment_problem(self) -> Optional[str]:
-        """Why deployment.json cannot be written, or None. The V2 component's run script writes
-        its Parameters inside a single-quoted shell word: a quote in a value would end the word
-        and run the rest as a command on every device of the thing group."""
-        quoted = [name for name, value in self.params.items() if "'" in value]
-        if quoted:
-            return ("parameter {} holds a single quote, which the V2 component's run script "
-                    "cannot carry; deployment.json is not written".format(quoted[0]))
+        """Why deployment.json cannot be written, or None. (The V2 component hands its
+        configuration to its scripts only through Setenv, quoted there, so no value is ever shell
+        code: nothing in a value can stop the deployment.)"""
         return None
 
 

@@ -30,9 +30,9 @@ V2_SYSTEM_FUNCTIONS = {
     "GGStreamManager": "aws.greengrass.StreamManager",
 }
 _SYSTEM = re.compile(r"^arn:aws[a-z-]*:lambda:::function:(GG[A-Za-z]+)")
-USER_LAMBDA_POINTER = ("-> run it unchanged as a plain program that calls the service through the "
-                       "bundled SDK (it finds the standalone service by its client file), or as a "
-                       "V2 Lambda component (aws.greengrass.LambdaLauncher)")
+USER_LAMBDA_POINTER = ("-> run its code unchanged as a plain program, or as a V2 generic component, "
+                       "that calls the service through the bundled SDK (it finds the service by its "
+                       "client file: GG_ML_IPC_FILE; docs/greengrass-v2.md)")
 
 
 def connector_pointer(name: str) -> str:

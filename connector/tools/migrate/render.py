@@ -13,6 +13,7 @@ import shlex
 from typing import Any, Dict, List
 
 
+from ... import __version__
 from .group import Connector
 from .plan import Plan
 from .source import show
@@ -20,7 +21,10 @@ from . import pointers
 
 COMPONENT = "com.example.ObjectDetectionService"
 UPDATE_TIMEOUT_S = 60
-CONFIG_IN_CONTAINER = "/etc/gg-ml-connector"
+# Where the image (scripts/container/) reads its parameters and writes the client file.
+CONFIG_IN_CONTAINER = "/etc/gg-ml/params.yaml"
+CLIENT_FILE_DIR_IN_CONTAINER = "/run/gg-ml"
+IMAGE = "localhost/ml-object-detection-connector:{}".format(__version__)
 FILES = ("params.yaml", "feedback.yaml", "deployment.json", "mqtt-allow.txt", "report.txt")
 
 
@@ -98,11 +102,11 @@ def next_steps(plan: Plan, out: str) -> List[str]:
     feedback = " --feedback-config {}".format(_q(os.path.join(out, "feedback.yaml"))) \
         if has_feedback else ""
     allow = ",".join(a.filter for a in plan.allowed)
-    container = ("podman run -d --name gg-ml-connector --network host -v {p}:{c}/params.yaml:ro "
-                 "-v {m}:{m}:ro -v /run/gg-ml-connector:/run/gg-ml-connector "
-                 "-e GG_ML_IPC_FILE=/run/gg-ml-connector/ipc.json{e} IMAGE "
-                 "python -m connector serve --config {c}/params.yaml").format(
+    # The image's entry point runs serve on CONFIG_IN_CONTAINER (docs/container.md).
+    container = ("podman run -d --name object-detection --network host --pid host --user "
+                 "\"$(id -u):$(id -g)\" -v {p}:{c}:ro -v {m}:{m}:ro -v \"$HOME/.gg-ml:{d}\"{e} {i}").format(
         p=_q(params), c=CONFIG_IN_CONTAINER, m=_q(plan.params["MLModelDestinationPath"]),
+        d=CLIENT_FILE_DIR_IN_CONTAINER, i=IMAGE,
         e=" -e GG_MQTT_ALLOW={}".format(_q(allow)) if allow else "")
     return [
         "here:        python -m connector serve --config {}{}{}".format(
@@ -111,7 +115,8 @@ def next_steps(plan: Plan, out: str) -> List[str]:
             _q("file://" + os.path.join(out, "deployment.json")))
         if not plan.deployment_problem else "V2 fleet:    none: " + plan.deployment_problem,
         "container:   " + container,
-        "Kubernetes:  kubectl create configmap gg-ml-connector --from-file={}".format(
+        "Kubernetes:  kubectl -n gg-ml create configmap object-detection-params --from-file={} "
+        "--dry-run=client -o yaml | kubectl apply -f -   (manifests/kubernetes, docs/kubernetes.md)".format(
             _q("params.yaml=" + params)),
         "systemd:     sudo scripts/install/{} --systemd --config {}{}".format(
             plan.install_script, _q(params), " --feedback" if has_feedback else ""),
@@ -171,13 +176,14 @@ def report(plan: Plan, out: str, written: List[str]) -> str:
     lines += ["", "NOT MAPPED"] + pointers.unmapped_lines(plan)
     lines += ["", "WARNINGS"] + (["  " + w for w in plan.warnings] or ["  none"])
     lines += ["", "EDIT BEFORE USE"] + (["  " + p for p in plan.placeholders] or ["  nothing"])
-    lines += ["", "NEXT: run it one of these ways (IMAGE: an image with this package installed; "
-              "this repository ships none)"] + ["  " + s for s in next_steps(plan, out)]
+    lines += ["", "NEXT: run it one of these ways (the container image: scripts/container/build.sh, "
+              "docs/container.md)"] + ["  " + s for s in next_steps(plan, out)]
     lines += ["  note, systemd: the unit runs `serve --config` only; for feedback or MQTT add "
               "--feedback-config / --mqtt-url and Environment=GG_MQTT_ALLOW=... with "
               "`sudo systemctl edit gg-ml-connector`",
               "  note, V2 fleet: publish the component first (manifests/greengrass-v2/"
-              "standalone-component-recipe.yaml, aws greengrassv2 create-component-version); "
+              "standalone-component-recipe.yaml, aws greengrassv2 create-component-version; MqttUrl for "
+              "the broker); "
               "the fleet component runs no feedback service"]
     return "\n".join(lines) + "\n"
 

@@ -67,9 +67,6 @@ def filter_problem(topic: str) -> Optional[str]:
         return "the topic holds a control character"
     if "," in topic:
         return "the topic holds a comma, which separates GG_MQTT_ALLOW's entries"
-    if "'" in topic:
-        return ("the topic holds a single quote, which the V2 component's run script (a single-"
-                "quoted shell word) cannot carry")
     if len(topic.encode("utf-8")) > MAX_TOPIC_BYTES:
         return "the topic is longer than AWS IoT's {} bytes".format(MAX_TOPIC_BYTES)
     levels = topic.split("/")

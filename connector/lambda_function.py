@@ -17,7 +17,7 @@ from .errors import ConnectorError, ParameterError
 from .feedback.feeder import FeedbackFeeder, feeder_for
 from .logs import configure_logging
 from .params import load_parameters
-from .service.handler import ConnectorHandler
+from .service.lambda_handler import ConnectorHandler
 from .service.inference import InferenceService, SupervisedService
 
 Service = Union[InferenceService, SupervisedService]

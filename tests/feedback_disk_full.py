@@ -23,7 +23,7 @@ from pathlib import Path
 
 from connector.feedback import config as fc
 from connector.feedback.publisher import RouterPublisher
-from connector.feedback.service import FeedbackService, SpoolFullError
+from connector.feedback.collector import FeedbackService, SpoolFullError
 from connector.ipc import IPCHost, run_lambda
 from connector.ipc.protocol import GGROUTER_ARN as ROUTER_ARN
 

@@ -12,7 +12,7 @@ It answers at ``arn:aws:lambda:<region>:aws:function:MLFeedback``, so the SDK's 
 * :mod:`.destinations`- S3 (boto3) and a local directory (image plus a JSON sidecar)
 * :mod:`.publisher`   - MQTT the Greengrass way: post_work to the GGRouter function
 * :mod:`.ratelog`     - a log line repeated at most once a minute, with what it held back
-* :mod:`.service`     - accepting requests (the Lambda handler) and the delivery worker
+* :mod:`.collector`   - :class:`FeedbackService`: accepting requests (the Lambda handler) and delivering them
 * :mod:`.lambda_function` - the Greengrass Lambda entry point
 * :mod:`.feeder`      - the object-detection connector's side: hand every answer over, never waiting
 

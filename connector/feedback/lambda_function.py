@@ -19,7 +19,7 @@ from ..ipc.client import IPCClient
 from ..logs import configure_logging
 from .config import MAP_PARAMETER, FeedbackParameters, load_parameters
 from .publisher import RouterPublisher
-from .service import FeedbackService
+from .collector import FeedbackService
 
 log = logging.getLogger("connector.feedback.lambda")
 

@@ -25,7 +25,7 @@ from ..ipc import IPCClient, clientfile, protocol
 from ..ipc.runtime import run_lambda
 from ..logs import configure_logging
 from ..params import load_parameters
-from ..service.handler import ConnectorHandler
+from ..service.lambda_handler import ConnectorHandler
 from ..service.inference import SupervisedService
 from .lifecycle import reload_on_sighup, stop_on_signals
 from .serve import service_arn

@@ -17,7 +17,7 @@ from ..feedback.config import FeedbackParameters
 from ..feedback.feeder import FeedbackFeeder, feeder_for
 from ..feedback.lambda_function import start_service
 from ..feedback.publisher import PREDICTION_TOPIC, STATUS_TOPIC
-from ..feedback.service import FeedbackService
+from ..feedback.collector import FeedbackService
 from ..ipc import protocol
 from ..ipc.runtime import LambdaThread
 from ..service.health import Health

@@ -25,7 +25,7 @@ from ..ipc.runtime import LambdaThread
 from ..logs import configure_logging
 from ..params import Parameters, load_parameters
 from ..service import metrics
-from ..service.handler import ConnectorHandler
+from ..service.lambda_handler import ConnectorHandler
 from ..service.health import Health
 from ..service.inference import SupervisedService
 from ..supervision.sizing import requested_workers

@@ -21,7 +21,7 @@ from connector.service import metrics
 from connector.errors import ParameterError
 from connector.feedback import config as fc
 from connector.feedback.publisher import RouterPublisher
-from connector.feedback.service import FeedbackService, InvalidFeedbackRequest
+from connector.feedback.collector import FeedbackService, InvalidFeedbackRequest
 from connector.feedback import spool as spool_module
 from connector.feedback.spool import Spool
 from connector.files import UnsafeFile, write_atomic

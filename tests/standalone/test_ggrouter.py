@@ -11,8 +11,8 @@ from connector.errors import ParameterError
 from connector.ipc import IPCClient, IPCError, protocol
 from connector.ipc.protocol import GGROUTER_ARN as ROUTER_ARN
 from connector.standalone.ggrouter.settings import DEFAULT_MAX_QUEUED_BYTES, MqttSettings
-from connector.standalone.ggrouter.topics import (PublishPolicy, PublishRefused, check_filter, check_topic,
-                                                  filter_matches)
+from connector.standalone.ggrouter.topics import (PublishPolicy, PublishRefused, check_filter,
+                                                  check_topic, filter_matches)
 from tests.feedback_servers import MOSQUITTO, SAME_USER, free_port, wait_port
 from tests.service_process import ROOT, Proc, clean_env, healthz, wait_for_client_file, wait_ready
 

@@ -14,7 +14,7 @@ import pytest
 from connector.feedback import config as fc
 from connector.feedback.destinations import S3Destination, s3_client_factory
 from connector.feedback.publisher import RouterPublisher
-from connector.feedback.service import FeedbackService, SpoolFullError
+from connector.feedback.collector import FeedbackService, SpoolFullError
 from connector.feedback.spool import Spool
 from connector.ipc import IPCHost, run_lambda
 from connector.ipc.protocol import GGROUTER_ARN as ROUTER_ARN

@@ -1,4 +1,4 @@
-"""The feedback service: accept a request (the Lambda handler), then deliver it from the spool.
+"""The feedback service's collector: accept a request (the Lambda handler), then deliver it from the spool.
 
 Accepting (what ``client('feedback').publish`` waits for) validates the request, applies the
 config's gate (conditions, sampling strategy, cooldown, budgets; see :mod:`.gate`) and writes the

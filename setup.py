@@ -19,7 +19,7 @@ DEV = [
     "pytest>=7", "pytest-timeout", "hypothesis", "pillow", "pycocotools", "vermin", "onnx",
     # the feedback tests: a real S3 API server that checks signatures, and the MQTT/S3 clients
     "moto[server]>=5", "boto3", "paho-mqtt>=1.6",
-    # manifests/kubernetes validated offline against the Kubernetes schemas (tests/test_kubernetes.py)
+    # manifests/kubernetes validated offline against the Kubernetes schemas (tests/deploy/test_kubernetes.py)
     "kubernetes-validate",
     "torch==2.13.0",  # training the demo detectors only; the runtime never imports it
 ]
@@ -40,7 +40,7 @@ setup(
     packages=find_packages(include=["connector", "connector.*"])
     + ["greengrass_machine_learning_sdk"],
     package_dir={"greengrass_machine_learning_sdk": "ml_sdk/greengrass_machine_learning_sdk"},
-    package_data={"connector.models": ["*/*.onnx", "*/labels.txt", "*/model.yaml",
+    package_data={"connector.demos": ["*/*.onnx", "*/labels.txt", "*/model.yaml",
                                        # the Neo-compiled demos (scripts/tools/make_test_models.sh --demos)
                                        "*/compiled.*", "*/compiled_model.json", "*/model-shapes.json",
                                        "*/hyperparams.json", "*/MANIFEST"]},

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import numpy as np  # noqa: E402
 
 from connector.ipc import IPCClient, protocol  # noqa: E402
-from connector.models import DEFAULT_MODEL, model_path  # noqa: E402
+from connector.demos import DEFAULT_MODEL, model_path  # noqa: E402
 from shapes_dataset import COMMON_SIZES, encode_mixed, make_sample  # noqa: E402
 from tests.service_process import healthz, start_serve  # noqa: E402
 

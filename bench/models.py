@@ -36,10 +36,10 @@ sys.path.insert(0, str(ROOT / "ml_sdk"))
 import numpy as np  # noqa: E402
 
 from bench.soak import table  # noqa: E402
-from connector import preprocess  # noqa: E402
-from connector.engine import Engine  # noqa: E402
+from connector.model import preprocess  # noqa: E402
+from connector.model.engine import Engine  # noqa: E402
 from connector.errors import ConnectorError  # noqa: E402
-from connector.models import bundled_models  # noqa: E402
+from connector.demos import bundled_models  # noqa: E402
 from tests import images, onnx_models  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def median_ms(fn: Callable[[], object], runs: int) -> float:
 def build_models(work: Path) -> List[Tuple[str, str]]:
     models = [(name, path) for name, path in bundled_models().items()]
     try:
-        from connector import dlr_runtime
+        from connector.model.backends import dlr_runtime
         from tests.dlr_fixture.build import build_dlr_model
         if dlr_runtime.find_dlr_package() is not None and shutil.which("gcc"):
             models.append(("neo-fixture-nhwc", build_dlr_model(work / "neo-nhwc")))

@@ -33,7 +33,7 @@ from connector.ipc import IPCClient, IPCError, protocol  # noqa: E402
 from tests import images  # noqa: E402
 from tests.dlr_fixture.build import (RED, blank_image, build_dlr_model, draw_box,  # noqa: E402
                                      set_trigger, sleep_pixel)
-from tests.service_process import healthz, start_serve  # noqa: E402
+from tests.service_process import counters, healthz, start_serve  # noqa: E402
 
 CONTEXT = protocol.encode_client_context({"Content-Type": "image/png"})
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
             assert out.func_err is None, out.payload
             alone.append(time.monotonic() - started)
         per_image = min(alone)
-        before = healthz(port, token)[1]
+        before = counters(healthz(port, token)[1])
 
         outcomes = {"answered": 0, "timed out": 0, "other": 0}
         wrong_message = []
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
             t.join()
         elapsed = time.monotonic() - started
         time.sleep(args.image_seconds * 2)  # let the worker finish what it holds
-        after = healthz(port, token)[1]
+        after = counters(healthz(port, token)[1])
         delta = {k: after.get(k, 0) - before.get(k, 0)
                  for k in ("timeouts", "late_results", "shed", "abandoned", "crashes", "restarts")}
 

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request, Response  # noqa: E402
 import uvicorn  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
 
-from connector.engine import Engine  # noqa: E402
+from connector.model.engine import Engine  # noqa: E402
 from connector.errors import ConnectorError  # noqa: E402
 
 

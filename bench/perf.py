@@ -6,7 +6,7 @@ For each model, on 640x480 and 1920x1080 JPEGs, interleaved request by request:
 * ``raw``     - the runtime alone (``backend.run``) on a ready tensor: the floor (a session of its
   own, so that the engine's weights are not run twice a round);
 * ``engine``  - ``Engine.infer_text`` in this process: decode, preprocess, run, postprocess, render;
-* ``worker``  - the same through one supervised worker process (``WorkerPool.infer``) called from
+* ``worker``  - the same through one supervised worker process (``WorkerSupervisor.infer``) called from
   this process: the worker hop without HTTP, to split the service's overhead;
 * ``svc wN``  - a real ``python -m connector serve`` with N inference workers, through the
   unmodified ML SDK (one setting per ``--workers`` value);
@@ -45,10 +45,10 @@ for extra in (ROOT, ROOT / "ml_sdk", ROOT / "scripts", ROOT / "bench"):
 
 import numpy as np  # noqa: E402
 
-from connector import imaging, preprocess  # noqa: E402
-from connector.engine import Engine  # noqa: E402
-from connector.models import model_path  # noqa: E402
-from connector.workers import WorkerPool  # noqa: E402
+from connector.model import imaging, preprocess  # noqa: E402
+from connector.model.engine import Engine  # noqa: E402
+from connector.demos import model_path  # noqa: E402
+from connector.supervision.supervisor import WorkerSupervisor  # noqa: E402
 from shapes_dataset import encode_mixed, make_sample  # noqa: E402
 from soak import percentile, process_tree, status_kb, table  # noqa: E402
 from tests.service_process import start_serve  # noqa: E402
@@ -274,12 +274,13 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
         return text
 
     def one_worker(ctype: str, body: bytes) -> str:
-        text = pool.infer(body, ctype)[1]
-        phases.last["worker"] = pool.phase_times()
+        answer = pool.infer(body, ctype)
+        text = answer.text
+        phases.last["worker"] = answer.timings
         return text
 
     methods["engine"] = in_process
-    pool = WorkerPool(model_dir, args.device, timeout_s=60.0, service_name="perf")
+    pool = WorkerSupervisor(model_dir, args.device, timeout_s=60.0, service_name="perf")
     methods["worker"] = one_worker
     services, cold = [], {"engine (in-process load)": engine_cold}
     env_extra = {"GPUAcceleration": "GPU"} if args.device == "gpu" else {}

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from connector.ipc.host import IPCHost  # noqa: E402
 from connector.ipc.runtime import run_lambda  # noqa: E402
 from connector.ipc.protocol import inference_function_arn  # noqa: E402
-from connector.serve import ALGO_TYPE  # noqa: E402
+from connector.standalone.serve import ALGO_TYPE  # noqa: E402
 
 
 def main() -> int:

@@ -3,7 +3,7 @@
 
 Phases, all in one run and on the same images:
 
-1. baseline - the model in this process (connector.engine.Engine), each image decoded, detected and
+1. baseline - the model in this process (connector.model.engine.Engine), each image decoded, detected and
    rendered several times: the raw cost per image, and the reference answer for every image;
 2. start    - `python -m connector serve` on a free loopback port (as tests/service_process.py does);
 3. warm-up  - every image once through the SDK;
@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import numpy as np  # noqa: E402
 
-from connector.engine import Engine  # noqa: E402
-from connector.models import DEFAULT_MODEL, model_path  # noqa: E402
+from connector.model.engine import Engine  # noqa: E402
+from connector.demos import DEFAULT_MODEL, model_path  # noqa: E402
 from shapes_dataset import COMMON_SIZES, encode_mixed, make_sample  # noqa: E402
-from tests.service_process import healthz, start_serve  # noqa: E402
+from tests.service_process import counters as health_counters, healthz, start_serve  # noqa: E402
 
 GREENGRASS_VARS = ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "MY_FUNCTION_ARN", "GG_DAEMON_PORT",
                    "GGC_MAX_INTERFACE_VERSION", "GG_ML_INFERENCE_FUNCTION_ARNS")
@@ -292,7 +292,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                       memory_limit_kb=args.memory_limit_kb)
         os.environ["GG_ML_IPC_FILE"] = env["GG_ML_IPC_FILE"]
         serve_pid = proc.popen.pid
-        health0 = healthz(info["port"], info["token"])[1]
+        health0 = health_counters(healthz(info["port"], info["token"])[1])
         ready_s = time.monotonic() - t0
         tree_ready = {p: status_kb(p, "VmRSS") for p in process_tree(serve_pid)}
         print("\n== service: serve pid {} on port {}, worker pid {}, ready in {:.1f} s ==".format(
@@ -338,7 +338,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         tree_start = {p: status_kb(p, "VmRSS") for p in process_tree(serve_pid)}
         res, elapsed, samples = soak(ml, imgs, expected, args.concurrency, args.duration, args.timeout,
                                      serve_pid, args.sample_every)
-        health1 = healthz(info["port"], info["token"])[1]
+        health1 = health_counters(healthz(info["port"], info["token"])[1])
         tree_end = {p: status_kb(p, "VmRSS") for p in process_tree(serve_pid)}
         peaks = {p: status_kb(p, "VmHWM") for p in tree_end}
         for what in ("errors", "wrong"):

@@ -7,11 +7,11 @@ import os
 import sys
 from typing import List, Optional
 
-from . import __version__, imaging, postprocess
+from . import __version__
 from .errors import ConnectorError
 from .ipc.host import DEFAULT_MAX_BODY_BYTES
 from .logs import configure_logging
-from .models import DEFAULT_MODEL, bundled_models, model_path
+from .demos import DEFAULT_MODEL, bundled_models, model_path
 
 log = logging.getLogger("connector.cli")
 
@@ -23,10 +23,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `doctor` and `models` must run where NumPy/OpenCV are missing.
     import cv2
 
-    from .draw import annotate
-    from .engine import Engine
+    from .model import imaging, postprocess
+    from .model.engine import Engine
+    from .tools.draw import DEFAULT_MIN_SCORE, annotate, drawn_summary
 
     model_dir = args.model_dir or model_path(DEFAULT_MODEL)
     try:
@@ -47,9 +49,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 out = os.path.join(args.draw, os.path.basename(path))
                 # Encode by our own extension choice so a misnamed file still gets written.
                 ext = ".png" if out.lower().endswith(".png") else ".jpg"
-                ok, buf = cv2.imencode(ext, annotate(bgr, predictions, engine.model.labels))
+                ok, buf = cv2.imencode(ext, annotate(bgr, predictions, engine.model.labels, DEFAULT_MIN_SCORE))
                 with open(os.path.splitext(out)[0] + ext, "wb") as f:
                     f.write(buf.tobytes())
+                # stderr: stdout stays one JSON document per image.
+                print("{}: {}".format(path, drawn_summary(predictions, DEFAULT_MIN_SCORE)), file=sys.stderr)
             line = {"image": path, "prediction": predictions}
         except (ConnectorError, OSError) as e:
             failed += 1
@@ -61,49 +65,49 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_check_model(args: argparse.Namespace) -> int:
-    from .check import main as check_main
+    from .tools.check_model import main as check_main
     return check_main(args.model_dir, args.device, args.runs)
 
 
 def _mqtt(args: argparse.Namespace) -> "Optional[object]":
-    from .mqtt_router import MqttSettings
+    from .standalone.ggrouter.settings import MqttSettings
     return MqttSettings.from_options(args.mqtt_url, args.mqtt_client_id, args.mqtt_ca, args.mqtt_cert,
                                      args.mqtt_key, allow=args.mqtt_allow)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    from .standalone.serve import serve
     return serve(args.config, args.port, args.bind, max_body_bytes=args.max_body_bytes,
                  feedback_config=args.feedback_config, mqtt=_mqtt(args),
                  client_file_group=args.client_file_group)
 
 
 def cmd_host(args: argparse.Namespace) -> int:
-    from .serve import host_only
+    from .standalone.serve import host_only
     return host_only(args.port, args.bind, max_body_bytes=args.max_body_bytes, mqtt=_mqtt(args),
                      functions=args.function, name=args.name,
                      client_file_group=args.client_file_group)
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from .serve import attach_feedback
+    from .standalone.attach import attach_feedback
     return attach_feedback(args.config, function_token_file=args.function_token_file,
                            host_name=args.host_name)
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from .serve import attach
+    from .standalone.attach import attach
     return attach(args.config, function_token_file=args.function_token_file,
                   host_name=args.host_name)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import run
+    from .tools.doctor import run
     return run(args.model_dir, args.config)
 
 
 def cmd_migrate_v1(args: argparse.Namespace) -> int:
-    from .migrate.command import run
+    from .tools.migrate.command import run
     return run(args)
 
 
@@ -221,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_function_token(p)
     p.set_defaults(func=cmd_feedback)
 
-    from .migrate.command import add_arguments as migrate_arguments
+    from .tools.migrate.command import add_arguments as migrate_arguments
     p = sub.add_parser("migrate-v1", help="turn a Greengrass V1 group (the core's group.json or "
                        "saved definition versions) into params.yaml, a V2 deployment, the MQTT "
                        "allow-list and a report")

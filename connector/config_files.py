@@ -11,63 +11,57 @@ A few hundred bytes of YAML aliases (the "billion laughs") expand to gigabytes o
   depth capped, so parsing is linear in the file's size.
 
 Errors are :class:`ConfigFileError` with one line naming the file and the rule; values are quoted
-through :func:`excerpt`, never whole.
+through :func:`connector.errors.excerpt`, never whole.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-import yaml
-
-from .errors import ConnectorError
+from .errors import ConfigFileError, excerpt, shorten
 
 DEFAULT_MAX_BYTES = 64 * 1024
 MAX_DEPTH = 32
-EXCERPT_CHARS = 80
 
 
-class ConfigFileError(ConnectorError):
-    """A configuration file is unreadable, too large, not UTF-8, or not plain YAML/JSON."""
+@functools.lru_cache(maxsize=None)
+def _loader() -> Any:
+    """A SafeLoader that refuses aliases and deep nesting while composing, before any expansion.
+    Made on first use: PyYAML is imported only when a file is parsed, so that importing the
+    parameters (``doctor``, ``migrate-v1 --help``) works where PyYAML is missing."""
+    import yaml
 
-
-def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
-    """repr(value), cut to about `limit` characters with a note of the full length."""
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    return "{}...({} characters)".format(text[:limit], len(text))
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases and deep nesting while composing, before any expansion."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, "YAML aliases (*{}) are not allowed here".format(event.anchor[:40]),
-                event.start_mark)
-        self._depth = getattr(self, "_depth", 0) + 1
-        try:
-            if self._depth > MAX_DEPTH:
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
                 raise yaml.composer.ComposerError(
-                    None, None, "nested deeper than {} levels".format(MAX_DEPTH),
-                    self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+                    None, None, "YAML aliases (*{}) are not allowed here".format(event.anchor[:40]),
+                    event.start_mark)
+            self._depth = getattr(self, "_depth", 0) + 1
+            try:
+                if self._depth > MAX_DEPTH:
+                    raise yaml.composer.ComposerError(
+                        None, None, "nested deeper than {} levels".format(MAX_DEPTH),
+                        self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    return NoAliasLoader
 
 
 def parse_text(text: str, where: str) -> Any:
     """Parse YAML/JSON `text` without alias expansion; ConfigFileError naming `where`."""
+    import yaml
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         at = " (line {}, column {})".format(mark.line + 1, mark.column + 1) if mark else ""
         raise ConfigFileError("{} is not valid YAML/JSON: {}{}".format(
-            where, str(problem)[:200], at)) from None
+            where, shorten(problem, 200), at)) from None
     except RecursionError:
         raise ConfigFileError("{} is nested too deeply".format(where)) from None
 

@@ -9,33 +9,33 @@ there; tools and tests that only import the module stay cheap.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any, Dict, Mapping, Optional, Union
 
+from . import settings
 from .errors import ConnectorError, ParameterError
-from . import logs
 from .feedback.feeder import FeedbackFeeder, feeder_for
 from .logs import configure_logging
 from .params import load_parameters
-from .service import InferenceService, SupervisedService
+from .service.lambda_handler import ConnectorHandler
+from .service.inference import InferenceService, SupervisedService
 
 Service = Union[InferenceService, SupervisedService]
 
 log = logging.getLogger("connector.lambda")
 
-_service: Optional[Service] = None
-_feeder: Optional[FeedbackFeeder] = None
+# The one place this entry point keeps state: Greengrass calls a module-level function.
+_handler = ConnectorHandler(None)
 
 
 def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) -> Service:
     """Load the parameters and the model once; tell the core the outcome where it listens."""
-    global _service, _feeder
-    env = os.environ if environ is None else environ
+    env = settings.environment(environ)
     try:
         params = load_parameters(environ=env)
     except ParameterError:
-        configure_logging(env.get("LocalInferenceServiceName") or "connector")
+        configure_logging(settings.overlay(["LocalInferenceServiceName"], env).get(
+            "LocalInferenceServiceName") or "connector")
         log.exception("start-up failed: bad connector parameters")
         if report:
             _report_initialized(env, False, "bad connector parameters")
@@ -43,7 +43,7 @@ def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) 
     configure_logging(params.service_name)
     try:
         # Maybe in a Greengrass container, whose memory limit may be hidden (no /sys there).
-        _service = SupervisedService.from_parameters(params, env, in_greengrass_container=True)
+        service = SupervisedService.from_parameters(params, env, in_greengrass_container=True)
     except ConnectorError as e:
         log.error("start-up failed: %s", e)
         if report:
@@ -51,54 +51,38 @@ def bootstrap(environ: Optional[Mapping[str, str]] = None, report: bool = True) 
         raise
     log.info("serving %s (resource %s) from %s", params.service_name, params.model_resource_id,
              params.model_path)
+    _handler.service = service
     if params.feedback_config_id:
         from .ipc.client import IPCClient
-        _feeder = feeder_for(params, IPCClient.from_environment(env, timeout=30),
-                             env.get("AWS_REGION") or "us-east-1", env)
+        _handler.feeder = feeder_for(params, IPCClient.from_environment(env, timeout=30),
+                                     settings.get("AWS_REGION", env), env)
     if report:
         _report_initialized(env, True, "model {} loaded".format(params.model_resource_id))
-    return _service
+    return service
 
 
 def use_service(service: Optional[Service]) -> None:
-    """Serve requests with an already-started service (the standalone host does this)."""
-    global _service
-    _service = service
+    """Serve requests with an already-started service (tools and tests; ``serve`` and
+    ``attach`` give run_lambda a ConnectorHandler of their own instead)."""
+    _handler.service = service
 
 
 def use_feeder(feeder: Optional[FeedbackFeeder]) -> None:
     """Hand every answered request to this feeder (MLFeedbackConnectorConfigId is set)."""
-    global _feeder
-    _feeder = feeder
+    _handler.feeder = feeder
 
 
 def function_handler(event: Any, context: Any) -> Dict[str, str]:
-    if _service is None:
+    """The Greengrass Lambda handler (``connector.lambda_function.function_handler``)."""
+    if _handler.service is None:
         raise RuntimeError("the inference service is not started: the connector parameters were "
                            "not found in the environment at import")
-    custom = _custom_context(context)
-    invocation = getattr(context, "invocation_id", None) or getattr(context, "aws_request_id", "-")
-    with logs.invocation(invocation):
-        try:
-            text = _service.infer(event, custom.get("Content-Type"), invocation,
-                                  getattr(context, "deadline", None), getattr(context, "cancelled", None))
-        except ConnectorError as e:
-            log.warning("invocation %s failed: %s", invocation, e)
-            raise
-    if _feeder is not None:  # only queued here; sent by the feeder's thread
-        _feeder.offer(event, text, custom.get("Content-Type"))
-    return {"Body": text, "ContentType": "application/json"}
-
-
-def _custom_context(context: Any) -> Dict[str, Any]:
-    client_context = getattr(context, "client_context", None)
-    custom = getattr(client_context, "custom", None)
-    return custom if isinstance(custom, dict) else {}
+    return _handler(event, context)
 
 
 def _report_initialized(env: Mapping[str, str], success: bool, response: str) -> None:
     """PUT .../initialized where a core (or our host) offers it; absent Greengrass, nothing to do."""
-    arn, token = env.get("MY_FUNCTION_ARN"), env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+    arn, token = settings.get("MY_FUNCTION_ARN", env), settings.get("AWS_CONTAINER_AUTHORIZATION_TOKEN", env)
     if not arn or not token:
         return
     try:
@@ -112,8 +96,8 @@ def _imported_by_a_lambda_runtime() -> bool:
     # A Greengrass runtime imports this module with the parameters in the environment. Our own
     # commands (serve, attach) import it too but start the service themselves: loading the model
     # here as well would load it twice.
-    return ("MLModelDestinationPath" in os.environ and "connector.cli" not in sys.modules
-            and os.environ.get("CONNECTOR_NO_BOOTSTRAP") != "1")
+    return ("MLModelDestinationPath" in settings.overlay(["MLModelDestinationPath"])
+            and "connector.cli" not in sys.modules and settings.get("CONNECTOR_NO_BOOTSTRAP") != "1")
 
 
 if _imported_by_a_lambda_runtime():

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import os
 import sys
 from typing import Iterator, Optional
+
+from . import settings
 
 REQUEST_LOG_ENV = "CONNECTOR_REQUEST_LOG_LEVEL"
 FORMAT = "%(asctime)s %(service)s inv=%(invocation)s %(levelname)s %(name)s: %(message)s"
@@ -53,7 +54,7 @@ def configure_logging(service: str, level: int = logging.INFO, file: Optional[st
     root.setLevel(level)
     # The per-request line (connector.service) is INFO; an operator turns it down (WARNING, ERROR)
     # or keeps it while the rest is quieter, independently of the service's own level.
-    request_level = os.environ.get(REQUEST_LOG_ENV, "").strip().upper()
+    request_level = settings.get(REQUEST_LOG_ENV).upper()
     requests = logging.getLogger("connector.requests")
     if request_level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         requests.setLevel(request_level)

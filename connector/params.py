@@ -16,8 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Mapping, Optional
 
-from .config_files import ConfigFileError, excerpt, load_file
-from .errors import ParameterError
+from . import settings
+from .config_files import load_file
+from .errors import ConfigFileError, ParameterError, excerpt
 
 SERVICE_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9-]{1,62}$"
 POSITIVE_INT_PATTERN = r"^[1-9][0-9]*$"
@@ -73,12 +74,10 @@ class Parameters:
 
 def load_parameters(file: Optional[str] = None,
                     environ: Optional[Mapping[str, str]] = None) -> Parameters:
-    """Read parameters from `file` (YAML/JSON, optional) overlaid by `environ` (default os.environ)."""
+    """Read parameters from `file` (YAML/JSON, optional) overlaid by `environ` (default: the
+    process's environment)."""
     values: Dict[str, Any] = read_parameter_file(file) if file else {}
-    env = os.environ if environ is None else environ
-    for name in RULES:
-        if name in env:
-            values[name] = env[name]
+    values.update(settings.overlay(RULES, environ))
     return parse_parameters(values)
 
 

@@ -34,7 +34,7 @@ import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 import onnxruntime
-from connector.engine import Engine
+from connector.model.engine import Engine
 from connector.errors import ConnectorError
 result = {"ort": onnxruntime.__version__, "python": sys.version.split()[0], "models": {}}
 for d in json.loads(sys.argv[2]):
@@ -75,7 +75,7 @@ def venv_for(python_version: str, ort_version: str, base: str) -> str:
 
 
 def build_models(work: str) -> List[str]:
-    from connector.models import bundled_models
+    from connector.demos import bundled_models
     from tests import onnx_models
     dirs = [d for d in bundled_models().values() if os.path.exists(os.path.join(d, "model.onnx"))]
     exports = os.path.join(ROOT, "tests", "models")  # real exports made by scripts/tools

@@ -8,6 +8,7 @@ set -euo pipefail
 py="$1" model="$2" out="$3" n="${4:-3}"
 cd "$(dirname "$0")/.."
 rm -rf "$out" && mkdir -p "$out/input"
+echo "making $n sample photos in $out/input..."
 mapfile -t samples < <("$py" scripts/make_samples.py "$out/input" "$n")
 cat > "$out/params.yaml" <<YAML
 MLModelDestinationPath: $model
@@ -17,6 +18,8 @@ LocalInferenceServiceTimeoutSeconds: "${SERVICE_TIMEOUT_S:-10}"
 LocalInferenceServiceMemoryLimitKB: "500000"
 YAML
 export GG_ML_IPC_FILE="$PWD/$out/ipc.json"
+echo "starting the inference service on $model (log: $out/service.log; ready in seconds, minutes under emulation)..."
+started=$SECONDS
 "$py" -m connector serve --config "$out/params.yaml" --port 0 2> "$out/service.log" &
 service=$!
 trap 'kill -TERM $service 2>/dev/null; wait $service 2>/dev/null || true' EXIT
@@ -34,5 +37,7 @@ while :; do  # the service writes the client file, then answers /healthz when re
   [ $SECONDS -lt $deadline ] || { echo "the service was not ready after ${READY_WAIT_S:-30} s:" >&2; cat "$out/service.log" >&2; exit 1; }
   sleep 0.2
 done
-echo "service ready on port $port (log: $out/service.log)"
-"$py" scripts/demo_client.py "$out" "${samples[@]}"
+echo "service ready on port $port ($((SECONDS - started)) s); calling it through the ML SDK (scripts/demo_client.py):"
+# MIN_SCORE: the drawing threshold (default 0.3); the answer has every row above the model's floor.
+"$py" scripts/demo_client.py ${MIN_SCORE:+--min-score "$MIN_SCORE"} "$out" "${samples[@]}"
+echo "done; stopping the service"

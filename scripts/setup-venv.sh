@@ -5,6 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-onnx,dlr}"
 python="${PYTHON:-python3}"
+start=$SECONDS
+# Said first, before anything slow: pip's own output goes to a log shown only on failure.
+if [ -x .venv/bin/python ]; then
+  echo "setup-venv: checking .venv has this package with extras [${extras}] (a few seconds)..."
+else
+  echo "setup-venv: creating .venv with this package and extras [${extras}] (first run ~1 min)..."
+fi
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 8))' 2>/dev/null; then
   echo "error: $python is missing or older than Python 3.8" >&2
   exit 1
@@ -21,3 +28,4 @@ if ! { .venv/bin/python -m pip install --quiet --upgrade pip &&
   echo "error: installing this package with extras [${extras}] into .venv failed (output above)" >&2
   exit 1
 fi
+echo "setup-venv: .venv ready ($((SECONDS - start)) s)"

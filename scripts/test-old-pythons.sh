@@ -11,11 +11,11 @@ cd "$(dirname "$0")/.."
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(3.7 3.8)
 # The tests that exercise connector/ (runtime, service, IPC, Lambda entry) and ml_sdk/.
-TESTS=(tests/test_params.py tests/test_imaging.py tests/test_bad_input.py
-       tests/test_dlr_backend.py tests/test_dlr_phone_home.py
-       tests/test_workers.py tests/test_worker_set.py tests/test_worker_auto.py tests/test_ipc_host.py tests/test_ipc_local.py tests/test_ipc_runtime.py
-       tests/test_ml_sdk.py tests/test_service.py tests/test_sdk_dist.py tests/test_doctor.py
-       tests/test_deploy.py tests/test_metrics.py tests/test_service_process.py)
+TESTS=(tests/test_params.py tests/model/test_imaging.py tests/service/test_bad_input.py
+       tests/model/test_dlr_backend.py tests/model/test_dlr_phone_home.py
+       tests/supervision/test_supervisor.py tests/supervision/test_pool.py tests/supervision/test_sizing.py tests/ipc/test_host.py tests/ipc/test_local.py tests/ipc/test_runtime.py
+       tests/sdk/test_ml_sdk.py tests/service/test_service.py tests/sdk/test_sdk_dist.py tests/tools/test_doctor.py
+       tests/tools/test_deploy.py tests/service/test_metrics.py tests/standalone/test_serve.py)
 find_python() {  # a python$1 that really runs (pyenv shims exist for versions not selected)
   local v="$1" p
   for p in "$(command -v "python$v" || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".*/bin/python"$v"; do
@@ -33,6 +33,11 @@ for v in "${versions[@]}"; do
   fi
   venv=".venv-py${v/./}"
   start=$SECONDS
+  if [ -x "$venv/bin/python" ]; then
+    echo "Python $v: checking $venv's test dependencies (seconds), then its tests (~2 min)..."
+  else
+    echo "Python $v: creating $venv and installing its test dependencies (~2 min, first run only), then its tests (~2 min)..."
+  fi
   if [ ! -x "$venv/bin/python" ]; then "$py" -m venv "$venv"; fi
   deps=(pytest pytest-timeout hypothesis pillow wheel "numpy>=1.16" "opencv-python-headless>=4.2" "pyyaml>=5.1" "dlr==1.6.0")
   [ "$v" = 3.7 ] || deps+=("onnxruntime>=1.18,<1.33" onnx)
@@ -44,13 +49,13 @@ for v in "${versions[@]}"; do
   existing=()
   tests=("${TESTS[@]}")
   # These build ONNX models with the onnx package, which (like ONNX Runtime) has no 3.7 wheel here.
-  [ "$v" = 3.7 ] || tests+=(tests/test_formats.py tests/test_engine.py)
+  [ "$v" = 3.7 ] || tests+=(tests/model/test_formats.py tests/model/test_engine.py)
   for t in "${tests[@]}"; do [ -e "$t" ] && existing+=("$t"); done
   echo "Python $v ($py): ${#existing[@]} test files"
   # The package is used from the checkout (PYTHONPATH), as the tests' service processes do.
   if ! PYTHONPATH="$PWD:$PWD/ml_sdk" "$venv/bin/python" -m pytest -q -p no:cacheprovider -p no:randomly "${existing[@]}"; then
     status=1
   fi
-  echo "Python $v: $((SECONDS - start)) s"
+  echo "Python $v: done ($((SECONDS - start)) s)"
 done
 exit $status

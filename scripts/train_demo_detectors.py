@@ -3,8 +3,8 @@
 
 Dev-only (needs PyTorch; the service itself never imports this). Examples:
 
-    python scripts/train_demo_detectors.py --arch ssd --out connector/models/demo-ssd
-    python scripts/train_demo_detectors.py --arch yolov3 --out connector/models/demo-yolov3
+    python scripts/train_demo_detectors.py --arch ssd --out connector/demos/demo-ssd
+    python scripts/train_demo_detectors.py --arch yolov3 --out connector/demos/demo-yolov3
 
 The exported graph takes `data` float32 (1, 512, 512, 3), RGB 0..255 (normalisation inside) and
 returns `ids` (1, N, 1), `scores` (1, N, 1), `bboxes` (1, N, 4) [xmin, ymin, xmax, ymax] in input

@@ -1,5 +1,5 @@
 """A feedback service whose local directory finds the disk full, then gets room again; run in its
-own process by tests/test_feedback_hardening.py (a file-size limit or a mount must not touch the
+own process by tests/feedback/test_hardening.py (a file-size limit or a mount must not touch the
 test process). Prints one JSON line: the counters while the disk is full and after.
 
 ``fsize DIR``: RLIMIT_FSIZE (SIGXFSZ ignored), so writes past 16 KiB fail with EFBIG, which the
@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from connector.feedback import config as fc
-from connector.feedback.router import RouterPublisher
-from connector.feedback.service import FeedbackService, SpoolFullError
+from connector.feedback.publisher import RouterPublisher
+from connector.feedback.collector import FeedbackService, SpoolFullError
 from connector.ipc import IPCHost, run_lambda
-from connector.mqtt_router import ROUTER_ARN
+from connector.ipc.protocol import GGROUTER_ARN as ROUTER_ARN
 
 SKIP = 77
 BIG = b"\x89PNG\r\n\x1a\n" + os.urandom(64 * 1024)

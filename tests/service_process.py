@@ -110,6 +110,17 @@ def healthz(port: int, token: Optional[str] = None, path: str = "/healthz") -> "
         conn.close()
 
 
+def counters(document: dict) -> dict:
+    """Every number of a detailed /healthz document's sections by its own name (for benches that
+    print them side by side); a section's ``state`` as ``worker`` for the worker's."""
+    flat = {}
+    for section in ("requests", "worker", "board", "connections"):
+        values = document.get(section) or {}
+        flat.update((k, v) for k, v in values.items() if k != "state")
+    flat["worker"] = (document.get("worker") or {}).get("state")
+    return flat
+
+
 def wait_ready(port: int, proc: Proc, timeout: float = 30.0) -> dict:
     timeout = scaled(timeout)
     deadline = time.monotonic() + timeout

@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional
 
-from ..errors import ParameterError
+from .. import settings
+from ..errors import ParameterError, excerpt
 from ..params import read_parameter_file
 
 CONFIG_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9-]{1,62}$"
@@ -289,9 +290,9 @@ def parse_configuration_map(raw: Any) -> Dict[str, FeedbackConfig]:
     return {config_id: parse_config(config_id, config) for config_id, config in raw.items()}
 
 
-def default_spool_directory(environ: Mapping[str, str]) -> str:
-    state = environ.get("XDG_STATE_HOME") or os.path.join(
-        environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
+def default_spool_directory(environ: Optional[Mapping[str, str]] = None) -> str:
+    state = settings.get("XDG_STATE_HOME", environ) or os.path.join(
+        settings.get("HOME", environ) or os.path.expanduser("~"), ".local", "state")
     return os.path.join(state, "greengrass-ml", "feedback-spool")
 
 
@@ -307,7 +308,7 @@ def _service_value(values: Mapping[str, Any], name: str) -> str:
 
 def parse_parameters(values: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None
                      ) -> FeedbackParameters:
-    env = os.environ if environ is None else environ
+    env = settings.environment(environ)
     if values.get(MAP_PARAMETER) is None:
         raise ParameterError("parameter {} is missing; it is required (JSON object {{config-id: "
                              "config}})".format(MAP_PARAMETER))
@@ -367,12 +368,12 @@ def check_metadata(metadata: Any) -> Dict[str, str]:
     total = 0
     for key, value in metadata.items():
         if not isinstance(key, str) or not key or not isinstance(value, str):
-            raise ValueError("Metadata must map non-empty strings to strings; {!r}: {!r} does not".format(
-                key, value)[:300])
+            raise ValueError("Metadata must map non-empty strings to strings; {}: {} does not".format(
+                excerpt(key, 100), excerpt(value, 100)))
         # S3 user metadata travels in HTTP headers: printable ASCII only.
         if not all(" " <= c <= "~" for c in key + value):
-            raise ValueError("Metadata must be printable ASCII (S3 user metadata); {!r}: {!r} is "
-                             "not".format(key, value)[:300])
+            raise ValueError("Metadata must be printable ASCII (S3 user metadata); {}: {} is "
+                             "not".format(excerpt(key, 100), excerpt(value, 100)))
         total += len(key) + len(value)
     if total > METADATA_MAX_BYTES:
         raise ValueError("Metadata holds {} bytes of keys and values; at most {} are allowed (the S3 "
@@ -411,11 +412,8 @@ def load_parameters(path: Optional[str] = None, environ: Optional[Mapping[str, s
                     ) -> Optional[FeedbackParameters]:
     """The feedback parameters from `path` overlaid by the environment; None when neither names a
     FeedbackConfigurationMap (the feedback service is then not run)."""
-    env = os.environ if environ is None else environ
     values: Dict[str, Any] = read_file(path) if path else {}
-    for name in ALL_PARAMETERS:
-        if name in env:
-            values[name] = env[name]
+    values.update(settings.overlay(ALL_PARAMETERS, environ))
     if values.get(MAP_PARAMETER) is None and not path:
         return None
-    return parse_parameters(values, env)
+    return parse_parameters(values, environ)

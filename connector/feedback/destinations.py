@@ -21,8 +21,11 @@ import threading
 import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from .. import settings
+from ..errors import ParameterError, excerpt
+from ..files import DIRECTORY_FLAGS, OPERATOR_DIRECTORY_FLAGS, directory_reason, write_at
 from .config import FeedbackConfig
-from .spool import UUID_PATTERN, write_at
+from .records import UUID_PATTERN
 
 PERMANENT_S3_CODES = frozenset([
     "NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
@@ -53,7 +56,7 @@ class TransientError(DeliveryError):
 def checked_sample(sample: Any) -> str:
     """`sample` when it is a uuid4 (what the service generates); it becomes a key and a file name."""
     if not isinstance(sample, str) or re.fullmatch(UUID_PATTERN, sample) is None:
-        raise PermanentError("InvalidSample", "sample id {!r} is not a uuid4".format(sample)[:200])
+        raise PermanentError("InvalidSample", "sample id {} is not a uuid4".format(excerpt(sample, 100)))
     return sample
 
 
@@ -73,13 +76,12 @@ def _json_safe(value: Any) -> Any:
 
 def s3_client_factory(environ: Optional[Mapping[str, str]] = None) -> Callable[[], Any]:
     """A function making one boto3 S3 client (lazily: boto3 is the user's install)."""
-    env = os.environ if environ is None else environ
+    endpoint = settings.get("AWS_ENDPOINT_URL_S3", environ) or settings.get("AWS_ENDPOINT_URL", environ) or None
 
     def make() -> Any:
         import boto3
         from botocore.config import Config
 
-        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         return boto3.session.Session().client(
             "s3", endpoint_url=endpoint,
             config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30))
@@ -138,8 +140,6 @@ def utc_now_text() -> str:
 DISK_FULL_ERRNOS = frozenset([errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
 _PERMANENT_ERRNOS = frozenset([errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ELOOP,
                                errno.EISDIR])
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 LOCAL_FULL = "LocalDirectoryFull"
 
 
@@ -174,6 +174,24 @@ class LocalDirectory(object):
         self.dir_mode = 0o750 if gid is not None else 0o700
         self._used: Dict[str, int] = {}  # bytes under each local directory, as far as we know
         self._lock = threading.Lock()
+
+    @staticmethod
+    def check_root(config: FeedbackConfig) -> None:
+        """ParameterError (one line, with the fix) when the config's local-directory exists and
+        another user could plant or replace samples in it (the rule of connector.files); a missing
+        one is created 0700 by the first sample."""
+        root = str(config.local_directory)
+        if not os.path.lexists(root):
+            return
+        if not os.path.isdir(root):
+            raise ParameterError("config {} local-directory {} is not a directory".format(
+                config.config_id, root))
+        reason = directory_reason(root)
+        if reason:
+            raise ParameterError("unsafe local-directory of config {}: {}; another user could plant or "
+                                 "replace samples. Fix: chmod go-w (and chown to this user) the "
+                                 "directories named, or choose a directory only this user can "
+                                 "write".format(config.config_id, reason))
 
     def put(self, config: FeedbackConfig, sample: str, image: bytes, sidecar: Dict[str, Any]
             ) -> Dict[str, Any]:
@@ -215,7 +233,7 @@ class LocalDirectory(object):
         if not os.path.isdir(root):
             os.makedirs(root, mode=self.dir_mode, exist_ok=True)
             self._own(root)
-        fd = os.open(root, _DIRECTORY)
+        fd = os.open(root, OPERATOR_DIRECTORY_FLAGS)
         try:
             for segment in segments:
                 try:
@@ -223,7 +241,7 @@ class LocalDirectory(object):
                     created = True
                 except FileExistsError:
                     created = False
-                child = os.open(segment, _DIRECTORY | _NOFOLLOW, dir_fd=fd)
+                child = os.open(segment, DIRECTORY_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = child
                 if created:

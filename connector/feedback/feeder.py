@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 from typing import Any, Dict, Mapping, Optional
 
+from .. import settings
+from ..counters import Counters
 from ..ipc import protocol
 from ..ipc.client import IPCError
 from .ratelog import RateLimitedLog
@@ -32,8 +33,7 @@ class FeedbackFeeder(object):
         self.function_arn = function_arn
         self.config_id = config_id
         self.metadata = dict(metadata or {})
-        self.counters = {"fed": 0, "feed_failed": 0, "feed_dropped": 0}
-        self._counter_lock = threading.Lock()  # offer() runs on every handler thread
+        self.counters = Counters(("fed", "feed_failed", "feed_dropped"))  # offer() runs on every handler thread
         self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=queue_size)
         self._ratelog = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="feedback-feeder", daemon=True)
@@ -44,14 +44,10 @@ class FeedbackFeeder(object):
         try:
             self._queue.put_nowait((bytes(image), prediction_text, content_type))
         except queue.Full:
-            self._count("feed_dropped")
+            dropped = self.counters.add("feed_dropped")
             self._ratelog.warning("full", "feedback: %d requests already wait for the ML Feedback "
                                   "service; sample dropped (%d so far)", self._queue.maxsize,
-                                  self.counters["feed_dropped"])
-
-    def _count(self, name: str) -> None:
-        with self._counter_lock:
-            self.counters[name] += 1
+                                  dropped)
 
     def close(self, timeout_s: float = 5.0) -> None:
         try:
@@ -67,12 +63,12 @@ class FeedbackFeeder(object):
                 return
             try:
                 self.publish(*item)
-                self._count("fed")
+                self.counters.add("fed")
             except Exception as exc:  # never let one sample end the feeding
-                self._count("feed_failed")
+                failed = self.counters.add("feed_failed")
                 self._ratelog.warning("failed", "feedback: the ML Feedback service at %s did not take "
                                       "a sample (%d failed so far): %s", self.function_arn,
-                                      self.counters["feed_failed"], exc)
+                                      failed, exc)
 
     def publish(self, image: bytes, prediction_text: str, content_type: Optional[str]) -> None:
         metadata = dict(self.metadata)
@@ -96,8 +92,7 @@ def feeder_for(params: Any, client: Any, region: str,
     """
     if not params.feedback_config_id:
         return None
-    env = os.environ if environ is None else environ
-    arn = (env.get(ENV_FUNCTION_ARN) or "").strip() or protocol.feedback_function_arn(region)
+    arn = settings.get(ENV_FUNCTION_ARN, environ) or protocol.feedback_function_arn(region)
     log.info("every answered request goes to the ML Feedback service %s under config %s", arn,
              params.feedback_config_id)
     return FeedbackFeeder(client, arn, params.feedback_config_id,

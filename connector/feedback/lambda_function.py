@@ -10,16 +10,16 @@ earlier run are delivered) and the delivery worker runs. MQTT goes through the c
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any, Mapping, Optional
 
+from .. import settings
 from ..ipc import protocol
 from ..ipc.client import IPCClient
 from ..logs import configure_logging
 from .config import MAP_PARAMETER, FeedbackParameters, load_parameters
-from .router import RouterPublisher
-from .service import FeedbackService
+from .publisher import RouterPublisher
+from .collector import FeedbackService
 
 log = logging.getLogger("connector.feedback.lambda")
 
@@ -36,11 +36,11 @@ def start_service(client: Any, region: str, environ: Optional[Mapping[str, str]]
     `client` must hold this function's own token (inside a core: the Lambda's
     AWS_CONTAINER_AUTHORIZATION_TOKEN; on our host: the MLFeedback function's): a router grants
     topics by who publishes, and the standalone host's refuses the callers' token by default."""
-    env = os.environ if environ is None else environ
+    env = settings.environment(environ)
     params = params or load_parameters(config_file, env)
     if params is None:
         return None
-    source = env.get(protocol.ENV_FUNCTION_ARN) or protocol.feedback_function_arn(region)
+    source = settings.get(protocol.ENV_FUNCTION_ARN, env) or protocol.feedback_function_arn(region)
     service = FeedbackService(params, RouterPublisher(client, source)).start()
     log.info("ML Feedback service: configs %s, spool %s (%d waiting)", ", ".join(sorted(params.configs)),
              params.spool_directory, len(service.spool))
@@ -49,10 +49,9 @@ def start_service(client: Any, region: str, environ: Optional[Mapping[str, str]]
 
 def bootstrap(environ: Optional[Mapping[str, str]] = None) -> FeedbackService:
     global _service
-    env = os.environ if environ is None else environ
+    env = settings.environment(environ)
     configure_logging(SERVICE_NAME)
-    service = start_service(IPCClient.from_environment(env), env.get(protocol.ENV_REGION) or "us-east-1",
-                            env)
+    service = start_service(IPCClient.from_environment(env), settings.get(protocol.ENV_REGION, env), env)
     if service is None:
         raise RuntimeError("{} is not set: the ML Feedback service has nothing to do".format(MAP_PARAMETER))
     _service = service
@@ -72,8 +71,8 @@ def function_handler(event: Any, context: Any) -> None:
 
 
 def _imported_by_a_lambda_runtime() -> bool:
-    return (MAP_PARAMETER in os.environ and "connector.cli" not in sys.modules
-            and os.environ.get("CONNECTOR_NO_BOOTSTRAP") != "1")
+    return (MAP_PARAMETER in settings.overlay([MAP_PARAMETER]) and "connector.cli" not in sys.modules
+            and settings.get("CONNECTOR_NO_BOOTSTRAP") != "1")
 
 
 if _imported_by_a_lambda_runtime():

@@ -7,9 +7,9 @@ when its record does; a crash leaves at most an orphan image or temporary file, 
 next start. Entries are delivered oldest first (the sequence number), removed once done.
 
 What is on disk is untrusted input. The directory must be safe (the client file's rule,
-:func:`connector.ipc.clientfile.directory_reason`) or the service does not start; files are read
+:func:`connector.files.directory_reason`) or the service does not start; files are read
 without following links, only when regular, with a size cap; records are checked by
-:func:`validate_record`. A bad entry is moved to ``quarantine/`` (bounded), counted and logged.
+:func:`.records.validate_record`. A bad entry is moved to ``quarantine/`` (bounded), counted and logged.
 
 Bounds (bytes, items, age) are checked when a request is added. When it would not fit, the policy
 decides: ``reject-new`` refuses it (:class:`SpoolFull`), ``drop-oldest`` evicts the oldest entries
@@ -18,11 +18,9 @@ handed out by :meth:`Spool.take_expired`.
 """
 from __future__ import annotations
 
-import binascii
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -32,97 +30,26 @@ import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from ..errors import ParameterError
-from ..ipc import clientfile
-from . import gate as gates
-from .config import CONFIG_ID_PATTERN, POLICY_DROP_OLDEST, PREDICTION_MAX_BYTES, check_metadata, check_prediction
+from ..files import (DIRECTORY_FLAGS, TMP_PREFIX, UnsafeFile, directory_reason, read_regular,
+                     write_atomic)
+from .config import POLICY_DROP_OLDEST
+from .records import ID_PATTERN, MAX_RECORD_BYTES, validate_record
 
 log = logging.getLogger(__name__)
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 # Loose on purpose: a record whose name holds an id we would not write is quarantined, not ignored.
 _ENTRY = re.compile(r"^(\d{12})-(.{1,200})\.json$")
-TMP_PREFIX = ".tmp-"
 QUARANTINE = "quarantine"
 QUARANTINE_MAX_FILES = 200
 QUARANTINE_MAX_BYTES = 32 * 1024 * 1024
-# A record holds a capped prediction and metadata plus a few small delivery responses.
-MAX_RECORD_BYTES = PREDICTION_MAX_BYTES + 64 * 1024
-_MAX_TEXT = 4096
-VERDICTS = frozenset([gates.KEPT, gates.DROPPED_BY_CONDITION, gates.DROPPED_BY_STRATEGY,
-                      gates.DROPPED_BY_COOLDOWN, gates.DROPPED_BY_BUDGET])
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-# O_NONBLOCK: opening a planted FIFO must not hang the reader; it is refused by fstat instead.
-_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)
-
-
 class SpoolFull(Exception):
     """The sample does not fit in the spool and the policy is to refuse new samples."""
-
-
-class UnsafeFile(ValueError):
-    """A file to read is a symbolic link, not a regular file, or larger than its cap."""
 
 
 class Quarantined(NamedTuple):
     name: str  # "<seq>-<id>"
     request_id: Optional[str]  # None when the name holds no valid id: no status can be sent
     reason: str
-
-
-# -- files that are never followed through a link --------------------------------------------
-
-def read_regular(path: str, limit: int) -> bytes:
-    """The bytes of the regular file `path`, never through a symbolic link; UnsafeFile when it is
-    a link, not a regular file or over `limit` bytes; OSError when it cannot be read."""
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError as exc:
-        if os.path.islink(path):
-            raise UnsafeFile("{} is a symbolic link".format(path)) from None
-        raise exc
-    with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFile("{} is not a regular file".format(path))
-        if st.st_size > limit:
-            raise UnsafeFile("{} is {} bytes, over its cap of {}".format(path, st.st_size, limit))
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise UnsafeFile("{} grew over its cap of {} bytes".format(path, limit))
-    return data
-
-
-def write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o600, gid: Optional[int] = None) -> None:
-    """`data` as `name` in the directory `dir_fd`: written to a new temporary file (O_CREAT|O_EXCL|
-    O_NOFOLLOW, a random name: whatever was planted there is neither followed nor reused), fsync'd,
-    given `mode` (and group `gid`) and renamed over `name` (a rename replaces a link, never follows
-    it); the directory is fsync'd, so the new name survives a power cut."""
-    tmp = "{}{}.{}".format(TMP_PREFIX, name, binascii.hexlify(os.urandom(6)).decode("ascii"))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600, dir_fd=dir_fd)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if gid is not None:
-                os.fchown(handle.fileno(), -1, gid)
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        os.fsync(dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-
-
-def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
-    try:
-        write_at(fd, os.path.basename(path), data, mode)
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: str) -> None:
@@ -150,71 +77,13 @@ def prepare_directory(directory: str) -> None:
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise ParameterError("{} is {}; give the real directory's path".format(
             what, "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"))
-    reason = clientfile.directory_reason(directory)
+    reason = directory_reason(directory)
     if reason:
         raise ParameterError("unsafe {}: {}; another user could plant or replace spooled samples. Fix: "
                              "chmod go-w (and chown to this user) the directories named, or choose a "
                              "directory only this user can write".format(what, reason))
     if not os.access(directory, os.W_OK | os.X_OK):
         raise ParameterError("cannot write in {}: permission denied".format(what))
-
-
-# -- records -----------------------------------------------------------------------------------
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
-
-def _is_text(value: Any, pattern: Optional[str] = None) -> bool:
-    return isinstance(value, str) and len(value) <= _MAX_TEXT and (
-        pattern is None or re.fullmatch(pattern, value) is not None)
-
-
-def _sample_of(record: Dict[str, Any]) -> Optional[str]:
-    """The sample uuid; a record of an earlier version has only its key, ``[prefix/]<uuid>[.ext]``."""
-    sample = record.get("sample")
-    if sample is None and isinstance(record.get("key"), str):
-        sample = record["key"].rsplit("/", 1)[-1].split(".", 1)[0]
-    return sample if _is_text(sample, UUID_PATTERN) else None
-
-
-def validate_record(record: Any, name: str) -> Dict[str, Any]:
-    """The record of entry `name` as the service may use it; ValueError naming what is wrong.
-
-    ``id`` (the entry's), ``config-id``, ``accepted`` (a time), ``kept`` and ``verdict`` (agreeing),
-    ``prediction``, ``metadata`` (the request's caps), for a kept sample ``sample`` (a uuid4: keys and
-    file names are built from it and the config, never from a path in the record) and optionally
-    ``image-bytes``; progress: ``failure``, ``s3_response``, ``local_response``, ``prediction_sent``."""
-    _require(isinstance(record, dict), "the record is not an object")
-    _require(_is_text(record.get("id"), ID_PATTERN) and name.split("-", 1)[-1] == record["id"],
-             "'id' is missing, does not match {} or is not the entry's".format(ID_PATTERN))
-    _require(_is_text(record.get("config-id"), CONFIG_ID_PATTERN), "'config-id' is missing or malformed")
-    accepted = record.get("accepted")
-    _require(isinstance(accepted, (int, float)) and not isinstance(accepted, bool)
-             and math.isfinite(accepted) and accepted >= 0, "'accepted' is not a time in seconds")
-    _require(isinstance(record.get("kept"), bool), "'kept' is not true or false")
-    _require(record.get("verdict") in VERDICTS and record["kept"] == (record["verdict"] == gates.KEPT),
-             "'verdict' is not one of the gate's or disagrees with 'kept'")
-    check_prediction(record.get("prediction"))
-    _require(isinstance(record.get("metadata"), dict), "'metadata' is not an object")
-    check_metadata(record["metadata"])
-    clean = dict(record)
-    if record["kept"]:
-        clean["sample"] = _sample_of(record)
-        _require(clean["sample"] is not None, "'sample' is not a uuid4 (nor is the key's name)")
-        size = record.get("image-bytes")
-        _require(size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 0),
-                 "'image-bytes' is not a size")
-    failure = record.get("failure")
-    _require(failure is None or (isinstance(failure, dict) and failure.get("status") == "fail"
-                                 and _is_text(failure.get("error"))
-                                 and isinstance(failure.get("error_message"), str)),
-             "'failure' is not a fail status")
-    for key in ("s3_response", "local_response"):
-        _require(record.get(key) is None or isinstance(record[key], dict), "{!r} is not an object".format(key))
-    _require(isinstance(record.get("prediction_sent", False), bool), "'prediction_sent' is not true or false")
-    return clean
 
 
 class Entry(object):
@@ -436,7 +305,7 @@ class Spool(object):
         with contextlib.suppress(FileExistsError):
             os.mkdir(folder, 0o700)
         try:
-            qfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | _CLOEXEC)
+            qfd = os.open(folder, DIRECTORY_FLAGS)
         except OSError as exc:
             log.warning("spool: %s is not a usable directory (%s); removing the damaged records", folder, exc)
             for item in bad:

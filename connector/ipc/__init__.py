@@ -1,17 +1,16 @@
-"""Greengrass V1 local IPC: the standalone host, a client, and the Lambda runtime loop.
+"""Greengrass V1 local IPC (SPEC section 4): the standalone host, a client, the Lambda runtime loop.
 
-* :mod:`.protocol`  - header names, paths, encodings shared by both ends
-* :mod:`.workboard` - the host's queues, invocations, deadlines, bounds and the served-ARN rule
-* :mod:`.connections` - the host's connection cap, head/body deadlines and body budget
-* :mod:`.handler`   - the host's HTTP request handling, who may call what, and its status codes
-* :mod:`.host`      - :class:`IPCHost`: lifecycle, per-function tokens, probes, graceful shutdown
-* :mod:`.clientfile`- the file through which local clients find a standalone host, and its safety
-* :mod:`.local`     - :class:`BoardClient`, the worker side of a function in the host's process
-* :mod:`.client`    - :class:`IPCClient`, for a real core or our host
-* :mod:`.runtime`   - :func:`run_lambda`, the get_work -> handler -> result loop
-
-Environment variables read here: ``AWS_CONTAINER_AUTHORIZATION_TOKEN``, ``GG_DAEMON_PORT``,
-``AWS_REGION`` (as inside a Greengrass Lambda) and ``GG_ML_IPC_FILE`` (client file location).
+* :mod:`.protocol`    - header names, paths, encodings and addresses shared by both ends
+* :mod:`.http`        - HTTP hardened for a host any local program may reach (no Greengrass in it)
+* :mod:`.routes`      - the host's Greengrass calls and probes, who may call what, its status codes
+* :mod:`.auth`        - tokens and principals: the callers' token and one token per function
+* :mod:`.invocations` - what the board holds (invocations) and refuses (its errors)
+* :mod:`.workboard`   - the host's queues, deadlines, bounds, admission and the served-ARN rule
+* :mod:`.host`        - :class:`IPCHost`: lifecycle, limits, probes, graceful shutdown
+* :mod:`.clientfile`  - the file through which local clients find a standalone host, and its safety
+* :mod:`.local`       - :class:`BoardClient`, the worker side of a function in the host's process
+* :mod:`.client`      - :class:`IPCClient`, for a real core or our host
+* :mod:`.runtime`     - :func:`run_lambda`, the get_work -> handler -> result loop
 """
 from __future__ import annotations
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import collections
 import http.client
 import json
-import os
 import socket
 import threading
 from typing import Dict, Mapping, Optional, Set, Tuple, Union
 
+from .. import settings
+from ..errors import IPCError
 from . import clientfile
 from . import protocol
 
@@ -28,16 +29,6 @@ WorkItem.__new__.__defaults__ = (None, None)
 GetWorkResultOutput = collections.namedtuple("GetWorkResultOutput", ["payload", "func_err"])
 
 Payload = Union[bytes, bytearray, memoryview, str, None]
-
-
-class IPCError(Exception):
-    """An IPC call failed: unreachable endpoint (status None) or a non-2xx answer."""
-
-    def __init__(self, message: str, status: Optional[int] = None,
-                 error_type: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
 
 
 def _as_bytes(payload: Payload) -> bytes:
@@ -77,14 +68,13 @@ class IPCClient(object):
     @classmethod
     def from_environment(cls, environ: Optional[Mapping[str, str]] = None,
                          timeout: Optional[float] = None) -> "IPCClient":
-        """A client for the core of this Lambda, from `environ` (default os.environ)."""
-        env = os.environ if environ is None else environ
-        port_text = env.get(protocol.ENV_DAEMON_PORT) or str(protocol.DEFAULT_DAEMON_PORT)
+        """A client for the core of this Lambda, from `environ` (default the process's)."""
+        port_text = settings.get(protocol.ENV_DAEMON_PORT, environ)
         try:
             port = int(port_text)
         except ValueError:
             raise IPCError("{}={!r} is not a port number".format(protocol.ENV_DAEMON_PORT, port_text))
-        return cls(host="localhost", port=port, token=env.get(protocol.ENV_AUTH_TOKEN, ""),
+        return cls(host="localhost", port=port, token=settings.get(protocol.ENV_AUTH_TOKEN, environ),
                    timeout=timeout)
 
     @classmethod

@@ -32,7 +32,7 @@ live in a second file, ``<client file>.functions``, always 0600, ``{"version": 2
 {<arn>: {"token", "host": <entry name>, "pid", "started"}}}``.
 
 The SDK keeps its own copy of the lookup and the safety rule because it must not import this
-package; ``tests/test_ml_sdk.py`` checks that the two agree.
+package; ``tests/sdk/test_ml_sdk.py`` checks that the two agree.
 """
 from __future__ import annotations
 
@@ -44,10 +44,11 @@ import json
 import logging
 import os
 import stat
-import tempfile
 from typing import Any, Dict, Iterator, Mapping, Optional
 
-from ..errors import ConnectorError
+from .. import settings
+from ..errors import ClientFileError
+from ..files import directory_reason, read_regular, unsafe_reason, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,65 +62,19 @@ DEFAULT_NAME = "ipc-host"
 MAX_FILE_BYTES = 1024 * 1024
 
 
-class ClientFileError(ConnectorError):
-    """The client file cannot be written or read safely; the message says how to fix it."""
-
-
 def default_path(environ: Optional[Mapping[str, str]] = None) -> str:
     """Where the client file lives for this user (see the module docstring)."""
-    env = os.environ if environ is None else environ
-    explicit = env.get(ENV_CLIENT_FILE)
+    explicit = settings.get(ENV_CLIENT_FILE, environ)
     if explicit:
         return os.path.expanduser(explicit)
-    runtime_dir = env.get("XDG_RUNTIME_DIR")
+    runtime_dir = settings.get("XDG_RUNTIME_DIR", environ)
     if runtime_dir and os.path.isdir(runtime_dir):
         return os.path.join(runtime_dir, DIR_NAME, FILE_NAME)
-    home = env.get("HOME") or os.path.expanduser("~")
+    home = settings.get("HOME", environ) or os.path.expanduser("~")
     return os.path.join(home, ".config", DIR_NAME, FILE_NAME)
 
 
 # -- safety ------------------------------------------------------------------------------------
-
-def unsafe_reason(path: str) -> Optional[str]:
-    """Why the file at `path` (or, when it does not exist, its directory) could have been replaced
-    by another unprivileged user; None when it could not (see the module docstring)."""
-    path = os.path.abspath(path)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        return "{} cannot be examined ({})".format(path, exc.strerror)
-    if st is not None:
-        if stat.S_ISLNK(st.st_mode):
-            return "{} is a symbolic link".format(path)
-        owner = st.st_uid
-        if st.st_mode & 0o022:
-            return "{} is writable by {} (mode {:o})".format(
-                path, "others" if st.st_mode & 0o002 else "its group", stat.S_IMODE(st.st_mode))
-    else:
-        owner = None
-    directory, leaf = os.path.dirname(path), True
-    while True:
-        try:
-            dst = os.stat(directory)
-        except OSError as exc:
-            return "{} cannot be examined ({})".format(directory, exc.strerror)
-        if owner is None:
-            owner = dst.st_uid
-        if dst.st_uid not in (0, owner):
-            return "{} belongs to uid {}, not to root or the file's owner (uid {})".format(
-                directory, dst.st_uid, owner)
-        sticky = bool(dst.st_mode & stat.S_ISVTX)
-        if dst.st_mode & 0o022 and (leaf or not sticky):
-            return "{} is writable by {} (mode {:o})".format(
-                directory, "others" if dst.st_mode & 0o002 else "its group",
-                stat.S_IMODE(dst.st_mode))
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return None
-        directory, leaf = parent, False
-
 
 def check_directory(path: str, group: Optional[str] = None) -> None:
     """Make sure the host can write the client file at `path` safely: create a missing directory
@@ -147,7 +102,7 @@ def check_directory(path: str, group: Optional[str] = None) -> None:
                                                                 ENV_CLIENT_FILE)) from None
     # The file itself is replaced by a rename, whoever wrote what is there now: the directory
     # is what must be safe.
-    reason = _directory_reason(directory)
+    reason = directory_reason(directory)
     if reason:
         raise ClientFileError("unsafe client file location: {}; another user could replace the file "
                               "and receive the images. Fix: chmod go-w (and chown to this user) the "
@@ -161,13 +116,6 @@ def check_directory(path: str, group: Optional[str] = None) -> None:
             path, ENV_CLIENT_FILE))
 
 
-def directory_reason(directory: str) -> Optional[str]:
-    """Why a file this user creates in `directory` could be replaced by another unprivileged user
-    (None: it could not): the rule of :func:`check_directory`, for other directories whose files
-    must not be planted or replaced (the feedback spool)."""
-    return _directory_reason(directory)
-
-
 def _warn_if_out_of_reach(directory: str, gid: int) -> None:
     # An operator's directory is not changed (systemd's RuntimeDirectoryMode= says 0750), but a
     # group that cannot pass through it would see only "permission denied" on every call.
@@ -176,15 +124,6 @@ def _warn_if_out_of_reach(directory: str, gid: int) -> None:
         log.warning("the client-file group (gid %d) cannot reach %s (mode %o, group %d): chgrp "
                     "and chmod g+rx it to let the group use the service", gid, directory,
                     stat.S_IMODE(st.st_mode), st.st_gid)
-
-
-def _directory_reason(directory: str) -> Optional[str]:
-    # The directory must be safe for a file created there by us.
-    st = os.stat(directory)
-    if st.st_uid not in (0, os.geteuid()):
-        return "{} belongs to uid {}, not to this user (uid {})".format(directory, st.st_uid,
-                                                                         os.geteuid())
-    return unsafe_reason(os.path.join(directory, ".probe-that-does-not-exist"))
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -232,27 +171,9 @@ def is_alive(entry: Mapping[str, Any]) -> bool:
 # -- reading -----------------------------------------------------------------------------------
 
 def read_file(path: str, kind: str, max_bytes: int = MAX_FILE_BYTES, private: bool = False) -> bytes:
-    """The bytes of `path`, opened without following a link; ValueError naming `kind` and the
-    rule for a link, a non-regular file, one over `max_bytes` (anyone who could write there may
-    have planted it) and, with `private`, one its group or others may write."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ValueError("{} is a symbolic link; a {} must not be one".format(path, kind)) from None
-        raise
-    with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("{} is not a regular file; not a {}".format(path, kind))
-        if private and st.st_mode & 0o022:
-            raise ValueError("{} is writable by {} (mode {:o}); a {} must be writable only by its "
-                             "owner".format(path, "others" if st.st_mode & 0o002 else "its group",
-                                            stat.S_IMODE(st.st_mode), kind))
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ValueError("{} is larger than {} bytes; not a {}".format(path, max_bytes, kind))
-    return data
+    """The bytes of `path` read as :func:`connector.files.read_regular` does (no link, a regular
+    file, at most `max_bytes`; with `private` writable only by its owner); ValueError otherwise."""
+    return read_regular(path, max_bytes, kind, private)
 
 
 def _read_json(path: str, kind: str) -> Any:
@@ -402,22 +323,6 @@ def publish_function_tokens(path: str, name: str, tokens: Mapping[str, str]) -> 
         _atomic_write(functions_path, document, 0o600, None)
 
 
-def write(path: str, host: str, port: int, token: str, region: str,
-          name: str = DEFAULT_NAME) -> Dict[str, Any]:
-    """Publish one entry (what tests and tools that play a host use)."""
-    return publish(path, name, host, port, token, region)
-
-
-def remove_if_ours(path: str, token: str) -> bool:
-    """Remove whichever entry holds `token`; other hosts' entries are left alone."""
-    try:
-        found = entries(path)
-    except (OSError, ValueError):
-        return False
-    return any(withdraw(path, name, token) for name, entry in found.items()
-               if entry.get("token") == token)
-
-
 # -- internals ---------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -465,23 +370,9 @@ def _withdraw_functions(path: str, name: str) -> None:
 
 
 def _atomic_write(path: str, document: Dict[str, Any], mode: int, gid: Optional[int]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    # mkstemp creates the file 0600 from the start: a token is never readable by others,
-    # not even for the instant between create and chmod.
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if gid is not None:
-            os.chown(tmp, -1, gid)
-        os.chmod(tmp, mode & 0o640)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # The temporary file is 0600 until renamed: a token is never readable by others, not even for
+    # the instant between create and chmod.
+    write_atomic(path, json.dumps(document).encode("utf-8"), mode & 0o640, gid)
 
 
 def _group_id(group: str) -> int:

@@ -1,7 +1,7 @@
 """The standalone IPC host: the part of a Greengrass V1 core that local programs talk to.
 
 It speaks the core's local IPC protocol (see :mod:`connector.ipc.protocol` and the status table in
-:mod:`connector.ipc.handler`) on loopback, so the unchanged ``greengrass_machine_learning_sdk`` and
+:mod:`connector.ipc.routes`) on loopback, so the unchanged ``greengrass_machine_learning_sdk`` and
 any Lambda-style worker (:func:`connector.ipc.runtime.run_lambda`) work without Greengrass::
 
     host = IPCHost(port=0, result_timeout_s=10, name="objectDetection").start()
@@ -12,53 +12,37 @@ any Lambda-style worker (:func:`connector.ipc.runtime.run_lambda`) work without 
     ...
     host.shutdown(grace_s=5)
 
-Credentials (SPEC section 4, "Who may do what"), as a Greengrass core hands them out:
-
-* **callers** hold :attr:`IPCHost.token` (the client file carries it); they may post work to any
-  served function and fetch the result of work *they* posted (an invocation belongs to the
-  principal that posted it; for anybody else it does not exist), nothing else;
-* **each function** has its own token, returned by :meth:`IPCHost.register_function` (random
-  unless given). Only that token may take the function's work (get_work), answer it
-  (post_work_result, post_handler_err) or report its initialization; a function may also call
-  other functions, as a caller, with it.
-
+Who may do what (SPEC section 4) is :mod:`connector.ipc.auth`: callers hold :attr:`IPCHost.token`
+(the client file carries it); each function gets its own token from :meth:`register_function`.
 How a function gets its token: in this process, :meth:`IPCHost.function_client` (no token
 travels at all); in another process, the way a core hands it to its Lambda, in
 ``AWS_CONTAINER_AUTHORIZATION_TOKEN``, or from the host's function-token file next to the client
 file (mode 0600, never group-readable; see :mod:`connector.ipc.clientfile`), which ``attach``
 reads.
 
-Which ARNs count as served is documented in :mod:`connector.ipc.workboard`; the bounds on
-connections and bodies in :mod:`connector.ipc.connections`. Probes need no token: ``GET /livez``
-(the host answers), ``GET /readyz`` (a request now would be served without waiting) and
-``GET /healthz``; without a valid token each carries ``{"status": ...}`` only (``ok``,
-``starting``, ``stopping``, ``error``; ``alive``; ``ready``, ``not ready``), with any valid token
-``/healthz`` is the whole document, errors included.
+Which ARNs count as served is documented in :mod:`connector.ipc.workboard`; the routes, status
+codes and probes in :mod:`connector.ipc.routes`; the bounds on connections and bodies
+(:class:`HostLimits`) in :mod:`connector.ipc.http.guard`.
 """
 from __future__ import annotations
 
-import collections
-import hashlib
 import json
 import logging
-import os
-import secrets
-import socket
-import socketserver
-import sys
 import threading
-import time
-from http.server import ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
-from ..errors import ConnectorError
+from .. import settings
+from ..errors import HostStartError, shorten
 from . import clientfile
-from . import protocol
+from .auth import Credentials, Principal, new_token
 from .clientfile import DEFAULT_NAME
-from .connections import (BUSY_RESPONSE, DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEAD_TIMEOUT_S,
-                          DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_READING_BYTES, ConnectionGuard)
-from .handler import IPCRequestHandler
-from .workboard import DEFAULT_MAX_QUEUED, DEFAULT_MAX_QUEUED_BYTES, AdmissionHook, WorkBoard
+from .http.guard import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEAD_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS,
+                         DEFAULT_MAX_READING_BYTES, ConnectionGuard)
+from .http.server import HardenedServer
+from .routes import GreengrassHandler
+from .invocations import AdmissionHook
+from .workboard import DEFAULT_MAX_QUEUED, DEFAULT_MAX_QUEUED_BYTES, WorkBoard
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import IPCClient
@@ -66,138 +50,50 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REGION = "us-east-1"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 HealthCallback = Callable[[], Dict[str, Any]]
-# Refused connections kept open to be drained (see _Server), and for how long at most.
-MAX_LINGERING = 16
-LINGER_S = 1.0
 
 
-class HostStartError(ConnectorError):
-    """The host cannot start (address in use, unsafe client-file directory); one line says why."""
+@dataclass(frozen=True)
+class HostLimits:
+    """Every bound of the host, in one place (the README's Limits section explains each)."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # a larger body is refused with 413, unread
+    idle_timeout_s: float = 60.0  # an idle keep-alive connection is closed after this long
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # see http.guard
+    head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_reading_bytes: int = DEFAULT_MAX_READING_BYTES
+    max_queued: int = DEFAULT_MAX_QUEUED  # see workboard
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
+
+    def guard(self) -> ConnectionGuard:
+        # A body the host accepts must fit the budgets, or it would be refused as "busy" forever.
+        return ConnectionGuard(max_connections=self.max_connections,
+                               head_timeout_s=self.head_timeout_s, idle_timeout_s=self.idle_timeout_s,
+                               body_timeout_s=self.body_timeout_s,
+                               max_reading_bytes=self.max_reading_bytes,
+                               largest_body_bytes=self.max_body_bytes)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a stuck client connection must never keep the process alive
-    allow_reuse_address = True
-    # socketserver's default backlog of 5 resets connections as soon as a few dozen clients
-    # (each call is a new connection, as with the core's urllib client) arrive together.
-    request_queue_size = 128
+class _Server(HardenedServer):
+    """The hardened server, with the IPC host its Greengrass routes answer from."""
 
     def __init__(self, address: Tuple[str, int], ipc_host: "IPCHost") -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         self.ipc_host = ipc_host
-        self.guard = ipc_host.guard
-        # Refused connections stay open (write side shut) for a moment, drained, so that the
-        # client's request bytes arriving after our 503 do not make the kernel reset the
-        # connection before the client has read the answer.
-        self._lingering: Deque[Tuple[float, socket.socket]] = collections.deque()
-        super().__init__(address, IPCRequestHandler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the bound address with getfqdn, a reverse DNS lookup
-        # that can stall for seconds on an edge device without DNS; the name is never used.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # Admission before a thread exists: a flood of connections costs no threads beyond the cap.
-        if not self.guard.admit(request):
-            body = protocol.error_body("the IPC host is busy: {} connections are open and none is "
-                                       "idle; retry later".format(self.guard.max_connections),
-                                       "ServiceUnavailable")
-            try:
-                request.setblocking(False)
-                request.send(BUSY_RESPONSE % (len(body), body))
-                request.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            if len(self._lingering) < MAX_LINGERING:
-                self._lingering.append((time.monotonic() + LINGER_S, request))
-            else:
-                self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except RuntimeError:  # no thread could be started: refuse this one, keep serving
-            self.guard.release(request)
-            self.shutdown_request(request)
-
-    def service_actions(self) -> None:
-        # serve_forever calls this every poll interval (0.1 s): the deadlines' clock.
-        self.guard.enforce()
-        now, kept = time.monotonic(), collections.deque()
-        while self._lingering:
-            deadline, sock = self._lingering.popleft()
-            try:
-                while sock.recv(65536):  # drain what the client sent; b"": it closed
-                    pass
-                gone = True
-            except BlockingIOError:
-                gone = False
-            except OSError:
-                gone = True
-            if gone or now >= deadline:
-                sock.close()
-            else:
-                kept.append((deadline, sock))
-        self._lingering = kept
-
-    def server_close(self) -> None:
-        super().server_close()
-        while self._lingering:
-            self._lingering.popleft()[1].close()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # socketserver prints a traceback to stderr for any error; a client that resets its
-        # connection is routine, anything else is a bug worth a logged traceback.
-        error = sys.exc_info()[1]
-        if isinstance(error, (ConnectionError, socket.timeout)):
-            log.debug("connection from %s ended: %s", client_address, error)
-        else:
-            log.exception("error serving %s", client_address)
-
-
-class Principal(object):
-    """Who made a request: a caller (the client token) or the function a token belongs to."""
-
-    __slots__ = ("name", "function_arn")
-
-    def __init__(self, name: str, function_arn: Optional[str] = None) -> None:
-        self.name, self.function_arn = name, function_arn
-
-    def serves(self, function_arn: str) -> bool:
-        return self.function_arn == function_arn
-
-
-CALLER = Principal("caller")
-
-
-def _digest(token: str) -> bytes:
-    # Tokens are looked up by their digest: a dict lookup on the token itself would compare the
-    # given bytes with stored ones, whose timing says how much of a guess was right.
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        super().__init__(address, GreengrassHandler, ipc_host.guard, ipc_host.limits.max_body_bytes,
+                         ipc_host.limits.idle_timeout_s)
 
 
 class IPCHost(object):
     """A Greengrass-compatible local IPC endpoint that any process on this machine can use."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: Optional[str] = None,
-                 region: Optional[str] = None, client_file: Optional[str] = None,
-                 write_client_file: bool = True, result_timeout_s: float = 30.0,
-                 attach_grace_s: float = 60.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 idle_timeout_s: float = 60.0, health: Optional[HealthCallback] = None,
-                 name: str = DEFAULT_NAME, client_file_group: Optional[str] = None,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
-                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-                 max_reading_bytes: int = DEFAULT_MAX_READING_BYTES,
-                 max_queued: int = DEFAULT_MAX_QUEUED,
-                 max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES) -> None:
+                 region: Optional[str] = None, name: str = DEFAULT_NAME,
+                 client_file: Optional[str] = None, write_client_file: bool = True,
+                 client_file_group: Optional[str] = None, result_timeout_s: float = 30.0,
+                 attach_grace_s: float = 60.0, health: Optional[HealthCallback] = None,
+                 limits: HostLimits = HostLimits()) -> None:
         """
         :param host: address to bind; loopback unless you mean it (the tokens are the only guard).
         :param port: TCP port; 0 picks a free one (read it back from :attr:`port`).
@@ -206,50 +102,43 @@ class IPCHost(object):
             (:meth:`register_function`).
         :param region: written to the client file so the SDK builds the same ARNs as the owner;
             default ``$AWS_REGION`` or us-east-1.
+        :param name: this host's entry in the client file (``serve`` uses its service name).
         :param client_file: where to write the client file; default
             :func:`connector.ipc.clientfile.default_path`.
         :param write_client_file: False for hosts that clients find by other means (tests).
+        :param client_file_group: a group that may read the client file (not the function tokens).
         :param result_timeout_s: how long after post_work an invocation may take before the
             caller gets an ``Unhandled`` timeout error (per function: :meth:`register_function`).
         :param attach_grace_s: see the served-ARN rule in :mod:`connector.ipc.workboard`.
-        :param max_body_bytes: larger request bodies are refused with 413.
-        :param idle_timeout_s: an idle keep-alive connection is closed after this long.
         :param health: returns the JSON document of ``GET /healthz`` once :meth:`set_ready`.
-        :param name: this host's entry in the client file (``serve`` uses its service name).
-        :param client_file_group: a group that may read the client file (not the function tokens).
-        :param max_connections, head_timeout_s, body_timeout_s, max_reading_bytes: see
-            :mod:`connector.ipc.connections`.
-        :param max_queued, max_queued_bytes: see :mod:`connector.ipc.workboard`.
+        :param limits: the connection, body and queue bounds.
         """
         self.bind_host = host
         self.requested_port = int(port)
-        self.token = token or os.environ.get(protocol.ENV_AUTH_TOKEN) or secrets.token_urlsafe(32)
-        self.region = region or os.environ.get(protocol.ENV_REGION) or DEFAULT_REGION
+        self.credentials = Credentials(token or settings.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+                                       or new_token())
+        self.region = region or settings.get("AWS_REGION")
         self.name = name
         self.client_file_path = (client_file or clientfile.default_path()) if write_client_file else None
         self.client_file_group = client_file_group
-        self.max_body_bytes = int(max_body_bytes)
-        self.idle_timeout_s = float(idle_timeout_s)
-        # A body the host accepts must fit the budgets, or it would be refused as "busy" forever.
-        self.guard = ConnectionGuard(max_connections=max_connections, head_timeout_s=head_timeout_s,
-                                     idle_timeout_s=idle_timeout_s, body_timeout_s=body_timeout_s,
-                                     max_reading_bytes=max_reading_bytes,
-                                     largest_body_bytes=self.max_body_bytes)
+        self.limits = limits
+        self.guard = limits.guard()
         self.board = WorkBoard(result_timeout_s=result_timeout_s, attach_grace_s=attach_grace_s,
-                               max_queued=max_queued,
-                               max_queued_bytes=max(max_queued_bytes, self.max_body_bytes))
-        self._principals: Dict[bytes, Principal] = {_digest(self.token): CALLER}
-        self._function_tokens: Dict[str, str] = {}
+                               max_queued=limits.max_queued,
+                               max_queued_bytes=max(limits.max_queued_bytes, limits.max_body_bytes))
         self._health = health
         self._metrics: Optional[Callable[[], str]] = None
         self._readiness: Optional[Callable[[], bool]] = None
         self._ready = False
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
-        self._inflight = 0
-        self._inflight_changed = threading.Condition()
         self._stopped = False
         self._published = False
+
+    @property
+    def token(self) -> str:
+        """The callers' token (what the client file carries)."""
+        return self.credentials.callers_token
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -330,16 +219,7 @@ class IPCHost(object):
         :param admit: judges each post_work from the poster's :class:`Principal` before it is
             queued (see :mod:`connector.ipc.workboard`, admission).
         """
-        old = self._function_tokens.get(function_arn)
-        token = token or old or secrets.token_urlsafe(32)
-        digest = _digest(token)
-        if token != old:
-            if digest in self._principals:
-                raise ValueError("every function needs its own token, distinct from the callers'")
-            if old is not None:
-                self._principals.pop(_digest(old), None)
-        self._function_tokens[function_arn] = token
-        self._principals[digest] = Principal("function " + function_arn, function_arn)
+        token = self.credentials.give(function_arn, token)
         self.board.register(function_arn, served=served, timeout_s=timeout_s,
                             timeout_message=timeout_message, admit=admit)
         self._publish_function_tokens()
@@ -350,12 +230,12 @@ class IPCHost(object):
         self.board.unregister(function_arn)
 
     def function_token(self, function_arn: str) -> Optional[str]:
-        return self._function_tokens.get(function_arn)
+        return self.credentials.function_token(function_arn)
 
     def function_client(self, function_arn: str) -> "BoardClient":
         """The in-process worker side of a registered function (what ``serve`` runs)."""
         from .local import BoardClient
-        if function_arn not in self._function_tokens:
+        if self.credentials.function_token(function_arn) is None:
             self.register_function(function_arn)
         return BoardClient(self.board, function_arn)
 
@@ -379,7 +259,7 @@ class IPCHost(object):
             return 200, callback()
         except Exception as exc:  # the scrape must say why, not drop the connection
             log.exception("metrics callback failed")
-            return 500, "metrics failed: {}\n".format(str(exc)[:200])
+            return 500, "metrics failed: {}\n".format(shorten(exc, 200))
 
     def set_readiness(self, readiness: Optional[Callable[[], bool]]) -> None:
         """``GET /readyz`` answers 200 only while this says True (and the host is ready)."""
@@ -396,12 +276,12 @@ class IPCHost(object):
         from .client import IPCClient  # the host must not need the client to import
         token = self.token
         if function_arn is not None:
-            token = self._function_tokens.get(function_arn) or self.register_function(function_arn)
+            token = self.credentials.function_token(function_arn) or self.register_function(function_arn)
         return IPCClient(host=self.connect_host, port=self.port, token=token, timeout=timeout)
 
     def principal(self, token: str) -> Optional[Principal]:
         """Who holds `token`, None for nobody."""
-        return self._principals.get(_digest(token))
+        return self.credentials.principal(token)
 
     # -- facts --------------------------------------------------------------------------------
 
@@ -441,7 +321,7 @@ class IPCHost(object):
             json.dumps(document)  # fail here, with the reason, rather than in the handler
         except Exception as exc:  # the probe must say why, not drop the connection
             log.exception("health callback failed")
-            return 500, ({"status": "error", "errorMessage": str(exc)[:200]} if detailed
+            return 500, ({"status": "error", "errorMessage": shorten(exc, 200)} if detailed
                          else {"status": "error"})
         return 200, (document if detailed else {"status": "ok"})
 
@@ -465,30 +345,12 @@ class IPCHost(object):
     # -- function tokens for functions attaching from other processes --------------------------
 
     def _publish_function_tokens(self) -> None:
-        if self._published and self.client_file_path and self._function_tokens:
-            clientfile.publish_function_tokens(self.client_file_path, self.name,
-                                               dict(self._function_tokens))
-
-    # -- in-flight accounting (called by the request handler) ---------------------------------
-
-    def _request_started(self) -> None:
-        with self._inflight_changed:
-            self._inflight += 1
-
-    def _request_finished(self) -> None:
-        with self._inflight_changed:
-            self._inflight -= 1
-            self._inflight_changed.notify_all()
+        tokens = self.credentials.function_tokens()
+        if self._published and self.client_file_path and tokens:
+            clientfile.publish_function_tokens(self.client_file_path, self.name, tokens)
 
     def _wait_idle(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + max(0.0, timeout_s)
-        with self._inflight_changed:
-            while self._inflight > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._inflight_changed.wait(remaining)
-            return True
+        return self._server is None or self._server.inflight.wait_idle(timeout_s)
 
 
 def _reason(exc: BaseException) -> str:

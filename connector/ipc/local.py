@@ -18,7 +18,8 @@ from typing import Optional
 
 from . import protocol
 from .client import IPCError, Payload, WorkItem, _as_bytes
-from .workboard import WorkBoard, WorkBoardError
+from .invocations import WorkBoardError
+from .workboard import WorkBoard
 
 
 class BoardClient:

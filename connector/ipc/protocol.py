@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 from urllib.parse import quote, unquote
 
 API_VERSION = "2016-11-01"
@@ -46,6 +46,21 @@ DEFAULT_DAEMON_PORT = 8000
 # the depth is far above what any Greengrass client sends ({"custom": {...}}: 2).
 MAX_CLIENT_CONTEXT_BYTES = 64 * 1024
 MAX_CLIENT_CONTEXT_DEPTH = 32
+
+# The function a Lambda posts its MQTT publishes to (greengrasssdk's iot-data client does).
+GGROUTER_ARN = "arn:aws:lambda:::function:GGRouter"
+# The rules our host's GGRouter judges a publish by: rule -> (status, errorType) of the refusal
+# (connector.standalone.ggrouter.topics), so that a publisher knows which refusals are for good.
+GGROUTER_RULES = {
+    "bad_client_context": (400, "InvalidClientContext"),
+    "bad_topic": (400, "InvalidTopic"),
+    "topic_too_long": (400, "TopicTooLong"),
+    "topic_too_deep": (400, "TopicTooDeep"),
+    "reserved_topic": (403, "ReservedTopic"),
+    "not_allowed": (403, "TopicNotAllowed"),
+    "message_too_large": (413, "MessageTooLarge"),
+    "queue_full": (429, "TooManyRequestsException"),
+}
 
 # Addresses of the AWS ML services, as greengrass_machine_learning_sdk builds them.
 INFERENCE_ARN_FORMAT = "arn:aws:lambda:{region}:aws:function:GG-ML-INF-{algo_type}-{service_name}"
@@ -144,11 +159,13 @@ def decode_client_context(value: Optional[str]) -> Dict[str, Any]:
 _JSON_STRUCTURE = re.compile(rb'[\\"\[\]{}]')
 
 
-def nesting_exceeds(text: bytes, limit: int) -> bool:
+def nesting_exceeds(text: Union[str, bytes], limit: int) -> bool:
     """True when the JSON `text` opens more than `limit` arrays/objects inside each other.
 
     Brackets inside strings do not count. Linear in len(text) and stops at the first level over
     `limit`, whatever the text holds (it need not be valid JSON: json.loads judges that)."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogatepass")
     depth, in_string, skip_to = 0, False, -1
     for match in _JSON_STRUCTURE.finditer(text):
         at = match.start()

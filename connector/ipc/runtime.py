@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 Handler = Callable[[bytes, "LambdaContext"], Any]
 
 _BACKOFF_START_S = 0.05
+
+
+class NoAnswer(Exception):
+    """Raised by a handler for work whose caller the host answers itself (its deadline passed, or
+    would before the work could finish, or it left): nothing is posted, so the host's own answer
+    and count stand alone."""
 _BACKOFF_MAX_S = 2.0
 
 
@@ -106,6 +112,10 @@ def _handle_work(function_arn: str, handler: Handler, client: IPCClient, work: W
         return
     try:
         result = handler(work.payload, context)
+    except NoAnswer as exc:
+        log.debug("invocation %s of %s is left to the host to answer: %s", work.invocation_id,
+                  function_arn, exc)
+        return
     except Exception as exc:  # the handler's failure is the caller's answer, not ours
         log.info("handler of %s raised %s for invocation %s: %s", function_arn,
                  type(exc).__name__, work.invocation_id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -214,3 +224,21 @@ def run_lambda(function_arn: str, handler: Handler, client: Optional[IPCClient] 
             for worker in workers:
                 worker.join(timeout=0.1)
         log.info("stopped serving %s", function_arn)
+
+
+class LambdaThread:
+    """:func:`run_lambda` in a thread of its own (how a host serves a function in its process)."""
+
+    def __init__(self, function_arn: str, handler: Handler, client: Any, concurrency: int = 1,
+                 name: Optional[str] = None, daemon: bool = False) -> None:
+        self.function_arn = function_arn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=run_lambda, name=name or "lambda-{}".format(protocol.function_name_of(function_arn)[0]),
+            args=(function_arn, handler, client),
+            kwargs={"stop_event": self._stop, "concurrency": concurrency}, daemon=daemon)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)

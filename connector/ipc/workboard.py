@@ -33,7 +33,7 @@ Admission (``register(..., admit=)``): a function may judge each post_work befor
 from who posted it (the authenticated principal the HTTP layer passes, never anything the request
 says about itself), its client context and its payload. The hook raises :class:`NotAdmitted`
 with the status and the rule; the caller gets that refusal at once, nothing is queued. This is
-how the host's GGRouter applies its subscription-like rules (:mod:`connector.mqtt_router`)
+how the host's GGRouter applies its subscription-like rules (:mod:`connector.standalone.ggrouter.forwarder`)
 without the board knowing anything about MQTT.
 """
 from __future__ import annotations
@@ -46,87 +46,9 @@ import uuid
 from typing import Any, Callable, Deque, Dict, Optional
 
 from . import protocol
-
-QUEUED = "queued"
-RUNNING = "running"
-DONE = "done"
-
-
-class WorkBoardError(Exception):
-    """Base of the refusals the HTTP layer turns into 4xx/5xx answers."""
-
-
-class NotServed(WorkBoardError):
-    """No worker serves this function ARN (see the served-ARN rule)."""
-
-
-class Draining(WorkBoardError):
-    """The host is shutting down and takes no new work."""
-
-
-class UnknownInvocation(WorkBoardError):
-    """No invocation with this id exists for this function (never did, or was already answered)."""
-
-
-class NoResultKept(WorkBoardError):
-    """The invocation is an Event invocation: its result is never kept."""
-
-
-class AlreadyFinished(WorkBoardError):
-    """A result was posted for an invocation that is already finished (answered or timed out)."""
-
-
-class NotDelivered(WorkBoardError):
-    """A result was posted for an invocation no worker has taken yet."""
-
-
-class Busy(WorkBoardError):
-    """Too many invocations (or payload bytes) are queued; the caller should retry later."""
-
-
-class NotAdmitted(WorkBoardError):
-    """The function's admission hook refused this post_work; `status` (4xx) and `error_type`
-    travel to the caller with the message, which names the rule."""
-
-    def __init__(self, message: str, status: int = 403, error_type: str = "Forbidden") -> None:
-        super().__init__(message)
-        self.status = int(status)
-        self.error_type = error_type
-
-
-# admit(principal, client_context, payload): returns to admit, raises NotAdmitted to refuse.
-AdmissionHook = Callable[[Any, str, bytes], None]
-
-
-class Invocation(object):
-    """One piece of posted work and, once finished, its result."""
-
-    def __init__(self, invocation_id: str, function_arn: str, payload: bytes, client_context: str,
-                 invocation_type: str, deadline: float, owner: str = "") -> None:
-        self.invocation_id = invocation_id
-        self.owner = owner
-        self.function_arn = function_arn
-        self.payload = payload
-        self.client_context = client_context
-        self.invocation_type = invocation_type
-        self.deadline = deadline
-        self.state = QUEUED
-        self.result = b""
-        self.function_error: Optional[str] = None
-        self.finished_at = 0.0
-        self.done = threading.Event()
-        self.taken = False  # handed to a worker at least once
-        self.answered = False  # a worker posted its result or error
-        self.handed_over = False  # its caller got the outcome
-
-    def cancelled(self) -> bool:
-        """True once nobody waits for this invocation any more (answered, timed out, abandoned)."""
-        return self.done.is_set()
-
-    @property
-    def is_event(self) -> bool:
-        return self.invocation_type == protocol.INVOCATION_EVENT
-
+from .invocations import (DONE, QUEUED, RUNNING, AdmissionHook, AlreadyFinished, Busy, Draining,
+                          Invocation, NoResultKept, NotDelivered, NotServed, Starting,
+                          UnknownInvocation)
 
 COUNTER_NAMES = ("timeouts", "abandoned", "late_results", "busy")
 
@@ -142,6 +64,7 @@ class _Function(object):
         self.timeout_s: Optional[float] = None
         self.timeout_message = DEFAULT_TIMEOUT_MESSAGE
         self.admit: Optional[AdmissionHook] = None
+        self.starting: Optional[str] = None  # why it cannot serve yet (its model is loading)
         # What callers experienced: the board's timeouts, callers that hung up before their answer,
         # and results a worker posted after their caller had been answered.
         self.counters: Dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
@@ -191,6 +114,7 @@ class WorkBoard(object):
         with self._lock:
             fn = self._function(function_arn)
             fn.registered = served
+            fn.starting = None
             if admit is not None:
                 fn.admit = admit
             if timeout_s is not None:
@@ -198,11 +122,27 @@ class WorkBoard(object):
             if timeout_message is not None:
                 fn.timeout_message = timeout_message
 
+    def starting(self, function_arn: str, why: str) -> None:
+        """`function_arn` will be served once it has started (:meth:`register`); until then a
+        post_work for it is refused with :class:`Starting` saying `why` (the caller retries),
+        not with NotServed (a misspelt address)."""
+        with self._lock:
+            self._function(function_arn).starting = why
+
+    def served(self) -> "list[str]":
+        """The function ARNs served now (for the message to a caller who named another)."""
+        with self._lock:
+            return sorted(arn for arn in self._functions if self.is_served(arn))
+
     def counters(self, function_arn: str) -> Dict[str, int]:
         """What callers of `function_arn` experienced: timeouts, abandoned, late_results, busy."""
         with self._lock:
             fn = self._functions.get(function_arn)
             return dict(fn.counters) if fn else dict.fromkeys(COUNTER_NAMES, 0)
+
+    def describe(self, function_arn: str) -> Dict[str, int]:
+        """The health document's ``board`` section for `function_arn`: its counters and queue."""
+        return dict(self.counters(function_arn), queue_depth=self.queue_depth(function_arn))
 
     def queue_depth(self, function_arn: str) -> int:
         """Invocations of `function_arn` waiting to be taken (get_work not yet called for them)."""
@@ -276,12 +216,16 @@ class WorkBoard(object):
         if self._draining:
             raise Draining("the IPC host is shutting down and accepts no new work")
         self._sweep()
+        fn = self._functions.get(function_arn)
+        if fn is not None and fn.starting is not None:
+            raise Starting("{} is starting: {}; retry in a moment".format(function_arn, fn.starting))
         if not self.is_served(function_arn):
-            fn = self._functions.get(function_arn)
             if fn is not None and _failed_initialization(fn):
                 raise NotServed("{} reported that it failed to initialize: {}".format(
                     function_arn, fn.initialization.get("Response") or "(no reason given)"))
-            raise NotServed("no function serves {} on this host".format(function_arn))
+            served = self.served()
+            raise NotServed("no function serves {} on this host; it serves {}".format(
+                function_arn, ", ".join(served) if served else "none yet"))
 
     def wait_result(self, function_arn: str, invocation_id: str, owner: str = "",
                     cancelled: Callable[[], bool] = lambda: False) -> Invocation:

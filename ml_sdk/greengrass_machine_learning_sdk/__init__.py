@@ -58,6 +58,8 @@ from .exception import GreengrassDependencyException
 from .feedback import GreengrassFeedbackException
 from .inference import GreengrassInferenceException, StreamingBody
 
+# The AWS SDK API version implemented; also the version of the ml_sdk/ distribution (its setup.py
+# reads this line).
 __version__ = "1.1.0"
 INTERFACE_VERSION = "1.2"
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import collections
 import http.client
 import json
+import math
 import os
 import threading
+import time
 from typing import Callable, Dict, Optional, Tuple
 from urllib.parse import quote
 
@@ -37,9 +39,11 @@ class GreengrassRuntimeException(Exception):
     """The call failed outside the service (mapped to GreengrassDependencyException).
 
     ``accepted`` is False when the host never took the work (the post failed), so calling again
-    cannot run it twice."""
+    cannot run it twice; ``retry_after`` is the seconds a host asked the caller to wait before
+    posting again (503 with Retry-After: the service is starting), else None."""
 
     accepted = True
+    retry_after = None  # type: Optional[float]
 
 
 def error_message_of(payload: bytes) -> str:
@@ -91,14 +95,7 @@ class GreengrassServiceClient(object):
         if isinstance(context, (bytes, bytearray)):
             context = bytes(context).decode("ascii")
         path = "/{}/functions/{}".format(API_VERSION, quote(address, safe=":$@!*'()+,;=-._~"))
-        try:
-            _, headers, _ = self._request(endpoint, "POST", path, message.payload, {
-                HEADER_CLIENT_CONTEXT: context or "",
-                HEADER_INVOCATION_TYPE: "RequestResponse",
-            })
-        except GreengrassRuntimeException as exc:
-            exc.accepted = False
-            raise
+        headers = self._post(endpoint, path, message.payload, context or "")
         invocation_id = headers.get(HEADER_INVOCATION_ID)
         if not invocation_id:
             raise GreengrassRuntimeException(
@@ -112,6 +109,24 @@ class GreengrassServiceClient(object):
             return GreengrassServiceCallOutput(None, GreengrassServiceMessage("", payload))
         raise GreengrassRuntimeException("{} failed with a function error {}: {}".format(
             address, function_error, error_message_of(payload)))
+
+    def _post(self, endpoint: _endpoint.Endpoint, path: str, payload: Optional[bytes],
+              context: str) -> http.client.HTTPMessage:
+        """post_work; while the host says the service is starting (503 with Retry-After), wait as
+        it asks and post again, within the call's own timeout."""
+        deadline = time.monotonic() + (self.timeout if self.timeout is not None
+                                       else default_timeout(endpoint))
+        while True:
+            try:
+                _, headers, _ = self._request(endpoint, "POST", path, payload, {
+                    HEADER_CLIENT_CONTEXT: context, HEADER_INVOCATION_TYPE: "RequestResponse"})
+                return headers
+            except GreengrassRuntimeException as exc:
+                exc.accepted = False
+                wait = exc.retry_after
+                if wait is None or time.monotonic() + wait >= deadline:
+                    raise
+                time.sleep(wait)
 
     def call_found(self, address_of: Callable[[_endpoint.Endpoint], str],
                    message: GreengrassServiceMessage, service_name: Optional[str] = None
@@ -176,7 +191,19 @@ class GreengrassServiceClient(object):
         else:
             kept_by_key[key] = connection
         if not 200 <= response.status < 300:
-            raise GreengrassRuntimeException("the Greengrass IPC at {}:{} answered {} {} to {} {}: {}".format(
+            error = GreengrassRuntimeException("the Greengrass IPC at {}:{} answered {} {} to {} {}: {}".format(
                 endpoint.host, endpoint.port, response.status, response.reason, method, path,
                 error_message_of(data)))
+            error.retry_after = _retry_after(response) if response.status == 503 else None
+            raise error
         return response.status, response.headers, data
+
+
+def _retry_after(response: http.client.HTTPResponse) -> Optional[float]:
+    """Retry-After in seconds (0.05 to 5; a date or anything else: None, do not retry)."""
+    text = (response.getheader("Retry-After") or "").strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return min(max(seconds, 0.05), 5.0) if math.isfinite(seconds) else None

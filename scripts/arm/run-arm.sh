@@ -6,7 +6,7 @@
 # Phases: build the Debian 12 chroot (scripts/arm/make-chroot.sh), copy this working tree to
 # /opt/src there, install with scripts/install/install-<arch>.sh (libdlr.so: LIBDLR_SO, else built
 # with scripts/arm/build-libdlr.sh), run the demo through the service with DLR (the Neo demo compiled
-# for the architecture, DEMO_DIR=<dir> to choose, else connector/models/demo-ssd-neo-<arch>, the trained SSD demo) and,
+# for the architecture, DEMO_DIR=<dir> to choose, else connector/demos/demo-ssd-neo-<arch>, the trained SSD demo) and,
 # on arm64, ONNX Runtime; then the tests that make sense there (runtime, service, IPC, SDK, doctor).
 # PHASES="install demo tests" (the default) chooses what runs after the chroot and the copy;
 # TESTS="tests/x.py::test_y ..." runs those tests instead of the subset.
@@ -81,7 +81,7 @@ install -D -m 0644 "$libdlr" "$root/opt/libdlr.so"
 
 rm -rf "$root/opt/src" && mkdir -p "$root/opt/src"
 tar -C "$repo" --exclude='./.venv*' --exclude=./.git --exclude=./out --exclude=./.tools -cf - . | tar -C "$root/opt/src" -xf -
-demo="${DEMO_DIR:-$repo/connector/models/demo-ssd-neo-$target}"
+demo="${DEMO_DIR:-$repo/connector/demos/demo-ssd-neo-$target}"
 # On the tmpfs: 32-bit DLR cannot list a model directory on ext4 under qemu (EOVERFLOW above).
 rm -rf "$root/tmp/demo-dlr" && cp -r "$demo" "$root/tmp/demo-dlr"
 
@@ -111,7 +111,7 @@ else
   record "demo through service: DLR" FAIL; status=1
 fi
 if [ "$arch" = arm64 ]; then
-  if in_root bash -c "cd /opt/src && scripts/serve-and-call.sh $py /opt/src/connector/models/demo-ssd out/demo-onnx 2"; then
+  if in_root bash -c "cd /opt/src && scripts/serve-and-call.sh $py /opt/src/connector/demos/demo-ssd out/demo-onnx 2"; then
     record "demo through service: ONNX" ok
   else
     record "demo through service: ONNX" FAIL; status=1
@@ -128,9 +128,9 @@ if ! { in_root apt-get install -y -qq --no-install-recommends $debs >/dev/null &
        in_root "$py" -m pip install -q $pips >/dev/null; }; then
   record "tests (installing pytest)" FAIL; echo "results: $results"; exit 1
 fi
-tests="${TESTS:-tests/test_params.py tests/test_imaging.py tests/test_bad_input.py tests/test_dlr_backend.py
-       tests/test_dlr_phone_home.py tests/test_workers.py tests/test_ipc_host.py tests/test_ipc_local.py
-       tests/test_ipc_runtime.py tests/test_ml_sdk.py tests/test_service.py tests/test_doctor.py}"
+tests="${TESTS:-tests/test_params.py tests/model/test_imaging.py tests/service/test_bad_input.py tests/model/test_dlr_backend.py
+       tests/model/test_dlr_phone_home.py tests/supervision/test_supervisor.py tests/ipc/test_host.py tests/ipc/test_local.py
+       tests/ipc/test_runtime.py tests/sdk/test_ml_sdk.py tests/service/test_service.py tests/tools/test_doctor.py}"
 if in_root bash -c "cd /opt/src && $py -m pytest -q -rfE -p no:randomly -p no:cacheprovider $(echo $tests)" | tee -a "$results" | tail -15; then
   record "tests" ok
 else

@@ -149,14 +149,14 @@ place_libdlr() {
     echo "   (SageMaker Neo artefacts do); build one with scripts/arm/build-libdlr.sh"
     return 0
   fi
-  pkg=$("$PREFIX/bin/python" -c 'from connector.dlr_runtime import find_dlr_package as f; print(f() or "")')
+  pkg=$("$PREFIX/bin/python" -c 'from connector.model.backends.dlr_runtime import find_dlr_package as f; print(f() or "")')
   # -n: a link to a directory planted there is replaced, not followed into
   if [ -n "$pkg" ]; then as_root ln -sfn "$target" "$pkg/libdlr.so"; fi
 }
 
 # DLR phones home unless told not to; the edge must not make surprise connections (SPEC section 9).
 dlr_no_phone_home() {
-  as_root "$PREFIX/bin/python" -c 'from connector.dlr_runtime import disable_phone_home; print("   dlr phone-home off:", disable_phone_home() or "no dlr installed")'
+  as_root "$PREFIX/bin/python" -c 'from connector.model.backends.dlr_runtime import disable_phone_home; print("   dlr phone-home off:", disable_phone_home() or "no dlr installed")'
 }
 
 install_systemd_unit() {
@@ -165,7 +165,7 @@ install_systemd_unit() {
   make_dir "$ETC_DIR" 0755
   write_file "$ETC_DIR/params.yaml" 0644 < "$CONFIG"
   local memory_max
-  memory_max=$("$PREFIX/bin/python" -m connector.deploy memory-max --config "$CONFIG")
+  memory_max=$("$PREFIX/bin/python" -m connector.tools.deploy memory-max --config "$CONFIG")
   sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@MEMORY_MAX@|$memory_max|g" "$REPO/scripts/install/gg-ml-connector.service" |
     write_file "$UNIT_DIR/gg-ml-connector.service" 0644
   id gg-ml-connector >/dev/null 2>&1 || as_root useradd --system --no-create-home --shell /usr/sbin/nologin gg-ml-connector

@@ -35,7 +35,7 @@ neo_one() {  # arch size layout cpu name
   local src="$work/$1-$2-$3" out="tests/models/$5"
   rm -rf "$out"
   "$TVM" scripts/tools/tvm_compile.py mxnet "$src" "$out" --arch "$4" 2>&1 | quiet
-  cp connector/models/demo-ssd/labels.txt "$out/"
+  cp connector/demos/demo-ssd/labels.txt "$out/"
   if [ "$3" = CHW ]; then  # the bare network: normalisation is the caller's job, as on a Jetson compile
     printf 'mean: [123.675, 116.28, 103.53]\nstd: [58.395, 57.12, 57.375]\n' > "$out/model.yaml"
   fi
@@ -45,7 +45,7 @@ neo_one() {  # arch size layout cpu name
 onnx_one() {  # arch size layout name
   local out="tests/models/$4"
   rm -rf "$out"; mkdir -p "$out"
-  cp "$work/$1-$2-$3/model.onnx" connector/models/demo-ssd/labels.txt "$out/"
+  cp "$work/$1-$2-$3/model.onnx" connector/demos/demo-ssd/labels.txt "$out/"
   python3 scripts/tools/manifest.py "$out" --seed $SEED --tools "$GV" \
     --made-by "gluoncv_export.py --arch $1 --size $2 --layout $3 --seed $SEED --onnx (mx.onnx.export_model)" >/dev/null
 }
@@ -92,24 +92,24 @@ fi
 
 if want demos; then
   for m in demo-ssd demo-yolov3; do
-    out="connector/models/$m-neo"
+    out="connector/demos/$m-neo"
     rm -rf "$out"
-    "$TVM" scripts/tools/tvm_compile.py onnx-demo "connector/models/$m/model.onnx" "$out" 2>&1 | quiet
+    "$TVM" scripts/tools/tvm_compile.py onnx-demo "connector/demos/$m/model.onnx" "$out" 2>&1 | quiet
     rm -f "$out/reference.npz"  # the demo tests compare against ONNX Runtime on real pictures instead
-    cp "connector/models/$m/labels.txt" "$out/"
+    cp "connector/demos/$m/labels.txt" "$out/"
     python3 scripts/tools/manifest.py "$out" --tools "$TV" --seed - \
-      --made-by "tvm_compile.py onnx-demo connector/models/$m/model.onnx (sha256 $(sha256sum connector/models/$m/model.onnx | cut -c1-16)...)" >/dev/null
+      --made-by "tvm_compile.py onnx-demo connector/demos/$m/model.onnx (sha256 $(sha256sum connector/demos/$m/model.onnx | cut -c1-16)...)" >/dev/null
   done
   # The trained SSD demo for the ARM platforms (scripts/arm/run-arm.sh; ARMv7 has no ONNX Runtime,
   # so there this is the demo model).
   for arch in aarch64 armv7; do
-    out="connector/models/demo-ssd-neo-$arch"
+    out="connector/demos/demo-ssd-neo-$arch"
     rm -rf "$out"
-    "$TVM" scripts/tools/tvm_compile.py onnx-demo connector/models/demo-ssd/model.onnx "$out" --arch $arch 2>&1 | quiet
+    "$TVM" scripts/tools/tvm_compile.py onnx-demo connector/demos/demo-ssd/model.onnx "$out" --arch $arch 2>&1 | quiet
     rm -f "$out/reference.npz"
-    cp connector/models/demo-ssd/labels.txt "$out/"
+    cp connector/demos/demo-ssd/labels.txt "$out/"
     python3 scripts/tools/manifest.py "$out" --tools "$TV" --seed - \
-      --made-by "tvm_compile.py onnx-demo connector/models/demo-ssd/model.onnx --arch $arch (sha256 $(sha256sum connector/models/demo-ssd/model.onnx | cut -c1-16)...)" >/dev/null
+      --made-by "tvm_compile.py onnx-demo connector/demos/demo-ssd/model.onnx --arch $arch (sha256 $(sha256sum connector/demos/demo-ssd/model.onnx | cut -c1-16)...)" >/dev/null
   done
 fi
-du -sh tests/models/* connector/models/* 2>/dev/null
+du -sh tests/models/* connector/demos/* 2>/dev/null

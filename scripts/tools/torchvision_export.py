@@ -9,7 +9,7 @@ writes DIR/model.onnx the way torchvision documents it (`torch.onnx.export(model
 input image (3, H, W) RGB 0..1, outputs boxes (N, 4) xyxy in input pixels, scores (N), labels (N)
 int64 with 0 = background), DIR/labels.txt (`__background__` first, as torchvision's category
 lists) and DIR/reference.npz: torchvision's own eager outputs on a fixed picture, which ONNX
-Runtime must reproduce (tests/test_real_artefacts.py).
+Runtime must reproduce (tests/model/test_real_artefacts.py).
 
 The backbones are a few conv layers; anchor generators, box coders, heads, the internal
 GeneralizedRCNNTransform (resize + normalise) and the batched NMS are torchvision's. Random

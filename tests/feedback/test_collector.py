@@ -16,8 +16,8 @@ from connector.feedback.destinations import S3Destination, s3_client_factory
 from connector.feedback.publisher import RouterPublisher
 from connector.feedback.collector import FeedbackService, SpoolFullError
 from connector.feedback.spool import Spool
-from connector.ipc import IPCHost, run_lambda
-from connector.ipc.protocol import GGROUTER_ARN as ROUTER_ARN
+from connector.ipc import run_lambda
+from tests.waiting import wait_until as wait
 
 BUCKET = "service-bucket"
 PNG = b"\x89PNG\r\n\x1a\n not a whole image, but a PNG's signature"
@@ -29,26 +29,6 @@ DOC = {"prediction": [[1, 0.9, 0.1, 0.1, 0.2, 0.2]]}
 def s3(s3_server):
     s3_server.client().create_bucket(Bucket=BUCKET)
     return s3_server
-
-
-@pytest.fixture()
-def router():
-    """A host whose GGRouter records (topic, document) instead of forwarding to a broker."""
-    host = IPCHost(port=0, write_client_file=False).start()
-    published = []
-    stop = threading.Event()
-
-    def handler(event, context):
-        published.append((context.client_context.custom["subject"], json.loads(event)))
-
-    host.register_function(ROUTER_ARN)
-    thread = threading.Thread(target=run_lambda, args=(ROUTER_ARN, handler, host.client(function_arn=ROUTER_ARN)),
-                              kwargs={"stop_event": stop}, daemon=True)
-    thread.start()
-    yield host, published
-    stop.set()
-    thread.join(5)
-    host.shutdown(0)
 
 
 def service(tmp_path, host, s3, monkeypatch, **params):
@@ -70,15 +50,6 @@ def accept(svc, request_id):
 
 def statuses(published):
     return [d for t, d in published if t == "feedback/message/status"]
-
-
-def wait(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in {} s".format(timeout))
 
 
 @contextlib.contextmanager

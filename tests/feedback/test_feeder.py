@@ -1,18 +1,10 @@
 """The connector's feeder never waits for the feedback service: a stuck service costs counted drops."""
-import time
-
 from connector.feedback.feeder import FeedbackFeeder, feeder_for
 from connector.ipc import IPCHost, protocol
 from connector.params import parse_parameters
+from tests.waiting import wait_until as wait
 
 ARN = protocol.feedback_function_arn("us-east-1")
-
-
-def wait(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.01)
-    assert predicate()
 
 
 def test_a_stuck_feedback_service_fills_the_queue_and_further_samples_are_dropped():

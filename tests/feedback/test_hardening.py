@@ -25,34 +25,14 @@ from connector.feedback.collector import FeedbackService, InvalidFeedbackRequest
 from connector.feedback import spool as spool_module
 from connector.feedback.spool import Spool
 from connector.files import UnsafeFile, write_atomic
-from connector.ipc import IPCHost, run_lambda
-from connector.ipc.protocol import GGROUTER_ARN as ROUTER_ARN
+from connector.ipc import run_lambda
+from tests.waiting import wait_until as wait
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 200
 DOC = {"prediction": [[1, 0.9, 0.1, 0.1, 0.2, 0.2]]}
 SAMPLE = "0f3d2c1b-aaaa-4bbb-8ccc-0123456789ab"
-
-
-@pytest.fixture()
-def router():
-    """A host whose GGRouter records (topic, document) instead of forwarding to a broker."""
-    host = IPCHost(port=0, write_client_file=False).start()
-    published = []
-    stop = threading.Event()
-
-    def handler(event, context):
-        published.append((context.client_context.custom["subject"], json.loads(event)))
-
-    host.register_function(ROUTER_ARN)
-    thread = threading.Thread(target=run_lambda, args=(ROUTER_ARN, handler, host.client(function_arn=ROUTER_ARN)),
-                              kwargs={"stop_event": stop}, daemon=True)
-    thread.start()
-    yield host, published
-    stop.set()
-    thread.join(5)
-    host.shutdown(0)
 
 
 def local_config(tmp_path, **extra):
@@ -77,15 +57,6 @@ def service(tmp_path, host, configs=None, **extra):
 
 def statuses(published):
     return {d["id"]: d["response"] for t, d in published if t == "feedback/message/status"}
-
-
-def wait(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in {} s".format(timeout))
 
 
 def spool_dir(tmp_path):

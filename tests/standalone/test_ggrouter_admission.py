@@ -18,6 +18,7 @@ from connector.ipc.protocol import GGROUTER_ARN as ROUTER_ARN
 from connector.standalone.ggrouter.forwarder import RouterRunner
 from connector.standalone.ggrouter.settings import MqttSettings
 from connector.standalone.ggrouter.topics import MAX_MESSAGE_BYTES
+from tests.waiting import wait_until as wait
 from tests.feedback_servers import Broker
 from tests.service_process import ROOT, Proc, clean_env, healthz, wait_for_client_file, wait_ready
 
@@ -265,15 +266,6 @@ def test_the_unmodified_core_sdk_path_is_refused_unless_allow_listed(routed, eve
     everything.wait_for("sensors/cam-2/temperature")
     assert everything.messages == [("sensors/cam-1/temperature", b'{"c": 21}'),
                                    ("sensors/cam-2/temperature", b'{"c": 22}')]
-
-
-def wait(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in {} s".format(timeout))
 
 
 def test_the_queue_is_bounded_in_bytes_while_the_broker_is_away(routed, broker, everything):

@@ -1,6 +1,7 @@
 """Greengrass V1 local IPC (SPEC section 4): the standalone host, a client, the Lambda runtime loop.
 
 * :mod:`.protocol`    - header names, paths, encodings and addresses shared by both ends
+* :mod:`.topics`      - AWS IoT topic names and MQTT filters: the one grammar GGRouter and migrate-v1 use
 * :mod:`.http`        - HTTP hardened for a host any local program may reach (no Greengrass in it)
 * :mod:`.routes`      - the host's Greengrass calls and probes, who may call what, its status codes
 * :mod:`.auth`        - tokens and principals: the callers' token and one token per function

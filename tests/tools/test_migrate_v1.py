@@ -187,7 +187,7 @@ def test_dollar_topics_never_reach_the_allow_list(tmp_path, capsys):
     ("a/b", None), ("a/+/c", None), ("a/#", None), ("#", None),
     ("$aws/things/x/shadow/update", "$-topic"), ("a/#/b", "'#'"), ("a/b#", "'#'"),
     ("a/x+/c", "'+'"), ("a,b", "comma"), ("a\nb", "control"), ("", "empty"),
-    ("a/" + "x" * 300, "256 bytes")])
+    ("a/" + "x" * 300, "256 bytes"), ("a\x85b", "control"), ("/".join("abcdefghi"), "8 levels")])
 def test_topic_filter_rules(topic, problem):
     found = filter_problem(topic)
     assert (found is None) if problem is None else (problem in found)

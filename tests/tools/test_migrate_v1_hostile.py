@@ -259,5 +259,5 @@ def test_document_text_cannot_forge_report_lines_or_terminal_escapes(capsys, tmp
         assert "\x1b" not in text and "\x07" not in text and "\r" not in text
     assert "FORGED LINE" not in [line.strip() for line in report.splitlines()]
     assert [line for line in report.splitlines() if line == "WARNINGS"] == ["WARNINGS"]
-    assert "the topic holds a control character" in report
+    assert "contains the control character U+000A" in report
     assert "a/b" not in (tmp_path / "out" / "mqtt-allow.txt").read_text()

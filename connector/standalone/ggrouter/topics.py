@@ -19,14 +19,9 @@ from typing import Any, Mapping, Optional, Sequence
 from ...errors import ParameterError, excerpt
 from ...ipc import protocol
 from ...ipc.invocations import NotAdmitted
+from ...ipc.topics import MAX_MESSAGE_BYTES, filter_matches, filter_problem, shape_problem
 
 ENV_ALLOW = "GG_MQTT_ALLOW"
-
-# AWS IoT Core's limits (a device publishing more is disconnected or refused there).
-MAX_TOPIC_BYTES = 256
-MAX_TOPIC_SLASHES = 7
-MAX_MESSAGE_BYTES = 128 * 1024
-
 RULES = protocol.GGROUTER_RULES
 
 
@@ -39,39 +34,15 @@ class PublishRefused(NotAdmitted):
         self.rule, self.why = rule, why
 
 
-def _shape_problem(text: str, what: str) -> Optional[PublishRefused]:
-    """What is wrong with `text` (a topic or a filter) by AWS IoT's size, depth and character rules."""
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        return PublishRefused("bad_topic", "{} {} is not valid UTF-8 (a lone surrogate)".format(
-            what, excerpt(text)))
-    if not text:
-        return PublishRefused("bad_topic", "the {} is empty".format(what))
-    if size > MAX_TOPIC_BYTES:
-        return PublishRefused("topic_too_long", "{} {} has {} bytes; AWS IoT allows at most {} bytes of "
-                                                "UTF-8".format(what, excerpt(text), size, MAX_TOPIC_BYTES))
-    slashes = text.count("/")
-    if slashes > MAX_TOPIC_SLASHES:
-        return PublishRefused("topic_too_deep", "{} {} has {} '/' separators; AWS IoT allows at most {} "
-                                                "({} levels)".format(what, excerpt(text), slashes,
-                                                                     MAX_TOPIC_SLASHES, MAX_TOPIC_SLASHES + 1))
-    control = next((c for c in text if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F), None)
-    if control is not None:
-        return PublishRefused("bad_topic", "{} {} contains the control character U+{:04X}; topics are "
-                                           "printable UTF-8".format(what, excerpt(text), ord(control)))
-    return None
-
-
 def check_topic(topic: Any) -> str:
     """`topic` when one may publish to it under AWS IoT's rules; PublishRefused (400) otherwise."""
     if not isinstance(topic, str):
         raise PublishRefused("bad_topic", "the client context must name the topic in custom.subject "
                                           "(a string; got {})".format(
                                               "none" if topic is None else type(topic).__name__))
-    problem = _shape_problem(topic, "topic")
+    problem = shape_problem(topic, "topic")
     if problem is not None:
-        raise problem
+        raise PublishRefused(problem.rule, problem.why)
     for wildcard in ("+", "#"):
         if wildcard in topic:
             raise PublishRefused("bad_topic", "topic {} contains the wildcard {!r}; publish to a topic "
@@ -79,44 +50,14 @@ def check_topic(topic: Any) -> str:
     return topic
 
 
-def _filter_problem(topic_filter: str) -> Optional[str]:
-    problem = _shape_problem(topic_filter, "filter")
-    if problem is not None:
-        return problem.why
-    if topic_filter.startswith("$"):
-        return "'$' topics ($aws/...: shadows, jobs) are never published through the host's GGRouter"
-    levels = topic_filter.split("/")
-    for index, level in enumerate(levels):
-        if "#" in level and (level != "#" or index != len(levels) - 1):
-            return "'#' must be a whole level and the last one (a/#)"
-        if "+" in level and level != "+":
-            return "'+' must be a whole level (a/+/b)"
-    return None
-
-
 def check_filter(topic_filter: str) -> str:
     """An allow-list entry, checked by MQTT's filter rules and AWS IoT's limits; ParameterError
     naming the filter and the rule otherwise."""
-    why = _filter_problem(topic_filter)
+    why = filter_problem(topic_filter)
     if why is not None:
         raise ParameterError("{} / --mqtt-allow filter {}: {}".format(ENV_ALLOW, excerpt(topic_filter),
                                                                       why))
     return topic_filter
-
-
-def filter_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT matching: '+' is one whole level, a final '#' the parent level and everything below;
-    a filter starting with a wildcard never matches a '$' topic."""
-    if topic.startswith("$") and not topic_filter.startswith("$"):
-        return False
-    levels = topic.split("/")
-    parts = topic_filter.split("/")
-    for index, part in enumerate(parts):
-        if part == "#":
-            return True
-        if index >= len(levels) or (part != "+" and part != levels[index]):
-            return False
-    return len(parts) == len(levels)
 
 
 class PublishPolicy(object):

@@ -14,10 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Tuple, Union
 
+from ...ipc import topics
 from .group import Subscription
 
-# AWS IoT Core's limit on a topic's length (UTF-8 bytes).
-MAX_TOPIC_BYTES = 256
 REPLACED_CONNECTORS = re.compile(r"^(ObjectDetection(x86-64|ARMv7|Aarch64JTX2)|MLFeedback)$")
 _CONNECTOR = re.compile(r"^arn:aws[a-z-]*:greengrass:[a-z0-9-]*::/connectors/([A-Za-z0-9_.-]+)/")
 _USER_LAMBDA = re.compile(r"^arn:aws[a-z-]*:lambda:[a-z0-9-]+:[0-9]{12}:function:[^:]+(:[^:]+)?$")
@@ -57,25 +56,14 @@ def endpoint(text: str) -> Tuple[str, str]:
 
 
 def filter_problem(topic: str) -> Optional[str]:
-    """Why `topic` cannot be an allow-list entry, or None when it can."""
-    if not topic:
-        return "the topic is empty"
+    """Why `topic` cannot be an allow-list entry, or None when it can: the service's own filter
+    rules (connector.ipc.topics), plus the comma that would split GG_MQTT_ALLOW's entries."""
     if topic.startswith("$"):
         return ("a $-topic (reserved: shadows and other $aws/ topics); the service never publishes "
                 "$-topics for callers")
-    if re.search(r"[\x00-\x1f\x7f]", topic):
-        return "the topic holds a control character"
     if "," in topic:
         return "the topic holds a comma, which separates GG_MQTT_ALLOW's entries"
-    if len(topic.encode("utf-8")) > MAX_TOPIC_BYTES:
-        return "the topic is longer than AWS IoT's {} bytes".format(MAX_TOPIC_BYTES)
-    levels = topic.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            return "'#' must be a whole level and the last one"
-        if "+" in level and level != "+":
-            return "'+' must be a whole level"
-    return None
+    return topics.filter_problem(topic)
 
 
 def _reason_not_to_cloud(source: Tuple[str, str], target: Tuple[str, str], subject: str) -> str:

@@ -10,12 +10,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(3.7 3.8)
-# The tests that exercise connector/ (runtime, service, IPC, Lambda entry) and ml_sdk/.
+# The tests that exercise connector/ (runtime, service, IPC and its hardening, GGRouter, the feedback
+# service a V1 core runs as a Lambda, Lambda entry) and ml_sdk/.
 TESTS=(tests/test_params.py tests/model/test_imaging.py tests/service/test_bad_input.py
        tests/model/test_dlr_backend.py tests/model/test_dlr_phone_home.py
        tests/supervision/test_supervisor.py tests/supervision/test_pool.py tests/supervision/test_sizing.py tests/ipc/test_host.py tests/ipc/test_local.py tests/ipc/test_runtime.py
        tests/sdk/test_ml_sdk.py tests/service/test_service.py tests/sdk/test_sdk_dist.py tests/tools/test_doctor.py
-       tests/tools/test_deploy.py tests/service/test_metrics.py tests/standalone/test_serve.py)
+       tests/tools/test_deploy.py tests/service/test_metrics.py tests/standalone/test_serve.py
+       tests/ipc/test_fuzz_ipc.py tests/ipc/test_trust.py tests/ipc/test_bounds.py tests/ipc/test_edges.py
+       tests/ipc/test_admission.py tests/standalone/test_ggrouter.py tests/standalone/test_attach_trust.py
+       tests/feedback/test_spool.py tests/feedback/test_config.py tests/feedback/test_gate.py
+       tests/feedback/test_sampling.py tests/feedback/test_feeder.py tests/feedback/test_hardening.py)
 find_python() {  # a python$1 that really runs (pyenv shims exist for versions not selected)
   local v="$1" p
   for p in "$(command -v "python$v" || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".*/bin/python"$v"; do
@@ -34,12 +39,12 @@ for v in "${versions[@]}"; do
   venv=".venv-py${v/./}"
   start=$SECONDS
   if [ -x "$venv/bin/python" ]; then
-    echo "Python $v: checking $venv's test dependencies (seconds), then its tests (~2 min)..."
+    echo "Python $v: checking $venv's test dependencies (seconds), then its tests (~2.5 min)..."
   else
-    echo "Python $v: creating $venv and installing its test dependencies (~2 min, first run only), then its tests (~2 min)..."
+    echo "Python $v: creating $venv and installing its test dependencies (~2 min, first run only), then its tests (~2.5 min)..."
   fi
   if [ ! -x "$venv/bin/python" ]; then "$py" -m venv "$venv"; fi
-  deps=(pytest pytest-timeout hypothesis pillow wheel "numpy>=1.16" "opencv-python-headless>=4.2" "pyyaml>=5.1" "dlr==1.6.0")
+  deps=(pytest pytest-timeout hypothesis pillow wheel "numpy>=1.16" "opencv-python-headless>=4.2" "pyyaml>=5.1" "dlr==1.6.0" "paho-mqtt>=1.6")
   [ "$v" = 3.7 ] || deps+=("onnxruntime>=1.18,<1.33" onnx)
   log=$(mktemp)
   if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "${deps[@]}" >"$log" 2>&1; then

@@ -24,6 +24,7 @@ import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ...errors import BackendError
+from ...files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ def disable_phone_home(package_dir: Optional[str] = None) -> Optional[str]:
         current = _read_config(path) or {}
         current[PHONE_HOME_KEY] = False
         try:
-            _write_atomically(path, json.dumps(current))
+            # Readable by every user that runs DLR from this install (it reads the file at import).
+            write_atomic(path, json.dumps(current).encode("utf-8"), mode=0o644)
         except OSError as e:
             raise BackendError(
                 "refusing to load DLR: its usage reporting ('phone home' to {}) could not be "
@@ -103,20 +105,6 @@ def disable_phone_home(package_dir: Optional[str] = None) -> Optional[str]:
         log.info("switched off DLR's phone-home (usage reporting to %s) in %s", PHONE_HOME_URL, path)
     _silence_loaded_phone_home()
     return path
-
-
-def _write_atomically(path: str, text: str) -> None:
-    # A temporary file renamed over the target: a concurrent reader (another worker starting,
-    # or DLR itself) sees the old file or the complete new one, never a truncated one.
-    fd, tmp = tempfile.mkstemp(prefix=".ccm_config.", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _silence_loaded_phone_home() -> None:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional
 
 from .. import settings
+from ..config_files import MAX_DEPTH as MAP_MAX_DEPTH
 from ..errors import ParameterError, excerpt
+from ..ipc.protocol import nesting_exceeds
 from ..params import read_parameter_file
 
 CONFIG_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9-]{1,62}$"
@@ -278,8 +280,13 @@ def parse_config(config_id: Any, raw: Any) -> FeedbackConfig:
 
 
 def parse_configuration_map(raw: Any) -> Dict[str, FeedbackConfig]:
-    """A JSON text (as Greengrass delivers it) or an already parsed mapping."""
+    """A JSON text (as Greengrass delivers it) or an already parsed mapping. The text's depth is
+    checked before it is parsed (json.loads of a deep one raises RecursionError, not ValueError),
+    with the parameter files' cap: a parsed mapping came through that cap already."""
     if isinstance(raw, str):
+        if nesting_exceeds(raw, MAP_MAX_DEPTH):
+            raise ParameterError("{} is nested deeper than {} levels; a real one has at most 4".format(
+                MAP_PARAMETER, MAP_MAX_DEPTH))
         try:
             raw = json.loads(raw)
         except ValueError as exc:

@@ -81,6 +81,27 @@ def test_bad_maps(raw, match):
         fc.parse_parameters({"FeedbackConfigurationMap": raw}, environ={})
 
 
+def nested_map(levels):
+    """A map whose config's conditions hold a list `levels` deep in all."""
+    inner = [1]
+    for _ in range(levels - 4):
+        inner = [inner]
+    return json.dumps({"c1": {"s3-bucket-name": "bucket", "content-type": "x",
+                              "conditions": {"classes": inner}}})
+
+
+@pytest.mark.parametrize("raw", ["[" * 50000, '{"a": ' * 20000, nested_map(33)])
+def test_a_deep_map_is_refused_in_one_line_before_it_is_parsed(raw):
+    """json.loads of a deep text raises RecursionError (a traceback, not a ParameterError)."""
+    with pytest.raises(ParameterError) as refused:
+        fc.parse_parameters({"FeedbackConfigurationMap": raw}, environ={})
+    assert str(refused.value) == ("FeedbackConfigurationMap is nested deeper than 32 levels; a real "
+                                  "one has at most 4")
+    # At the cap the depth is not what is refused: the rule about classes is.
+    with pytest.raises(ParameterError, match="conditions.classes"):
+        fc.parse_parameters({"FeedbackConfigurationMap": nested_map(32)}, environ={})
+
+
 def test_local_directory_needs_no_bucket(tmp_path):
     c = parse({"local": {"local-directory": str(tmp_path), "content-type": "image/png",
                          "budget": {"samples-per-hour": 10, "bytes-per-day": 1000000},

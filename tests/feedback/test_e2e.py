@@ -355,6 +355,8 @@ def test_missing_feedback_service_costs_a_counter_and_one_log_line(tmp_path, mod
     ({"cam-1": {"s3-bucket-name": "bucket", "content-type": "image/png",
                 "sampling-strategy": {"strategy-name": "MARGIN", "threshold": 2}}},
      "key 'sampling-strategy.threshold' = 2 must be a number between 0 and 1"),
+    # 50 KB of brackets, under the file's 64 KiB cap: refused before json.loads could recurse.
+    ("[" * 50000, "FeedbackConfigurationMap is nested deeper than 32 levels"),
 ])
 def test_a_bad_feedback_config_stops_serve_with_one_message(tmp_path, model_dir, configuration, message):
     fb = feedback_file(tmp_path / "feedback.json", tmp_path / "spool", configuration=configuration)

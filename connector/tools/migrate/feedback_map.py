@@ -17,8 +17,7 @@ from typing import Dict, List, Optional, Tuple, Union
 from ...errors import ParameterError
 from ...feedback import config as feedback_config
 from .group import Connector, Function, V1Group
-from ...ipc.protocol import nesting_exceeds
-from .source import MAX_DEPTH, show
+from .source import show
 
 FEEDBACK_CONNECTOR = "MLFeedback"
 FEEDBACK_HANDLER = "connector.feedback.lambda_function.function_handler"
@@ -46,13 +45,9 @@ def _values(source: Union[Connector, Function]) -> Tuple[Dict[str, str], Optiona
         if not isinstance(value, str):
             return values, "parameter {} must be a string, not {}".format(name,
                                                                          type(value).__name__)
-    text = values.get(feedback_config.MAP_PARAMETER, "")
-    if nesting_exceeds(text, MAX_DEPTH):
-        return values, "{} is nested deeper than {} levels".format(feedback_config.MAP_PARAMETER,
-                                                                   MAX_DEPTH)
-    try:
+    try:  # the map's depth is capped there, before it is parsed
         feedback_config.parse_parameters(values)
-    except (ParameterError, RecursionError) as exc:
+    except ParameterError as exc:
         return values, str(exc)
     return values, None
 

@@ -200,6 +200,15 @@ def absolute_path(name: str, value: Any) -> str:
     return ""
 
 
+def normal_path(value: str) -> str:
+    """An operator's directory (one :func:`absolute_path` accepts) as it is used: without a
+    trailing or doubled slash. A trailing slash makes lstat, and open with O_NOFOLLOW, follow
+    a symbolic link at the last segment, which the link checks must see. (normpath keeps a
+    leading "//", which Linux reads as "/".)"""
+    path = os.path.normpath(value)
+    return "/" + path.lstrip("/") if path.startswith("//") else path
+
+
 def parse_strategy(config_id: str, raw: Any) -> Optional[Strategy]:
     if raw is None:
         return None
@@ -257,6 +266,8 @@ def parse_config(config_id: Any, raw: Any) -> FeedbackConfig:
     local = raw.get("local-directory")
     if local is not None and absolute_path("local-directory", local):
         raise _bad(config_id, "local-directory", absolute_path("local-directory", local), local)
+    if local is not None:
+        local = normal_path(local)
     bucket = raw.get("s3-bucket-name")
     if bucket is not None or local is None:  # required unless a local directory takes the samples
         if bucket is None:
@@ -330,6 +341,7 @@ def parse_parameters(values: Mapping[str, Any], environ: Optional[Mapping[str, s
     if absolute_path("FeedbackSpoolDirectory", spool):
         raise ParameterError("parameter FeedbackSpoolDirectory={!r} {}".format(
             spool, absolute_path("FeedbackSpoolDirectory", spool)))
+    spool = normal_path(spool)
     retry_min = float(_service_value(values, "FeedbackRetryMinSeconds"))
     retry_max = float(_service_value(values, "FeedbackRetryMaxSeconds"))
     if retry_max < retry_min:

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 from ..errors import ParameterError
 from ..files import (DIRECTORY_FLAGS, TMP_PREFIX, UnsafeFile, directory_reason, read_regular,
                      write_atomic)
-from .config import POLICY_DROP_OLDEST
+from .config import POLICY_DROP_OLDEST, normal_path
 from .records import ID_PATTERN, MAX_RECORD_BYTES, validate_record
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ def _discard(path: str) -> None:
 def prepare_directory(directory: str) -> None:
     """Create the spool directory 0700 when missing; ParameterError (one line, with the fix) when
     another user could plant or replace entries in it."""
+    directory = normal_path(directory)  # "<link>/": lstat would follow the link
     what = "FeedbackSpoolDirectory {}".format(directory)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -120,7 +121,7 @@ class Entry(object):
 class Spool(object):
     def __init__(self, directory: str, max_bytes: int, max_items: int, max_age_s: float,
                  policy: str) -> None:
-        self.directory = directory
+        self.directory = normal_path(directory)
         self.max_bytes = int(max_bytes)
         self.max_items = int(max_items)
         self.max_age_s = float(max_age_s)
@@ -134,7 +135,7 @@ class Spool(object):
         self.quarantined_count = 0
         # Quarantined at start-up, waiting for the service to give them their fail status.
         self.quarantined: List[Quarantined] = []
-        prepare_directory(directory)
+        prepare_directory(self.directory)
         self._recover()
 
     # -- facts --------------------------------------------------------------------------------

@@ -102,6 +102,16 @@ def test_a_deep_map_is_refused_in_one_line_before_it_is_parsed(raw):
         fc.parse_parameters({"FeedbackConfigurationMap": nested_map(32)}, environ={})
 
 
+@pytest.mark.parametrize("suffix", ["/", "//", ""])
+def test_directories_are_used_without_a_trailing_or_doubled_slash(tmp_path, suffix):
+    """"<link>/" would make lstat and O_NOFOLLOW follow a link the checks must see."""
+    doubled = str(tmp_path).replace("/", "//") + suffix
+    p = parse({"local": {"local-directory": doubled, "content-type": "image/png"}},
+              FeedbackSpoolDirectory=str(tmp_path / "spool") + suffix)
+    assert p.configs["local"].local_directory == str(tmp_path)
+    assert p.spool_directory == str(tmp_path / "spool")
+
+
 def test_local_directory_needs_no_bucket(tmp_path):
     c = parse({"local": {"local-directory": str(tmp_path), "content-type": "image/png",
                          "budget": {"samples-per-hour": 10, "bytes-per-day": 1000000},

@@ -296,12 +296,25 @@ def test_a_local_directory_others_can_write_is_refused_at_start(tmp_path, router
     service(tmp_path, host).close()
 
 
-def test_a_symlinked_spool_directory_is_refused(tmp_path):
+@pytest.mark.parametrize("suffix", ["", "/", "//", "/."])
+@pytest.mark.parametrize("how", ["parameter", "spool"])
+def test_a_symlinked_spool_directory_is_refused(tmp_path, suffix, how):
+    """Also with a trailing slash, which makes lstat (and O_NOFOLLOW) follow the link: the value
+    is normalised when it is parsed, and by the spool itself."""
     real = tmp_path / "real"
     real.mkdir(mode=0o700)
     os.symlink(str(real), str(tmp_path / "spool"))
+    directory = str(tmp_path / "spool") + suffix
+    if suffix == "/.":  # a '.' segment is refused as an escape before anything else
+        with pytest.raises(ParameterError, match="'.' or '..' segment"):
+            params(tmp_path, FeedbackSpoolDirectory=directory)
+        return
+    if how == "parameter":
+        directory = params(tmp_path, FeedbackSpoolDirectory=directory).spool_directory
+        assert directory == str(tmp_path / "spool")
     with pytest.raises(ParameterError, match="is a symbolic link"):
-        Spool(str(tmp_path / "spool"), 10 ** 6, 10, 3600, "reject-new")
+        Spool(directory, 10 ** 6, 10, 3600, "reject-new")
+    assert os.listdir(str(real)) == []
 
 
 def test_a_missing_spool_directory_is_created_0700(tmp_path):

@@ -153,7 +153,9 @@ def attach_feedback(config: Optional[str] = None, environ: Optional[Mapping[str,
     if service is None:
         raise ParameterError("no feedback parameters: give --config FILE or set {}".format(
             FEEDBACK_MAP_PARAMETER))
-    _report_initialized(client, arn, "ML Feedback service started")
-    run_lambda(arn, service.handler, client, stop_event=stop, concurrency=concurrency)
-    service.close()
+    try:  # as attach() does: the delivery thread is stopped however the loop ends
+        _report_initialized(client, arn, "ML Feedback service started")
+        run_lambda(arn, service.handler, client, stop_event=stop, concurrency=concurrency)
+    finally:
+        service.close()
     return 0

@@ -78,7 +78,7 @@ class FeedbackService(object):
         self.gates = {cid: gates.Gate(config, clock=clock, rng=rng)
                       for cid, config in params.configs.items()}
         self.s3 = s3 or S3Destination(s3_client_factory())
-        self.local = LocalDirectory(params.files_gid)
+        self.local = LocalDirectory(params.files_gid, clock=clock)
         for config in params.configs.values():  # checked at start, as the spool directory is
             if config.local_directory:
                 self.local.check_root(config)

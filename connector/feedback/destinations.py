@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import threading
+import time
 import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -141,6 +142,9 @@ DISK_FULL_ERRNOS = frozenset([errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
 _PERMANENT_ERRNOS = frozenset([errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ELOOP,
                                errno.EISDIR])
 LOCAL_FULL = "LocalDirectoryFull"
+UNSAFE_LOCAL = "UnsafeLocalDirectory"
+# A full local directory is counted again at most this often (seconds): a count walks the tree.
+RECOUNT_INTERVAL_S = 60.0
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -159,39 +163,71 @@ def _usage(root: str) -> int:
     return total
 
 
+class UnsafeRoot(Exception):
+    """Another user could plant or replace samples in a local-directory; the message says why."""
+
+
+def _root_reason(root: str, fd: int) -> Optional[str]:
+    """Why another user could plant or replace samples in the local directory `root`, opened as
+    `fd`; None when no one could. The directory opened must be this user's (or root's) and
+    writable by no one else; the path and the directories above it must keep the rule of
+    connector.files; a symbolic link at `root` must be this user's or root's (one another user
+    planted in a sticky directory such as /tmp could lead to any directory of ours); and the path
+    must still lead to the directory opened (it was not swapped while it was checked)."""
+    reason = directory_reason(root)
+    if reason:
+        return reason
+    link = os.lstat(root)
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, os.geteuid()):
+        return "{} is a symbolic link of uid {}, not of this user (uid {}) or root".format(
+            root, link.st_uid, os.geteuid())
+    opened = os.fstat(fd)
+    if opened.st_uid not in (0, os.geteuid()) or opened.st_mode & 0o022:
+        return "{} belongs to uid {} with mode {:o}; it must be this user's (uid {}) and writable by no " \
+               "one else".format(root, opened.st_uid, stat.S_IMODE(opened.st_mode), os.geteuid())
+    now = os.stat(root)
+    if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+        return "{} was replaced while it was checked".format(root)
+    return None
+
+
 class LocalDirectory(object):
     """``<local-directory>/<prefix>/<sample>.<ext>`` and ``<...>.json``: prediction, metadata, time, ids.
 
-    Names come only from the config's checked prefix and extension and the sample's uuid. Below
-    local-directory each directory is opened without following links, files are written with
-    :func:`write_at` (no planted file or link is written through); files 0600 and directories 0700,
-    or 0640/0750 with FeedbackFilesGroup. The directory holds at most the config's
+    Names come only from the config's checked prefix and extension and the sample's uuid. The
+    root is created at start when missing and checked then and before every sample (see
+    :meth:`_open_root`); below it each directory is opened without following links, files are
+    written with :func:`write_at` (no planted file or link is written through); files 0600 and
+    directories 0700, or 0640/0750 with FeedbackFilesGroup. The directory holds at most the config's
     ``local-directory-max-bytes``: a sample that does not fit fails as ``LocalDirectoryFull``."""
 
-    def __init__(self, gid: Optional[int] = None) -> None:
+    def __init__(self, gid: Optional[int] = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.gid = gid
         self.file_mode = 0o640 if gid is not None else 0o600
         self.dir_mode = 0o750 if gid is not None else 0o700
+        self._clock = clock
         self._used: Dict[str, int] = {}  # bytes under each local directory, as far as we know
+        self._counted: Dict[str, float] = {}  # when each was last counted (clock)
         self._lock = threading.Lock()
 
-    @staticmethod
-    def check_root(config: FeedbackConfig) -> None:
-        """ParameterError (one line, with the fix) when the config's local-directory exists and
-        another user could plant or replace samples in it (the rule of connector.files); a missing
-        one is created 0700 by the first sample."""
+    def check_root(self, config: FeedbackConfig) -> None:
+        """Create the config's local-directory when missing (the mode and group of the samples'
+        directories) and check it: ParameterError (one line, with the fix) when another user could
+        plant or replace samples in it (the rule of connector.files). Created now, not by the first
+        sample: until then another user could make it in a directory like /tmp."""
         root = str(config.local_directory)
-        if not os.path.lexists(root):
-            return
-        if not os.path.isdir(root):
-            raise ParameterError("config {} local-directory {} is not a directory".format(
-                config.config_id, root))
-        reason = directory_reason(root)
-        if reason:
+        try:
+            with self._lock:
+                os.close(self._open_root(root))
+        except UnsafeRoot as exc:
             raise ParameterError("unsafe local-directory of config {}: {}; another user could plant or "
                                  "replace samples. Fix: chmod go-w (and chown to this user) the "
                                  "directories named, or choose a directory only this user can "
-                                 "write".format(config.config_id, reason))
+                                 "write".format(config.config_id, exc)) from None
+        except OSError as exc:
+            why = "it is not a directory" if exc.errno == errno.ENOTDIR else exc.strerror or str(exc)
+            raise ParameterError("cannot use local-directory {} of config {}: {}".format(
+                root, config.config_id, why)) from None
 
     def put(self, config: FeedbackConfig, sample: str, image: bytes, sidecar: Dict[str, Any]
             ) -> Dict[str, Any]:
@@ -210,6 +246,9 @@ class LocalDirectory(object):
                 finally:
                     os.close(fd)
                 self._used[root] += len(image) + len(body)
+        except UnsafeRoot as exc:
+            raise PermanentError(UNSAFE_LOCAL, "unsafe local-directory: {}; another user could plant or "
+                                 "replace samples, so none is written there".format(exc))
         except OSError as exc:
             name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
             message = "cannot write {}: {}".format(path, exc.strerror or exc)
@@ -219,21 +258,45 @@ class LocalDirectory(object):
         return {"path": path, "sidecar": path + ".json"}
 
     def _reserve(self, root: str, size: int, budget: int) -> None:
-        """PermanentError LocalDirectoryFull when `size` more bytes would pass the budget (counted
-        afresh before refusing: someone may have moved samples away)."""
-        if root not in self._used or self._used[root] + size > budget:
+        """PermanentError LocalDirectoryFull when `size` more bytes would pass the budget. Before
+        refusing, the directory is counted afresh (someone may have moved samples away), but at
+        most once every RECOUNT_INTERVAL_S: a count walks the whole tree, and a full directory
+        would otherwise be walked again for every sample."""
+        now = self._clock()
+        last = self._counted.get(root)
+        if last is None or (self._used[root] + size > budget and now - last >= RECOUNT_INTERVAL_S):
             self._used[root] = _usage(root)
+            self._counted[root] = now
         if self._used[root] + size > budget:
             raise PermanentError(LOCAL_FULL, "local-directory {} holds {} bytes; this sample's {} would "
                                  "pass local-directory-max-bytes={}".format(root, self._used[root], size,
                                                                             budget))
 
+    def _open_root(self, root: str) -> int:
+        """A descriptor of `root` (an operator's link is followed), created when missing; UnsafeRoot
+        when another user could plant or replace samples in it. Checked every time, not once: a
+        directory removed since start (a cleaner of /tmp) could have been made again by anyone."""
+        created = False
+        if not os.path.lexists(root):
+            os.makedirs(os.path.dirname(root), exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(root, self.dir_mode)
+                created = True
+        fd = os.open(root, OPERATOR_DIRECTORY_FLAGS)
+        try:
+            if created:
+                self._own(fd)
+            reason = _root_reason(root, fd)
+            if reason:
+                raise UnsafeRoot(reason)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
     def _open_directories(self, root: str, segments: List[str]) -> int:
         """A descriptor of root/segments..., creating what is missing; no segment is a link."""
-        if not os.path.isdir(root):
-            os.makedirs(root, mode=self.dir_mode, exist_ok=True)
-            self._own(root)
-        fd = os.open(root, OPERATOR_DIRECTORY_FLAGS)
+        fd = self._open_root(root)
         try:
             for segment in segments:
                 try:

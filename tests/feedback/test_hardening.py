@@ -5,11 +5,14 @@ unbounded or public samples, full disks, a delivery loop that fails.
 Real parts only: our IPC host plays the core (its GGRouter records what is published), the spool
 and the samples are on disk; a full disk is a real one in tests/feedback_disk_full.py.
 """
+import grp
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -22,10 +25,13 @@ from connector.errors import ParameterError
 from connector.feedback import config as fc
 from connector.feedback.publisher import RouterPublisher
 from connector.feedback.collector import FeedbackService, InvalidFeedbackRequest
+from connector.feedback import destinations
 from connector.feedback import spool as spool_module
+from connector.feedback.destinations import LocalDirectory, PermanentError, TransientError
 from connector.feedback.spool import Spool
 from connector.files import UnsafeFile, write_atomic
 from connector.ipc import run_lambda
+from tests.unprivileged import NOBODY, as_nobody
 from tests.waiting import wait_until as wait
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -282,7 +288,7 @@ def test_a_spool_directory_others_can_write_is_refused(tmp_path, mode, who):
 @pytest.mark.parametrize("mode,who", [(0o777, "others"), (0o775, "its group")])
 def test_a_local_directory_others_can_write_is_refused_at_start(tmp_path, router, mode, who):
     """The samples' root is checked like the spool directory: another user who can write it could
-    plant or replace samples (a missing one is created 0700 by the first sample)."""
+    plant or replace samples (a missing one is made at start: test_a_missing_local_directory_is_made_at_start)."""
     host, _ = router
     root = tmp_path / "samples"
     root.mkdir()
@@ -294,6 +300,99 @@ def test_a_local_directory_others_can_write_is_refused_at_start(tmp_path, router
     assert "writable by " + who in message and "chmod go-w" in message
     root.chmod(0o700)
     service(tmp_path, host).close()
+
+
+@pytest.fixture()
+def sticky():
+    """A directory every user may create entries in, like /tmp (1777), reachable by uid NOBODY."""
+    base = Path(tempfile.mkdtemp(prefix="ggml-sticky-", dir="/tmp"))
+    base.chmod(0o755)
+    shared = base / "x"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    yield shared
+    shutil.rmtree(str(base))
+
+
+def local_under(tmp_path, root, **extra):
+    return fc.parse_config("l1", dict(local_config(tmp_path)["l1"], **dict({"local-directory": str(root)},
+                                                                          **extra)))
+
+
+@pytest.mark.parametrize("group", [None, "gid"])
+def test_a_missing_local_directory_is_made_at_start(tmp_path, router, sticky, group):
+    """Made by the service when it starts, not by its first sample: until then another user could
+    make it (the directory above is like /tmp). Its mode and group are the samples' directories'."""
+    host, _ = router
+    root = sticky / "samples"
+    extra = {"FeedbackFilesGroup": str(os.getgid())} if group else {}
+    service(tmp_path, host, local_config(tmp_path, **{"local-directory": str(root)}), **extra).close()
+    st = os.lstat(str(root))
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and os.listdir(str(root)) == []
+    assert stat.S_IMODE(st.st_mode) == (0o750 if group else 0o700)
+    assert group is None or st.st_gid == os.getgid()
+
+
+def test_another_user_cannot_make_the_local_directory_after_the_start(tmp_path, sticky):
+    """The review's case: local-directory missing at start under a 1777 directory, then another
+    user makes it 0777; before, the check had passed (nothing to check) and samples went there."""
+    root = sticky / "samples"
+    config = local_under(tmp_path, root)
+    local = LocalDirectory()
+    local.check_root(config)  # what the service does when it starts
+    outcome = as_nobody(lambda: (os.mkdir(str(root)), os.chmod(str(root), 0o777)))
+    assert outcome.startswith("FileExistsError"), outcome
+    response = local.put(config, SAMPLE, PNG, {"id": "r1"})
+    assert response["path"] == str(root / "cam" / (SAMPLE + ".png"))
+    assert os.stat(str(root)).st_uid == os.geteuid() and stat.S_IMODE(os.stat(str(root)).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("replacement", ["directory", "link", "none"])
+def test_a_local_directory_replaced_after_the_start_is_checked_before_a_sample(tmp_path, sticky,
+                                                                               replacement):
+    """Removed after the start (a cleaner of /tmp), then made again by another user: a directory
+    of theirs, or their link to a directory of ours. No sample goes there; one made again by no
+    one else is made by the service, as at start."""
+    root = sticky / "samples"
+    config = local_under(tmp_path, root)
+    local = LocalDirectory()
+    local.check_root(config)
+    os.rmdir(str(root))
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    if replacement == "directory":
+        assert as_nobody(lambda: (os.mkdir(str(root)), os.chmod(str(root), 0o777))).startswith("ok")
+    elif replacement == "link":
+        assert as_nobody(lambda: os.symlink(str(ours), str(root))).startswith("ok")
+    if replacement == "none":
+        local.put(config, SAMPLE, PNG, {"id": "r1"})
+        assert stat.S_IMODE(os.stat(str(root)).st_mode) == 0o700 and len(files_under(root)) == 2
+        return
+    with pytest.raises(PermanentError) as refused:
+        local.put(config, SAMPLE, PNG, {"id": "r1"})
+    message = str(refused.value)
+    assert refused.value.name == "UnsafeLocalDirectory" and "\n" not in message
+    assert ("belongs to uid {}".format(NOBODY) if replacement == "directory"
+            else "is a symbolic link of uid {}".format(NOBODY)) in message, message
+    assert files_under(ours) == [] and (replacement == "link" or files_under(root) == [])
+
+
+@pytest.mark.parametrize("suffix", ["", "/"])
+def test_a_local_directory_linked_by_another_user_is_refused_at_start(tmp_path, router, sticky, suffix):
+    """Also with a trailing slash, with which lstat would follow the link (the value is normalised
+    when it is parsed). An operator's own link stays allowed (security.md, what is not guaranteed)."""
+    host, _ = router
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    root = sticky / "samples"
+    assert as_nobody(lambda: os.symlink(str(ours), str(root))).startswith("ok")
+    configs = local_config(tmp_path, **{"local-directory": str(root) + suffix})
+    with pytest.raises(ParameterError) as refused:
+        service(tmp_path, host, configs)
+    assert "is a symbolic link of uid {}".format(NOBODY) in str(refused.value)
+    os.unlink(str(root))
+    os.symlink(str(ours), str(root))  # the operator's
+    service(tmp_path, host, configs).close()
 
 
 @pytest.mark.parametrize("suffix", ["", "/", "//", "/."])
@@ -382,7 +481,10 @@ def test_the_local_directory_never_writes_through_planted_links(tmp_path, router
 
 def test_the_local_directory_budget_counts_full(tmp_path, router):
     host, published = router
-    svc = service(tmp_path, host, local_config(tmp_path, **{"local-directory-max-bytes": 3000}))
+    now = [1000.0]
+    svc = FeedbackService(params(tmp_path, local_config(tmp_path, **{"local-directory-max-bytes": 3000})),
+                          RouterPublisher(host.client(timeout=5), "test-source"),
+                          clock=lambda: now[0]).start()
     try:
         for i in range(4):
             svc.accept(PNG + b"\x00" * 800, {"ConfigId": "l1", "ModelPrediction": DOC}, "r{}".format(i))
@@ -394,14 +496,49 @@ def test_the_local_directory_budget_counts_full(tmp_path, router):
         assert svc.describe()["full"] == 2
         total = sum(p.stat().st_size for p in (tmp_path / "samples").rglob("*") if p.is_file())
         assert total <= 3000
-        # Room made by moving samples away is seen: the next sample fits again.
+        # Room made by moving samples away is seen once the directory is counted again.
         for p in (tmp_path / "samples" / "cam").iterdir():
             p.unlink()
-        svc.accept(PNG, {"ConfigId": "l1", "ModelPrediction": DOC}, "after")
+        now[0] += destinations.RECOUNT_INTERVAL_S
+        svc.accept(PNG + b"\x00" * 800, {"ConfigId": "l1", "ModelPrediction": DOC}, "after")
         wait(lambda: "after" in statuses(published))
         assert statuses(published)["after"]["status"] == "success"
     finally:
         svc.close()
+
+
+def test_a_full_local_directory_is_counted_again_at_most_once_an_interval(tmp_path, monkeypatch):
+    """Counting walks the whole tree: a full directory is not walked again for every sample, and
+    a freed one is seen again after RECOUNT_INTERVAL_S (60 s; the clock is the test's)."""
+    assert destinations.RECOUNT_INTERVAL_S == 60
+    walks = []
+    count = destinations._usage
+    monkeypatch.setattr(destinations, "_usage", lambda root: walks.append(root) or count(root))
+    now = [1000.0]
+    config = local_under(tmp_path, tmp_path / "samples", **{"local-directory-max-bytes": 3000})
+    local = LocalDirectory(clock=lambda: now[0])
+    local.check_root(config)
+
+    def put():
+        return local.put(config, str(uuid.uuid4()), PNG + b"\x00" * 800, {"id": "r"})
+
+    put()
+    put()
+    assert len(walks) == 1
+    for _ in range(20):
+        now[0] += 1
+        with pytest.raises(PermanentError, match="local-directory-max-bytes=3000"):
+            put()
+    assert len(walks) == 1, "a full directory was walked again before the interval passed"
+    for p in (tmp_path / "samples" / "cam").iterdir():
+        p.unlink()
+    now[0] += destinations.RECOUNT_INTERVAL_S - 20  # 60 s after the last count
+    put()
+    assert len(walks) == 2
+    put()
+    with pytest.raises(PermanentError, match="LocalDirectoryFull|holds"):
+        put()
+    assert len(walks) == 2
 
 
 def modes(root):

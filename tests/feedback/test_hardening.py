@@ -578,6 +578,17 @@ def test_a_files_group_must_exist_and_include_this_user(tmp_path):
         params(tmp_path, FeedbackFilesGroup="../x")
 
 
+def test_a_files_group_this_user_is_not_in_is_refused(tmp_path):
+    """The membership rule does not apply to root (it may give files to any group), so it is
+    checked as an unprivileged user (uid and gid 65534, no other groups)."""
+    root_group = grp.getgrgid(0).gr_name
+    for text in ("0", root_group):
+        assert as_nobody(lambda: fc.files_group(text)) == (
+            "ParameterError: parameter FeedbackFilesGroup={!r}: this user (uid {}) is not a member of "
+            "group 0, so it cannot give files to it".format(text, NOBODY))
+    assert as_nobody(lambda: fc.files_group(str(NOBODY))) == "ok: {}".format(NOBODY)
+
+
 @pytest.mark.parametrize("content_type, body, error", [
     ("image/jpeg", PNG, "ModelInput is not a JPEG image (it does not start with FF D8 FF), but config l1's "
                         "content-type is image/jpeg"),

@@ -441,15 +441,43 @@ def test_serve_refuses_an_unsafe_spool_directory_with_one_line(tmp_path, model_d
 
 # -- writers never follow planted links ----------------------------------------------------------
 
-def test_the_spool_never_writes_through_a_link_at_a_temporary_name(tmp_path):
+def fixed_random(monkeypatch):
+    """write_at's temporary names, made predictable: ".tmp-<name>.000000000000"."""
+    monkeypatch.setattr(os, "urandom", lambda n: b"\x00" * n)
+    return lambda name: ".tmp-{}.{}".format(name, "00" * 6)
+
+
+def test_the_spool_never_writes_through_a_link_at_a_temporary_name(tmp_path, monkeypatch):
+    """The links are planted at exactly the temporary names write_at opens (its random source is
+    fixed here): only O_EXCL|O_NOFOLLOW keep it from writing through them."""
     victim = tmp_path / "victim"
     victim.write_bytes(b"untouched")
     s = Spool(str(tmp_path / "spool"), 10 ** 6, 10, 3600, "reject-new")
+    temporary = fixed_random(monkeypatch)
     for name in ("000000000001-r1.json", "000000000001-r1.bin"):
-        os.symlink(str(victim), str(tmp_path / "spool" / (".tmp-" + name)))
-    s.add(good_record("r1"), PNG)
-    write_atomic(str(tmp_path / "spool" / "000000000001-r1.json"), b"{}")
-    assert victim.read_bytes() == b"untouched"
+        os.symlink(str(victim), str(tmp_path / "spool" / temporary(name)))
+    with pytest.raises(OSError):
+        s.add(good_record("r1"), PNG)
+    with pytest.raises(OSError):
+        write_atomic(str(tmp_path / "spool" / "000000000001-r1.json"), b"{}")
+    assert victim.read_bytes() == b"untouched" and stat.S_IMODE(victim.stat().st_mode) != 0o600
+    assert len(s) == 0 and not (tmp_path / "spool" / "000000000001-r1.json").exists()
+
+
+def test_a_local_directory_sample_never_writes_through_a_link_at_its_temporary_name(tmp_path,
+                                                                                      monkeypatch):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    victim.chmod(0o644)
+    config = local_under(tmp_path, tmp_path / "samples")
+    local = LocalDirectory()
+    local.check_root(config)
+    temporary = fixed_random(monkeypatch)
+    (tmp_path / "samples" / "cam").mkdir(mode=0o700)
+    os.symlink(str(victim), str(tmp_path / "samples" / "cam" / temporary(SAMPLE + ".png")))
+    with pytest.raises(TransientError):
+        local.put(config, SAMPLE, PNG, {"id": "r1"})
+    assert victim.read_bytes() == b"untouched" and stat.S_IMODE(victim.stat().st_mode) == 0o644
 
 
 def test_the_local_directory_never_writes_through_planted_links(tmp_path, router):

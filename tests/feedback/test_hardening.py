@@ -237,6 +237,22 @@ def test_the_quarantine_is_bounded(tmp_path):
     assert spool_module.QUARANTINE_MAX_FILES == QUARANTINE_MAX_FILES
 
 
+def test_the_quarantine_is_bounded_in_bytes(tmp_path, monkeypatch):
+    """Few files but large ones: the byte bound (32 MiB, made 10 KB here) removes the oldest."""
+    assert spool_module.QUARANTINE_MAX_BYTES == 32 * 1024 * 1024
+    monkeypatch.setattr(spool_module, "QUARANTINE_MAX_BYTES", 10000)
+    for i in range(8):
+        plant(tmp_path, i + 1, "junk", [], image=b"x" * 3000)
+    s = Spool(str(tmp_path / "spool"), 10 ** 6, 10, 3600, "reject-new")
+    assert s.quarantined_count == 8
+    folder = tmp_path / "spool" / "quarantine"
+    kept = sorted(p.name.split("-", 1)[1] for p in folder.iterdir())
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 10000
+    # The newest three entries fit whole (3 x 3002 bytes); the older ones went first.
+    assert kept[-6:] == ["00000000000{}-junk.{}".format(i, ext) for i in (6, 7, 8) for ext in ("bin", "json")]
+    assert len(kept) <= 7
+
+
 def test_a_delivery_loop_that_dies_is_restarted_and_counted(tmp_path, router, monkeypatch):
     host, published = router
     svc = FeedbackService(params(tmp_path), RouterPublisher(host.client(timeout=5), "test-source"))

@@ -28,7 +28,11 @@ MAX_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 32
 SHOW_CHARS = 120
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters that change how text around them is shown without being visible themselves: the
+# line and paragraph separators (str.splitlines() and some terminals break lines there) and the
+# bidirectional-text controls (U+202E shows what follows backwards: "Trojan Source").
+LAYOUT_CONTROLS = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f" + LAYOUT_CONTROLS + "]")
 
 
 def show(value: Any, limit: int = SHOW_CHARS) -> str:

@@ -311,3 +311,18 @@ def test_the_report_and_printed_commands_never_carry_a_filter_raw(tmp_path):
         assert not any(c in text for c in LAYOUT), repr(text)
     assert "EDIT BEFORE USE" in texts[0].splitlines() and texts[0].splitlines().count("EDIT BEFORE USE") == 1
     assert "\\u202e" in render.allow_flags(plan)
+
+
+def test_files_planted_at_the_old_temporary_names_do_not_stop_the_run(capsys, tmp_path):
+    """The writer used to create `.{name}.{pid}.tmp` with O_EXCL: a file planted at that
+    predictable name made the run fail with EEXIST. Temporary names are random now."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in FIXED:
+        (out / ".{}.{}.tmp".format(name, os.getpid())).write_text("planted")
+    rc, _, err = migrate(capsys, GROUP, "--out", out)
+    assert rc == 0, err
+    for name in ("params.yaml", "mqtt-allow.txt", "report.txt", "deployment.json"):
+        assert (out / name).is_file() and (out / name).stat().st_mode & 0o777 == 0o644, name
+        assert (out / ".{}.{}.tmp".format(name, os.getpid())).read_text() == "planted"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]

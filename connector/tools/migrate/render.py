@@ -78,9 +78,10 @@ def deployment_json(plan: Plan) -> str:
 
 def files(plan: Plan, out: str) -> Dict[str, str]:
     """{fixed file name: text} of what this plan writes."""
-    written = {"params.yaml": params_yaml(plan), "mqtt-allow.txt": mqtt_allow(plan)}
-    if not plan.deployment_problem:
-        written["deployment.json"] = deployment_json(plan)
+    # deployment.json is always written: the V2 component hands its configuration to its scripts
+    # only through Setenv, quoted there, so no value can stop the deployment.
+    written = {"params.yaml": params_yaml(plan), "mqtt-allow.txt": mqtt_allow(plan),
+               "deployment.json": deployment_json(plan)}
     if plan.feedback is not None and plan.feedback.values is not None:
         written["feedback.yaml"] = feedback_yaml(plan)
     written["report.txt"] = report(plan, out, sorted(written) + ["report.txt"])
@@ -121,8 +122,7 @@ def next_steps(plan: Plan, out: str) -> List[str]:
         "here:        python -m connector serve --config {}{}{}".format(
             _q(params), feedback, " " + allow_flags(plan) if plan.allowed else ""),
         "V2 fleet:    aws greengrassv2 create-deployment --cli-input-json {}".format(
-            _q("file://" + os.path.join(out, "deployment.json")))
-        if not plan.deployment_problem else "V2 fleet:    none: " + plan.deployment_problem,
+            _q("file://" + os.path.join(out, "deployment.json"))),
         "container:   " + container,
         "Kubernetes:  kubectl -n gg-ml create configmap object-detection-params --from-file={} "
         "--dry-run=client -o yaml | kubectl apply -f -   (manifests/kubernetes, docs/kubernetes.md)".format(

@@ -103,7 +103,11 @@ def code_directory_reason(directory: str) -> Optional[str]:
     reason = directory_reason(directory)
     if reason:
         return reason
-    for name in sorted(os.listdir(directory)):
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        return "{} cannot be listed ({})".format(directory, exc.strerror)
+    for name in names:
         if not name.endswith(".pth"):
             continue
         path = os.path.realpath(os.path.join(directory, name))

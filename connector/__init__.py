@@ -17,7 +17,6 @@ parameters), :mod:`.settings` (every environment variable), :mod:`.errors`, :mod
 (untrusted YAML/JSON), :mod:`.files` (files others may have touched), :mod:`.logs` and
 :mod:`.counters`.
 """
-import os as _os
 import site as _site
 
 from . import settings as _settings
@@ -27,7 +26,11 @@ __version__ = "0.1.0"
 # A Lambda package built with `--deps device` (connector/tools/deploy.py) carries no NumPy, OpenCV
 # or model runtime: GG_ML_SITE_PACKAGES names the device's site-packages that provide them. Done
 # here so that the Lambda entry and the worker processes it starts (which inherit the variable)
-# agree.
-for _path in _settings.get("GG_ML_SITE_PACKAGES").split(_os.pathsep):
-    if _path and _os.path.isdir(_path):
-        _site.addsitedir(_path)
+# agree. site.addsitedir runs the directory's *.pth files, so a directory another user could write
+# is refused (settings.code_directories): importing the package then fails with that one line.
+try:
+    _site_packages = _settings.code_directories("GG_ML_SITE_PACKAGES")
+except _settings.ParameterError as _exc:
+    raise ImportError(str(_exc)) from None
+for _path in _site_packages:
+    _site.addsitedir(_path)

@@ -4,8 +4,11 @@ A few hundred bytes of YAML aliases (the "billion laughs") expand to gigabytes o
 ``yaml.safe_load`` expands them: a 316-byte ``model.yaml`` grew a worker to 1.27 GB and produced a
 297 MB error message. Here a file is
 
-* size-capped before it is parsed (``max_bytes``, default 64 KiB: far above any real parameter
-  file or model.yaml);
+* read as :func:`connector.files.read_regular` reads: a regular file only, opened without
+  blocking (a FIFO named by ``--config`` is refused, never waited on), size-capped before it is
+  parsed (``max_bytes``, default 64 KiB: far above any real parameter file or model.yaml). A
+  symbolic link is followed: the path is the operator's, and a Kubernetes ConfigMap mounts every
+  key as a link (docs/kubernetes.md);
 * decoded as strict UTF-8 (the error names the byte offset);
 * parsed by ``yaml.SafeLoader`` with aliases refused (anchors alone are harmless) and nesting
   depth capped, so parsing is linear in the file's size.
@@ -19,6 +22,7 @@ import functools
 from typing import Any
 
 from .errors import ConfigFileError, excerpt, shorten
+from .files import UnsafeFile, read_regular
 
 DEFAULT_MAX_BYTES = 64 * 1024
 MAX_DEPTH = 32
@@ -71,14 +75,12 @@ def load_file(path: str, what: str = "configuration file",
     """Read and parse the YAML/JSON file at `path` within the limits above."""
     where = "{} {}".format(what, excerpt(path, 300))  # a path is not the untrusted part
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(max_bytes + 1)
+        data = read_regular(path, max_bytes, what, follow_links=True)
+    except UnsafeFile as exc:
+        raise ConfigFileError("cannot read {}: it is {}".format(where, exc.problem)) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigFileError("cannot read {}: {}".format(where, reason)) from None
-    if len(data) > max_bytes:
-        raise ConfigFileError("{} is larger than {} bytes; it cannot be a real one".format(
-            where, max_bytes))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -5,8 +5,12 @@
   directory *above* the file's own may be writable by others if it is sticky (``/tmp``). A file
   that fails it could have been replaced by another user.
 * :func:`directory_reason` - the same rule for a directory this user is to create files in.
-* :func:`read_regular` - read without following a symbolic link (O_NOFOLLOW), a regular file only
-  (a planted FIFO neither hangs nor is read: O_NONBLOCK, then fstat), at most a cap of bytes.
+* :func:`read_regular` - read a regular file only (a planted FIFO neither hangs nor is read:
+  O_NONBLOCK, then fstat), at most a cap of bytes, without following a symbolic link (O_NOFOLLOW)
+  unless the caller says the path is the operator's own (``follow_links``: a Kubernetes ConfigMap
+  mounts every key as a link into ``..data/``, and a ``--config`` naming one must keep working).
+* :func:`code_directory_reason` - :func:`directory_reason` for a directory whose code this process
+  runs (a site-packages: ``site.addsitedir`` executes its ``*.pth`` files), and for those files.
 * :func:`write_at` / :func:`write_atomic` - write to a fresh temporary name (O_CREAT|O_EXCL|
   O_NOFOLLOW with a random suffix: nothing planted is followed or reused), fsync, set the mode
   (and group), rename into place (a rename replaces a link, never follows it), fsync the directory.
@@ -23,7 +27,7 @@ from typing import Optional
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # O_NONBLOCK: opening a planted FIFO must not hang the reader; it is refused by fstat instead.
-_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+_READ_FLAGS = os.O_RDONLY | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 # A directory opened to work inside it (os.open(..., dir_fd=)), never through a link; the one an
 # operator named may be reached through a link of the operator's (OPERATOR_DIRECTORY_FLAGS).
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | _CLOEXEC
@@ -32,7 +36,17 @@ TMP_PREFIX = ".tmp-"
 
 
 class UnsafeFile(ValueError):
-    """A file to read is a symbolic link, not a regular file, too large, or writable by others."""
+    """A file to read is a symbolic link, not a regular file, too large, or writable by others.
+    `problem` is what it is, without the path ("larger than 65536 bytes"), for callers that word
+    their own message."""
+
+    def __init__(self, message: str, problem: str = "") -> None:
+        super().__init__(message)
+        self.problem = problem or message
+
+
+def _unsafe(path: str, problem: str, rule: str) -> UnsafeFile:
+    return UnsafeFile("{} is {}; {}".format(path, problem, rule), problem)
 
 
 def unsafe_reason(path: str) -> Optional[str]:
@@ -81,32 +95,76 @@ def directory_reason(directory: str) -> Optional[str]:
     return unsafe_reason(os.path.join(directory, ".probe-that-does-not-exist"))
 
 
+def code_directory_reason(directory: str) -> Optional[str]:
+    """Why code in `directory` could have been written by another unprivileged user (None: it
+    could not): the directory fails :func:`directory_reason`, or one of its ``*.pth`` files (which
+    ``site.addsitedir`` executes) is, or links to, a file that is not owned by root or this user
+    or fails :func:`unsafe_reason`."""
+    reason = directory_reason(directory)
+    if reason:
+        return reason
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        return "{} cannot be listed ({})".format(directory, exc.strerror)
+    for name in names:
+        if not name.endswith(".pth"):
+            continue
+        path = os.path.realpath(os.path.join(directory, name))
+        try:
+            owner = os.stat(path).st_uid
+        except OSError as exc:
+            return "{} cannot be examined ({})".format(path, exc.strerror)
+        if owner not in (0, os.geteuid()):
+            return "{} belongs to uid {}, not to root or this user (uid {})".format(
+                path, owner, os.geteuid())
+        reason = unsafe_reason(path)
+        if reason:
+            return reason
+    return None
+
+
 def _who(mode: int) -> str:
     return "others" if mode & 0o002 else "its group"
 
 
-def read_regular(path: str, limit: int, kind: str = "file", private: bool = False) -> bytes:
-    """The bytes of the regular file `path`, never through a symbolic link; UnsafeFile naming
-    `kind` and the rule for a link, a non-regular file, one over `limit` bytes (whoever could write
+def read_regular(path: str, limit: int, kind: str = "file", private: bool = False,
+                 follow_links: bool = False) -> bytes:
+    """The bytes of the regular file `path`; UnsafeFile naming `kind` and the rule for a symbolic
+    link (unless `follow_links`), a non-regular file, one over `limit` bytes (whoever could write
     there may have planted it) and, with `private`, one its group or others may write; OSError
-    when it cannot be read."""
+    when it cannot be read (ValueError for a NUL byte in `path`)."""
     try:
-        fd = os.open(path, _READ_FLAGS)
+        fd = os.open(path, _READ_FLAGS | (0 if follow_links else _NOFOLLOW))
     except OSError as exc:
-        if exc.errno == errno.ELOOP or os.path.islink(path):
-            raise UnsafeFile("{} is a symbolic link; a {} must not be one".format(path, kind)) from None
+        if not follow_links and (exc.errno == errno.ELOOP or os.path.islink(path)):
+            raise _unsafe(path, "a symbolic link", "a {} must not be one".format(kind)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # checked before fdopen, which refuses a directory itself
+            raise _unsafe(path, "not a regular file ({})".format(_what(st.st_mode)),
+                          "not a {}".format(kind))
+        if private and st.st_mode & 0o022:
+            raise _unsafe(path, "writable by {} (mode {:o})".format(
+                _who(st.st_mode), stat.S_IMODE(st.st_mode)),
+                "a {} must be writable only by its owner".format(kind))
+    except BaseException:
+        os.close(fd)
         raise
     with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFile("{} is not a regular file; not a {}".format(path, kind))
-        if private and st.st_mode & 0o022:
-            raise UnsafeFile("{} is writable by {} (mode {:o}); a {} must be writable only by its owner"
-                             .format(path, _who(st.st_mode), stat.S_IMODE(st.st_mode), kind))
         data = handle.read(limit + 1) if st.st_size <= limit else b""
     if st.st_size > limit or len(data) > limit:
-        raise UnsafeFile("{} is larger than {} bytes; not a {}".format(path, limit, kind))
+        raise _unsafe(path, "larger than {} bytes".format(limit), "not a {}".format(kind))
     return data
+
+
+def _what(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "mode {:o}".format(stat.S_IFMT(mode))
 
 
 def write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o600, gid: Optional[int] = None) -> None:

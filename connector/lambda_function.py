@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from . import settings
 from .errors import ConnectorError, ParameterError
-from .feedback.feeder import FeedbackFeeder, feeder_for
+from .feedback.feeder import feeder_for
 from .logs import configure_logging
 from .params import load_parameters
 from .service.lambda_handler import ConnectorHandler
@@ -65,11 +65,6 @@ def use_service(service: Optional[Service]) -> None:
     """Serve requests with an already-started service (tools and tests; ``serve`` and
     ``attach`` give run_lambda a ConnectorHandler of their own instead)."""
     _handler.service = service
-
-
-def use_feeder(feeder: Optional[FeedbackFeeder]) -> None:
-    """Hand every answered request to this feeder (MLFeedbackConnectorConfigId is set)."""
-    _handler.feeder = feeder
 
 
 def function_handler(event: Any, context: Any) -> Dict[str, str]:

@@ -14,9 +14,10 @@ rule is shared (:func:`seconds`).
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, Mapping, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from .errors import ParameterError, excerpt
+from .files import code_directory_reason
 
 
 class Setting(NamedTuple):
@@ -54,7 +55,8 @@ TABLE: Tuple[Setting, ...] = GREENGRASS + (
             "1: importing a Lambda entry module does not start its service (tools and tests)"),
     Setting("GG_ML_SITE_PACKAGES", "",
             "site-packages directories (os.pathsep-separated) that provide NumPy, OpenCV and the "
-            "runtime to a Lambda package built with --deps device"),
+            "runtime to a Lambda package built with --deps device; each absolute and, with its "
+            "*.pth files, writable only by root or this user (else importing connector fails)"),
     # finding and publishing the standalone host
     Setting("GG_ML_IPC_FILE", "", "the client file's path (default: $XDG_RUNTIME_DIR/greengrass-ml/"
             "ipc.json, else ~/.config/greengrass-ml/ipc.json)"),
@@ -118,6 +120,29 @@ def seconds(name: str, low: float, high: float = 3600.0,
         raise ParameterError("{} must be between {:g} and {:g}, got {}".format(
             name, low, high, excerpt(text, 40)))
     return value
+
+
+def code_directories(name: str, environ: Optional[Mapping[str, str]] = None) -> List[str]:
+    """The directories the os.pathsep-separated `name` lists whose code this process may run
+    (``site.addsitedir`` executes their ``*.pth`` files), resolved; ones that do not exist are
+    left out. ParameterError naming the variable for a relative path or a directory whose code
+    another unprivileged user could have written (:func:`connector.files.code_directory_reason`)."""
+    found: List[str] = []
+    for entry in get(name, environ).split(os.pathsep):
+        if not entry or not os.path.isdir(entry):
+            continue
+        if not os.path.isabs(entry):
+            raise ParameterError("{} names the relative path {}; give absolute paths (a relative "
+                                 "one depends on the working directory)".format(name, excerpt(entry)))
+        # Resolved once: the directory checked is the one used, whatever a link in it does later.
+        real = os.path.realpath(entry)
+        reason = code_directory_reason(real)
+        if reason:
+            raise ParameterError("{} names {}, whose code another user could have written: {}; make "
+                                 "it writable only by root or this user, or leave it out of {}"
+                                 .format(name, excerpt(entry), reason, name))
+        found.append(real)
+    return found
 
 
 def overlay(names: Iterable[str], environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:

@@ -1,4 +1,6 @@
 import json
+import os
+import threading
 
 import pytest
 
@@ -139,3 +141,49 @@ def test_file_errors_are_clear(tmp_path):
     typo.write_text(json.dumps(dict(GOOD, LocalInferenceServiceNmae="x")))
     with pytest.raises(ParameterError, match="LocalInferenceServiceNmae"):
         load_parameters(str(typo), environ={})
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """A FIFO with no writer: a plain open() of it blocks until one comes. If the reader under
+    test does block, a rescue writer opens and closes it after a while, so that the test fails
+    on its assertion instead of hanging the run (it is not a timing assertion)."""
+    path = tmp_path / "params.fifo"
+    os.mkfifo(str(path))
+
+    def rescue():
+        try:
+            os.close(os.open(str(path), os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # ENXIO: nobody is blocked reading it, as it should be
+            pass
+
+    timer = threading.Timer(15, rescue)
+    timer.start()
+    yield path
+    timer.cancel()
+
+
+def test_a_fifo_as_parameter_file_is_refused_without_blocking(fifo):
+    with pytest.raises(ParameterError, match=r"cannot read parameter file .*params\.fifo.*: it is "
+                                             r"not a regular file \(a FIFO\)"):
+        load_parameters(str(fifo), environ={})
+
+
+def test_a_directory_or_an_oversize_file_is_refused(tmp_path):
+    with pytest.raises(ParameterError, match=r"not a regular file \(a directory\)"):
+        load_parameters(str(tmp_path), environ={})
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * 70000 + "\n")
+    with pytest.raises(ParameterError, match="larger than 65536 bytes"):
+        load_parameters(str(big), environ={})
+
+
+def test_a_parameter_file_reached_through_links_is_read_like_a_configmap_key(tmp_path):
+    """Kubernetes mounts a ConfigMap key as params.yaml -> ..data/params.yaml, ..data ->
+    ..2024_01_01_00_00_00.1/: `serve --config` must keep reading it."""
+    version = tmp_path / "..2024_01_01_00_00_00.1"
+    version.mkdir()
+    (version / "params.yaml").write_text(json.dumps(GOOD))
+    (tmp_path / "..data").symlink_to(version.name)
+    (tmp_path / "params.yaml").symlink_to("..data/params.yaml")
+    assert load_parameters(str(tmp_path / "params.yaml"), environ={}).service_name == "objectDetection"

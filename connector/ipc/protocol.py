@@ -115,17 +115,6 @@ def encode_client_context(custom: Dict[str, Any]) -> str:
     return base64.b64encode(json.dumps({"custom": custom}).encode("utf-8")).decode("ascii")
 
 
-def is_valid_base64(value: str) -> bool:
-    """True for the empty string and for canonical, padded standard base64."""
-    if not value:
-        return True
-    try:
-        base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        return False
-    return len(value) % 4 == 0
-
-
 def decode_client_context(value: Optional[str]) -> Dict[str, Any]:
     """The JSON object inside an X-Amz-Client-Context value ({} when there is none).
 

@@ -23,9 +23,13 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from ..config_files import load_file
 from ..errors import ConfigFileError, ModelDirectoryError
+from ..files import UnsafeFile, read_regular
 
 METADATA_FILE = "model.yaml"
 LABELS_FILE = "labels.txt"
+# Far above any real label list (COCO's 80 names are 700 bytes; 20 000 long names fit): whoever
+# can write the model directory cannot make every worker hold a file of any size.
+MAX_LABELS_BYTES = 1024 * 1024
 RUNTIME_LIBRARY = "libdlr.so"
 OUTPUT_ROLES = ("ids", "scores", "bboxes")
 # Named outputs of torchvision-style detection exports.
@@ -190,10 +194,28 @@ def read_metadata(path: str) -> ModelMetadata:
         raise ModelDirectoryError("{!r}: {}".format(meta_file, e)) from None
     labels_file = os.path.join(path, LABELS_FILE)
     if meta.labels is None and os.path.isfile(labels_file):
-        with open(labels_file, "r", encoding="utf-8") as f:
-            labels = tuple(line.strip() for line in f if line.strip())
-        meta = meta.replace(labels=labels)
+        meta = meta.replace(labels=read_labels(labels_file))
     return meta
+
+
+def read_labels(labels_file: str) -> Tuple[str, ...]:
+    """The class names of labels.txt, one a line (blank lines skipped); ModelDirectoryError for a
+    file that is not a regular one, is over MAX_LABELS_BYTES or is not UTF-8. A link is followed,
+    as for the model files (a mounted volume may hold links)."""
+    try:
+        data = read_regular(labels_file, MAX_LABELS_BYTES, "labels file", follow_links=True)
+        text = data.decode("utf-8")
+    except UnsafeFile as e:
+        raise ModelDirectoryError("{!r} is {}; labels.txt holds one class name a line, at most {} "
+                                  "bytes".format(labels_file, e.problem, MAX_LABELS_BYTES)) from None
+    except UnicodeDecodeError as e:
+        raise ModelDirectoryError("{!r} is not UTF-8 text (byte 0x{:02x} at offset {})".format(
+            labels_file, e.object[e.start], e.start)) from None
+    except OSError as e:
+        raise ModelDirectoryError("cannot read {!r}: {}".format(labels_file, e.strerror or e)) from None
+    # Lines as text-mode reading split them (\n, \r\n, \r), not str.splitlines()'s wider set.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return tuple(line.strip() for line in lines if line.strip())
 
 
 def load_settings_file(meta_file: str) -> Dict[str, Any]:

@@ -1,5 +1,6 @@
 """The host's GGRouter: settings, topic checks, and forwarding to a real mosquitto over TLS with a
 client certificate (how a device talks to AWS IoT Core)."""
+import base64
 import ssl
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from connector.ipc import IPCClient, IPCError, protocol
 from connector.ipc.protocol import GGROUTER_ARN as ROUTER_ARN
 from connector.standalone.ggrouter.settings import DEFAULT_MAX_QUEUED_BYTES, MqttSettings
 from connector.standalone.ggrouter.topics import (PublishPolicy, PublishRefused, check_filter,
-                                                  check_topic, filter_matches)
+                                                  check_topic, filter_matches, topic_of)
 from tests.feedback_servers import MOSQUITTO, SAME_USER, free_port, wait_port
 from tests.service_process import ROOT, Proc, clean_env, healthz, wait_for_client_file, wait_ready
 
@@ -50,6 +51,25 @@ def test_topics_one_cannot_publish_to(topic):
     with pytest.raises(PublishRefused, match="^GGRouter: ") as refused:
         check_topic(topic)
     assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("document,rule", [
+    (b'{"custom": ' + b"[" * 20000 + b"]" * 20000 + b"}", "bad_client_context"),  # past the interpreter's
+    (b"[" * 32 + b'{"custom": {"subject": "a/b"}}' + b"]" * 32, "bad_client_context"),  # 33 levels
+    (b'{"custom": "' + b"[" * 40000, "bad_client_context"),                # in a string never closed
+    (b'{"custom": {"subject": "a\\\\"' + b"[" * 40000 + b"}}", "bad_client_context"),  # \\ ends it
+    (b'{"custom": {"subject": "\\"' + b"[" * 40000 + b'"}}', "topic_too_long"),  # \" does not
+], ids=["deep", "33-levels", "open-string", "escaped-backslash", "escaped-quote"])
+def test_a_deep_or_tricky_client_context_is_refused_by_its_rule_not_by_recursion(document, rule):
+    """decode_client_context scans the depth before json.loads, so topic_of needs no
+    RecursionError handler: brackets count only outside strings, and a context is refused by a
+    rule (here: its depth, or the topic's length when the brackets were in the topic)."""
+    context = base64.b64encode(document).decode("ascii")
+    assert len(context) <= protocol.MAX_CLIENT_CONTEXT_BYTES
+    with pytest.raises(PublishRefused) as refused:
+        topic_of(context)
+    assert refused.value.rule == rule, refused.value
+    assert topic_of(base64.b64encode(b'{"custom": {"subject": "a/b"}}').decode("ascii")) == "a/b"
 
 
 def test_the_queue_bound_in_bytes_its_default_and_its_floor():

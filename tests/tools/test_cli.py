@@ -161,3 +161,26 @@ def test_a_neo_demo_for_another_cpu_is_named_as_such(monkeypatch):
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
     with pytest.raises(KeyError, match="compiled for armv7, and this machine is x86_64"):
         model_path("demo-ssd-neo-armv7")
+
+
+MIGRATE_RUN_MODULES = ("plan", "render", "group", "topics", "feedback_map", "writer", "pointers")
+
+
+def test_building_the_parser_leaves_migrate_v1s_planning_unimported():
+    """Every `python -m connector` command (serve on each start) builds the whole parser: the
+    migrate-v1 subcommand's arguments need only its command and source modules, never what plans,
+    renders and writes a migration."""
+    probe = ("import sys, connector.cli; connector.cli.build_parser(); "
+             "print(' '.join(sorted(m for m in sys.modules if m.startswith('connector.'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr
+    loaded = set(out.stdout.split())
+    assert "connector.tools.migrate.command" in loaded
+    assert not {"connector.tools.migrate." + m for m in MIGRATE_RUN_MODULES} & loaded, sorted(loaded)
+    assert "connector.feedback.config" not in loaded
+
+
+def test_migrate_v1_help_still_states_the_source_cap():
+    out = cli("migrate-v1", "--help")
+    assert out.returncode == 0 and "a regular file of at most 4 MiB" in out.stdout, out.stdout

@@ -130,6 +130,19 @@ def test_doctor_fails_on_bad_parameters(tmp_path):
     assert "MLModelResourceId" in out.stdout and "FAIL" in out.stdout
 
 
+def test_doctor_on_a_fifo_as_config_fails_instead_of_hanging(tmp_path):
+    """`doctor --config` on a FIFO with no writer: a plain open() would wait for a writer forever
+    (the timeout here only keeps a regression from hanging the run)."""
+    fifo = tmp_path / "params.fifo"
+    os.mkfifo(str(fifo))
+    out = subprocess.run([sys.executable, "-m", "connector", "doctor", "--config", str(fifo)],
+                         cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         universal_newlines=True, timeout=120)
+    assert out.returncode == 1, out.stdout
+    assert re.search(r"FAIL\s+cannot read parameter file .*params\.fifo.*: it is not a regular file "
+                     r"\(a FIFO\)", out.stdout), out.stdout
+
+
 def test_doctor_warns_about_a_libdlr_for_another_cpu(tmp_path, model_dir):
     """A libdlr.so of the wrong architecture in the model directory is named, not loaded."""
     d = tmp_path / "model"

@@ -187,7 +187,11 @@ def test_dollar_topics_never_reach_the_allow_list(tmp_path, capsys):
     ("a/b", None), ("a/+/c", None), ("a/#", None), ("#", None),
     ("$aws/things/x/shadow/update", "$-topic"), ("a/#/b", "'#'"), ("a/b#", "'#'"),
     ("a/x+/c", "'+'"), ("a,b", "comma"), ("a\nb", "control"), ("", "empty"),
-    ("a/" + "x" * 300, "256 bytes"), ("a\x85b", "control"), ("/".join("abcdefghi"), "8 levels")])
+    ("a/" + "x" * 300, "256 bytes"), ("a\x85b", "control"), ("/".join("abcdefghi"), "8 levels"),
+    ("a/b\u2028c", "U+2028, a line separator"), ("a\u2029", "U+2029"), ("a/\u202eb", "U+202E"),
+    ("\u2066a\u2069", "U+2066"), ("a\u200fb", "U+200F"), ("a\u061cb", "U+061C"),
+    (" a/b", "starts or ends with a blank"), ("a/b ", "blank"), ("a b/c d", None),
+    ("caf\u00e9/\u6e29\u5ea6", None)])
 def test_topic_filter_rules(topic, problem):
     found = filter_problem(topic)
     assert (found is None) if problem is None else (problem in found)

@@ -261,3 +261,68 @@ def test_document_text_cannot_forge_report_lines_or_terminal_escapes(capsys, tmp
     assert [line for line in report.splitlines() if line == "WARNINGS"] == ["WARNINGS"]
     assert "contains the control character U+000A" in report
     assert "a/b" not in (tmp_path / "out" / "mqtt-allow.txt").read_text()
+
+
+FORGING_SUBJECT = "a/b\u2028EDIT BEFORE USE\u2028  nothing\u202e"
+LAYOUT = ("\u2028", "\u2029", "\u202e", "\x85")
+
+
+def test_line_separators_and_bidi_controls_in_a_topic_forge_nothing(capsys, tmp_path):
+    """U+2028 passes the service's topic grammar but str.splitlines() breaks a line there, and
+    U+202E turns what follows around on screen: such a subject is left out of the allow-list
+    (with the reason) and appears nowhere raw."""
+    doc = json.loads(GROUP.read_text())
+    lam = doc["Functions"][1]["FunctionArn"]
+    doc["Subscriptions"].append({"Id": "bidi", "Source": lam, "Subject": FORGING_SUBJECT,
+                                 "Target": "cloud"})
+    src = tmp_path / "group.json"
+    src.write_text(json.dumps(doc))
+    rc, stdout, err = migrate(capsys, src, "--out", tmp_path / "out")
+    assert rc == 0
+    out = tmp_path / "out"
+    report = (out / "report.txt").read_text()
+    for text in (report, stdout, err, (out / "mqtt-allow.txt").read_text(),
+                 (out / "deployment.json").read_text()):
+        assert not any(c in text for c in LAYOUT), repr(text)
+    assert [line for line in report.splitlines() if line == "EDIT BEFORE USE"] == ["EDIT BEFORE USE"]
+    assert "U+2028, a line separator or bidirectional-text control" in report
+    assert "a/b" not in (out / "mqtt-allow.txt").read_text().splitlines()
+
+
+def test_the_report_and_printed_commands_never_carry_a_filter_raw(tmp_path):
+    """Whatever reaches the allow-list, the report and the printed commands show it through
+    show(): a filter with a line separator or a bidi control is escaped, not printed."""
+    from dataclasses import replace
+
+    from connector.tools.migrate import render
+    from connector.tools.migrate.group import V1Group, add_document
+    from connector.tools.migrate.plan import Options, make_plan
+    from connector.tools.migrate.topics import Allowed
+
+    group = V1Group()
+    add_document(group, str(GROUP), source.read_source(str(GROUP)))
+    plan = make_plan(group, Options(thing_group="g"))
+    sub = plan.allowed[0].subscription
+    plan = replace(plan, allowed=[Allowed(FORGING_SUBJECT, sub), Allowed("ok/\u202etxt.exe", sub)])
+    texts = [render.report(plan, str(tmp_path), ["report.txt"]),
+             render.summary(plan, str(tmp_path), ["report.txt"]), render.allow_flags(plan)]
+    texts += render.next_steps(plan, str(tmp_path))
+    for text in texts:
+        assert not any(c in text for c in LAYOUT), repr(text)
+    assert "EDIT BEFORE USE" in texts[0].splitlines() and texts[0].splitlines().count("EDIT BEFORE USE") == 1
+    assert "\\u202e" in render.allow_flags(plan)
+
+
+def test_files_planted_at_the_old_temporary_names_do_not_stop_the_run(capsys, tmp_path):
+    """The writer used to create `.{name}.{pid}.tmp` with O_EXCL: a file planted at that
+    predictable name made the run fail with EEXIST. Temporary names are random now."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in FIXED:
+        (out / ".{}.{}.tmp".format(name, os.getpid())).write_text("planted")
+    rc, _, err = migrate(capsys, GROUP, "--out", out)
+    assert rc == 0, err
+    for name in ("params.yaml", "mqtt-allow.txt", "report.txt", "deployment.json"):
+        assert (out / name).is_file() and (out / name).stat().st_mode & 0o777 == 0o644, name
+        assert (out / ".{}.{}.tmp".format(name, os.getpid())).read_text() == "planted"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]

@@ -10,14 +10,17 @@ import argparse
 import os
 import re
 import sys
-from typing import List, Tuple
+from typing import TYPE_CHECKING, List, Tuple
 
 from ... import __version__
-from ...params import RULES
-from . import render, writer
-from .group import REGION_PATTERN, V1Group, add_document
-from .plan import ACCOUNT_PATTERN, THING_GROUP_PATTERN, VERSION_PATTERN, Options, make_plan
-from .source import MAX_BYTES, MigrationError, read_source, show
+from .source import MAX_BYTES, MigrationError, show
+
+if TYPE_CHECKING:
+    from .plan import Options
+
+# Every `python -m connector` command builds the parser, so add_arguments needs only the light
+# imports above; what reads, plans and writes a migration is imported by options() and run()
+# (about 15 modules that `serve` would otherwise load on every start).
 
 DESCRIPTION = """\
 Turn what a Greengrass V1 device still has into a working set-up for this project.
@@ -83,6 +86,7 @@ def _check(value: str, pattern: str, option: str, what: str) -> str:
 
 
 def _param(text: str) -> Tuple[str, str]:
+    from ...params import RULES
     name, sep, value = text.partition("=")
     if not sep or name not in RULES:
         raise MigrationError("--param {}: must be NAME=VALUE with NAME one of {}".format(
@@ -92,6 +96,8 @@ def _param(text: str) -> Tuple[str, str]:
 
 def options(args: argparse.Namespace) -> Options:
     """The checked options; MigrationError naming the first bad one."""
+    from .group import REGION_PATTERN
+    from .plan import ACCOUNT_PATTERN, THING_GROUP_PATTERN, VERSION_PATTERN, Options
     model = args.model_path
     if model is not None and (not os.path.isabs(model) or "\0" in model):
         raise MigrationError("--model-path {}: must be an absolute path".format(show(model)))
@@ -111,6 +117,10 @@ def options(args: argparse.Namespace) -> Options:
 
 def run(args: argparse.Namespace) -> int:
     """Read, plan, write, summarise. MigrationError (exit 2 in connector.cli) before any write."""
+    from . import render, writer
+    from .group import V1Group, add_document
+    from .plan import make_plan
+    from .source import read_source
     opts = options(args)
     group = V1Group()
     for path in args.sources:

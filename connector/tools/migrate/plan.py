@@ -69,13 +69,6 @@ class Plan:
     def install_script(self) -> str:
         return INSTALL_SCRIPTS.get(self.variant or "", "install-<arch>.sh")
 
-    @property
-    def deployment_problem(self) -> Optional[str]:
-        """Why deployment.json cannot be written, or None. (The V2 component hands its
-        configuration to its scripts only through Setenv, quoted there, so no value is ever shell
-        code: nothing in a value can stop the deployment.)"""
-        return None
-
 
 def _detectors(group: V1Group) -> List[Union[Connector, Function]]:
     found: List[Union[Connector, Function]] = [c for c in group.connectors if DETECTOR.match(c.name)]
@@ -240,8 +233,5 @@ def make_plan(group: V1Group, options: Options) -> Plan:
                         "may publish nothing)")
     variant = DETECTOR.match(detector.name).group(1) if isinstance(detector, Connector) else None
     target = deployment_target(group, options, warnings, placeholders)
-    plan = Plan(group, detector, variant, params, origin, resource, feedback, allowed, not_mapped,
+    return Plan(group, detector, variant, params, origin, resource, feedback, allowed, not_mapped,
                 target, warnings, placeholders)
-    if plan.deployment_problem:
-        warnings.append(plan.deployment_problem)
-    return plan

@@ -14,8 +14,10 @@ from typing import Any, Dict, List
 
 
 from ... import __version__
+from ...ipc.topics import MAX_TOPIC_BYTES
 from .group import Connector
 from .plan import Plan
+from .topics import Allowed
 from .source import show
 from . import pointers
 
@@ -76,9 +78,10 @@ def deployment_json(plan: Plan) -> str:
 
 def files(plan: Plan, out: str) -> Dict[str, str]:
     """{fixed file name: text} of what this plan writes."""
-    written = {"params.yaml": params_yaml(plan), "mqtt-allow.txt": mqtt_allow(plan)}
-    if not plan.deployment_problem:
-        written["deployment.json"] = deployment_json(plan)
+    # deployment.json is always written: the V2 component hands its configuration to its scripts
+    # only through Setenv, quoted there, so no value can stop the deployment.
+    written = {"params.yaml": params_yaml(plan), "mqtt-allow.txt": mqtt_allow(plan),
+               "deployment.json": deployment_json(plan)}
     if plan.feedback is not None and plan.feedback.values is not None:
         written["feedback.yaml"] = feedback_yaml(plan)
     written["report.txt"] = report(plan, out, sorted(written) + ["report.txt"])
@@ -89,8 +92,15 @@ def _q(text: str) -> str:
     return shlex.quote(text)
 
 
+def _filter(allowed: Allowed) -> str:
+    """A filter as printed (report, commands): through show(), whole (topics.filter_problem lets
+    only printable filters without blanks around them into the allow-list, which show() leaves as
+    they are; anything else would be shown escaped, never raw)."""
+    return show(allowed.filter, MAX_TOPIC_BYTES + 1)
+
+
 def allow_flags(plan: Plan) -> str:
-    return " ".join("--mqtt-allow {}".format(_q(a.filter)) for a in plan.allowed)
+    return " ".join("--mqtt-allow {}".format(_q(_filter(a))) for a in plan.allowed)
 
 
 def next_steps(plan: Plan, out: str) -> List[str]:
@@ -101,7 +111,7 @@ def next_steps(plan: Plan, out: str) -> List[str]:
     has_feedback = plan.feedback is not None and plan.feedback.values is not None
     feedback = " --feedback-config {}".format(_q(os.path.join(out, "feedback.yaml"))) \
         if has_feedback else ""
-    allow = ",".join(a.filter for a in plan.allowed)
+    allow = ",".join(_filter(a) for a in plan.allowed)
     # The image's entry point runs serve on CONFIG_IN_CONTAINER (docs/container.md).
     container = ("podman run -d --name object-detection --network host --pid host --user "
                  "\"$(id -u):$(id -g)\" -v {p}:{c}:ro -v {m}:{m}:ro -v \"$HOME/.gg-ml:{d}\"{e} {i}").format(
@@ -112,8 +122,7 @@ def next_steps(plan: Plan, out: str) -> List[str]:
         "here:        python -m connector serve --config {}{}{}".format(
             _q(params), feedback, " " + allow_flags(plan) if plan.allowed else ""),
         "V2 fleet:    aws greengrassv2 create-deployment --cli-input-json {}".format(
-            _q("file://" + os.path.join(out, "deployment.json")))
-        if not plan.deployment_problem else "V2 fleet:    none: " + plan.deployment_problem,
+            _q("file://" + os.path.join(out, "deployment.json"))),
         "container:   " + container,
         "Kubernetes:  kubectl -n gg-ml create configmap object-detection-params --from-file={} "
         "--dry-run=client -o yaml | kubectl apply -f -   (manifests/kubernetes, docs/kubernetes.md)".format(
@@ -157,10 +166,10 @@ def _allow_lines(plan: Plan) -> List[str]:
     if not plan.allowed:
         return ["  (none: callers may publish nothing)"]
     lines = ["  {}    from subscription {} ({} -> cloud)".format(
-        a.filter, show(a.subscription.id), show(a.subscription.source)) for a in plan.allowed]
+        _filter(a), show(a.subscription.id), show(a.subscription.source)) for a in plan.allowed]
     return lines + ["  serve flags: " + allow_flags(plan),
                     "  environment: GG_MQTT_ALLOW={}".format(
-                        _q(",".join(a.filter for a in plan.allowed)))]
+                        _q(",".join(_filter(a) for a in plan.allowed)))]
 
 
 def report(plan: Plan, out: str, written: List[str]) -> str:

@@ -3,8 +3,9 @@
 The files come off a device or out of someone's AWS CLI history: any of them may be truncated,
 huge, not JSON, or built to hurt the reader. So a source is
 
-* a regular file (a FIFO or a device would block or never end), opened without blocking;
-* at most :data:`MAX_BYTES` (4 MiB: a group of hundreds of functions is far below it);
+* a regular file (a FIFO or a device would block or never end), opened without blocking, and
+  at most :data:`MAX_BYTES` (4 MiB: a group of hundreds of functions is far below it), read by
+  :func:`connector.files.read_regular`;
 * strict UTF-8 (a UTF-8 byte-order mark is tolerated: Windows editors write one);
 * nested at most :data:`MAX_DEPTH` levels, checked on the text before it is parsed (the deepest
   real document, a function's ``RunAs`` in a get-function-definition-version output, is 8);
@@ -16,19 +17,22 @@ Every failure is a :class:`MigrationError` whose message names the file and what
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 from typing import Any, Dict, List, Tuple
 
 from ...errors import MigrationError
+from ...files import UnsafeFile, read_regular
 from ...ipc.protocol import nesting_exceeds
 
 MAX_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 32
 SHOW_CHARS = 120
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters that change how text around them is shown without being visible themselves: the
+# line and paragraph separators (str.splitlines() and some terminals break lines there) and the
+# bidirectional-text controls (U+202E shows what follows backwards: "Trojan Source").
+LAYOUT_CONTROLS = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f" + LAYOUT_CONTROLS + "]")
 
 
 def show(value: Any, limit: int = SHOW_CHARS) -> str:
@@ -70,27 +74,17 @@ def parse_json(text: str, where: str) -> Any:
         raise MigrationError("{} is not usable JSON: {}".format(where, exc)) from None
 
 
-def _read_capped(path: str) -> bytes:
+def read_source(path: str) -> Any:
+    """The parsed JSON of the file at `path`, or MigrationError naming it and the rule."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        # The operator named the file: a link is followed (as --config's is).
+        data = read_regular(path, MAX_BYTES, "Greengrass V1 document", follow_links=True)
+    except UnsafeFile as exc:
+        raise MigrationError("{}: {}; a SOURCE is a regular JSON file of at most {} bytes".format(
+            show(path), exc.problem, MAX_BYTES)) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise MigrationError("{}: cannot read it: {}".format(show(path), reason)) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise MigrationError("{}: not a regular file (a directory, device or pipe); give the "
-                             "JSON file itself".format(show(path)))
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise MigrationError("{}: larger than {} bytes; no Greengrass V1 group or definition "
-                             "document is that large".format(show(path), MAX_BYTES))
-    return data
-
-
-def read_source(path: str) -> Any:
-    """The parsed JSON of the file at `path`, or MigrationError naming it and the rule."""
-    data = _read_capped(path)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:

@@ -16,12 +16,14 @@ from typing import Iterable, List, Optional, Tuple, Union
 
 from ...ipc import topics
 from .group import Subscription
+from .source import LAYOUT_CONTROLS
 
 REPLACED_CONNECTORS = re.compile(r"^(ObjectDetection(x86-64|ARMv7|Aarch64JTX2)|MLFeedback)$")
 _CONNECTOR = re.compile(r"^arn:aws[a-z-]*:greengrass:[a-z0-9-]*::/connectors/([A-Za-z0-9_.-]+)/")
 _USER_LAMBDA = re.compile(r"^arn:aws[a-z-]*:lambda:[a-z0-9-]+:[0-9]{12}:function:[^:]+(:[^:]+)?$")
 _SYSTEM_LAMBDA = re.compile(r"^arn:aws[a-z-]*:lambda:::function:GG")
 _DEVICE = re.compile(r"^arn:aws[a-z-]*:iot:[a-z0-9-]*:[0-9]*:thing/")
+_LAYOUT_CONTROL = re.compile("[" + LAYOUT_CONTROLS + "]")
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,24 @@ def endpoint(text: str) -> Tuple[str, str]:
 
 def filter_problem(topic: str) -> Optional[str]:
     """Why `topic` cannot be an allow-list entry, or None when it can: the service's own filter
-    rules (connector.ipc.topics), plus the comma that would split GG_MQTT_ALLOW's entries."""
+    rules (connector.ipc.topics), plus what would not reach the service as written (a comma splits
+    GG_MQTT_ALLOW's entries; the service strips blanks around each) or would not read as what it
+    is (a line separator starts a line of mqtt-allow.txt for str.splitlines(); a bidirectional-text
+    control shows the filter, in the report and a terminal, other than it matches). Such a filter,
+    if really meant, is added by hand."""
     if topic.startswith("$"):
         return ("a $-topic (reserved: shadows and other $aws/ topics); the service never publishes "
                 "$-topics for callers")
     if "," in topic:
         return "the topic holds a comma, which separates GG_MQTT_ALLOW's entries"
-    return topics.filter_problem(topic)
+    control = _LAYOUT_CONTROL.search(topic)
+    if control:
+        return ("the topic holds U+{:04X}, a line separator or bidirectional-text control: it would "
+                "not read as the filter it is".format(ord(control.group())))
+    problem = topics.filter_problem(topic)
+    if problem is None and topic != topic.strip():
+        return "the topic starts or ends with a blank, which the service strips from each filter"
+    return problem
 
 
 def _reason_not_to_cloud(source: Tuple[str, str], target: Tuple[str, str], subject: str) -> str:

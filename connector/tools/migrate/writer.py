@@ -3,10 +3,11 @@
 Nothing a V1 document says becomes a path here: the directory is the operator's ``--out`` and the
 names are :data:`connector.tools.migrate.render.FILES`. ``--out`` must be a directory (created when
 missing, its parent must exist) and not a symbolic link; it is opened once with ``O_NOFOLLOW`` and
-every file is created beside its final name relative to that descriptor (``O_EXCL|O_NOFOLLOW``),
-then renamed over it. A rename replaces a planted link itself instead of writing where it points.
-A fixed name this run does not write (``feedback.yaml`` of an earlier run) is removed, so the
-directory never mixes two migrations.
+every file is written by :func:`connector.files.write_at` relative to that descriptor: created
+under a random temporary name beside its final one (``O_EXCL|O_NOFOLLOW``: nothing planted there
+is followed or stops the run), mode 0644, then renamed over it. A rename replaces a planted
+link itself instead of writing where it points. A fixed name this run does not write
+(``feedback.yaml`` of an earlier run) is removed, so the directory never mixes two migrations.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import os
 import stat
 from typing import Dict, Iterable
 
+from ... import files
 from .source import MigrationError, show
 
 
@@ -38,24 +40,6 @@ def prepare(out: str) -> None:
         raise MigrationError("--out {} exists and is not a directory".format(show(out)))
 
 
-def _write_one(dir_fd: int, name: str, text: str) -> None:
-    temp = ".{}.{}.tmp".format(name, os.getpid())
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(temp, flags, 0o644, dir_fd=dir_fd)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        try:
-            os.unlink(temp, dir_fd=dir_fd)
-        except OSError:
-            pass
-        raise
-
-
 def write(out: str, texts: Dict[str, str], fixed_names: Iterable[str]) -> None:
     """Write {name: text} into --out; remove the other `fixed_names` left by an earlier run."""
     try:
@@ -67,7 +51,7 @@ def write(out: str, texts: Dict[str, str], fixed_names: Iterable[str]) -> None:
     try:
         for name, text in texts.items():
             try:
-                _write_one(dir_fd, name, text)
+                files.write_at(dir_fd, name, text.encode("utf-8"), mode=0o644)
             except OSError as exc:
                 raise MigrationError("--out {}: cannot write {}: {}".format(
                     show(out), name, exc.strerror or exc)) from None

@@ -3,6 +3,8 @@
 * :mod:`.protocol`    - header names, paths, encodings and addresses shared by both ends
 * :mod:`.http`        - HTTP hardened for a host any local program may reach (no Greengrass in it)
 * :mod:`.routes`      - the host's Greengrass calls and probes, who may call what, its status codes
+* :mod:`.calls`       - a caller's calls without their transport (both transports run these)
+* :mod:`.fast`        - the fast path: our SDK to our host, one frame each way on a Unix socket
 * :mod:`.auth`        - tokens and principals: the callers' token and one token per function
 * :mod:`.invocations` - what the board holds (invocations) and refuses (its errors)
 * :mod:`.workboard`   - the host's queues, deadlines, bounds, admission and the served-ARN rule

@@ -358,6 +358,13 @@ class IPCHost(object):
             ready = False
         return (200, {"status": "ready"}) if ready else (503, {"status": "not ready"})
 
+    def describe_connections(self) -> Dict[str, Any]:
+        """The health document's ``connections``: the guard's counters (both transports) and the
+        frames the fast path received (``fast_frames``; ``fast``: whether it is offered)."""
+        fast = self._fast
+        return dict(self.guard.describe(), fast=fast is not None,
+                    fast_frames=fast.frames if fast is not None else 0)
+
     @property
     def fast_path(self) -> Optional[str]:
         """The fast path's socket while it is offered, else None."""

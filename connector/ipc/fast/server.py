@@ -55,6 +55,8 @@ class FastServer(object):
         self.idle_timeout_s = float(idle_timeout_s)
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._count_lock = threading.Lock()
+        self.frames = 0  # frames received whole (the health document's connections.fast_frames)
 
     @property
     def path(self) -> str:
@@ -129,6 +131,8 @@ class FastServer(object):
             return False  # the caller left (or a deadline hung up) before a whole header
         self.inflight.enter()
         self.guard.handling(connection)
+        with self._count_lock:
+            self.frames += 1
         try:
             return self._answer(connection, rfile, frames.parse_request_header(head))
         finally:

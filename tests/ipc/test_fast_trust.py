@@ -170,7 +170,11 @@ def test_the_connection_cap_counts_both_transports(rig):
     release = threading.Event()
     r = rig(handler=lambda event, context: release.wait(10) and event, concurrency=4,
             max_connections=4, head_timeout_s=30)
-    idle = [r.fast() for _ in range(4)]  # four fast connections waiting for a frame
+    idle = [r.fast() for _ in range(4)]  # four kept fast connections waiting for a next frame
+    release.set()
+    for connection in idle:
+        assert connection.invoke(r.host.token, ARN).status == 200
+    release.clear()
     time.sleep(0.2)
     assert r.host.guard.open_count() == 4
     status, _ = v1_post(r.host, r.host.token)  # an HTTP call evicts the oldest idle one

@@ -21,7 +21,7 @@ import re
 import socket
 import stat
 import struct
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence, Tuple
 
 ENV_FAST = "GG_ML_IPC_FAST"
 PROTOCOL = 1
@@ -105,10 +105,15 @@ def eligible(token: str, address: str, context: str) -> bool:
         return False
 
 
-def request(token: str, address: str, context: str, payload: bytes) -> bytes:
+def request_parts(token: str, address: str, context: str, payload: bytes) -> Tuple[bytes, bytes]:
+    """A request frame as (header and fields, payload): sent gathered, the payload not copied."""
     arn, ctx, tok = address.encode("utf-8"), context.encode("ascii"), token.encode("ascii")
-    return b"".join((REQUEST_HEADER.pack(REQUEST_MAGIC, PROTOCOL, OP_INVOKE, len(tok), len(arn),
-                                         len(ctx), len(payload)), tok, arn, ctx, payload))
+    return (b"".join((REQUEST_HEADER.pack(REQUEST_MAGIC, PROTOCOL, OP_INVOKE, len(tok), len(arn),
+                                          len(ctx), len(payload)), tok, arn, ctx)), payload)
+
+
+def request(token: str, address: str, context: str, payload: bytes) -> bytes:
+    return b"".join(request_parts(token, address, context, payload))
 
 
 def connect(fast: FastSocket, timeout: float) -> socket.socket:
@@ -139,11 +144,11 @@ def connect(fast: FastSocket, timeout: float) -> socket.socket:
     return sock
 
 
-def exchange(sock: socket.socket, frame: bytes) -> Answer:
-    """Send `frame`, read the answer. A host that refuses a frame before reading all of it
-    answers and closes: its answer is still read after the send failed."""
+def exchange(sock: socket.socket, frame: Sequence[bytes]) -> Answer:
+    """Send the parts of `frame`, read the answer. A host that refuses a frame before reading
+    all of it answers and closes: its answer is still read after the send failed."""
     try:
-        sock.sendall(frame)
+        _send(sock, frame)
     except (BrokenPipeError, ConnectionResetError):
         pass  # read what the host answered before it closed (Closed if nothing)
     head = _receive(sock, ANSWER_HEADER.size, False)
@@ -157,6 +162,17 @@ def exchange(sock: socket.socket, frame: bytes) -> Answer:
         texts.append(rest[at:at + length].decode("ascii", "replace"))
         at += length
     return Answer(call, flags, status, texts[0], texts[1], texts[2], texts[3], rest[at:])
+
+
+def _send(sock: socket.socket, parts: Sequence[bytes]) -> None:
+    views = [memoryview(part) for part in parts if part]
+    while views:
+        sent = sock.sendmsg(views)
+        while sent:
+            if sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            else:
+                views[0], sent = views[0][sent:], 0
 
 
 def _receive(sock: socket.socket, size: int, got_any: bool) -> bytes:

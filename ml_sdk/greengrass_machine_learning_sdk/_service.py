@@ -96,14 +96,14 @@ class GreengrassServiceClient(object):
         if isinstance(context, (bytes, bytearray)):
             context = bytes(context).decode("ascii")
         context = context or ""
-        path = "/{}/functions/{}".format(API_VERSION, quote(address, safe=":$@!*'()+,;=-._~"))
         if (endpoint.fast is not None and _fast.wanted()
                 and _fast.eligible(endpoint.token, address, context)):
             try:
                 return self._retrying(endpoint, lambda: self._fast_call(
-                    endpoint, address, path, message.payload, context))
+                    endpoint, address, message.payload, context))
             except _fast.Unavailable:
                 _fast.give_up()  # this process uses the V1 exchange from now on
+        path = _path(address)
         headers = self._retrying(endpoint, lambda: self._post(endpoint, path, message.payload, context))
         invocation_id = headers.get(HEADER_INVOCATION_ID)
         if not invocation_id:
@@ -142,11 +142,11 @@ class GreengrassServiceClient(object):
 
     # -- the fast path --------------------------------------------------------------------------
 
-    def _fast_call(self, endpoint: _endpoint.Endpoint, address: str, path: str,
-                   payload: Optional[bytes], context: str) -> GreengrassServiceCallOutput:
+    def _fast_call(self, endpoint: _endpoint.Endpoint, address: str, payload: Optional[bytes],
+                   context: str) -> GreengrassServiceCallOutput:
         """One call over the fast path: the same outcome, exception and message as the V1
         exchange's for the same answer; _fast.Unavailable when it cannot be used at all."""
-        frame = _fast.request(endpoint.token, address, context, payload or b"")
+        frame = _fast.request_parts(endpoint.token, address, context, payload or b"")
         # One connection per thread and per process, as for HTTP (see _request).
         key = (os.getpid(), endpoint.fast.path)
         kept_by_key = self._local.__dict__.setdefault("fast", {})
@@ -179,7 +179,7 @@ class GreengrassServiceClient(object):
             sock.close()
         else:
             kept_by_key[key] = sock
-        return _fast_outcome(endpoint, address, path, answer)
+        return _fast_outcome(endpoint, address, answer)
 
     def call_found(self, address_of: Callable[[_endpoint.Endpoint], str],
                    message: GreengrassServiceMessage, service_name: Optional[str] = None
@@ -263,7 +263,13 @@ def _outcome(address: str, function_error: Optional[str], payload: bytes
         address, function_error, error_message_of(payload)))
 
 
-def _fast_outcome(endpoint: _endpoint.Endpoint, address: str, path: str, answer: "_fast.Answer"
+def _path(address: str) -> str:
+    """The V1 exchange's request path for `address` (ARN characters are path-safe but for a few;
+    quoting the rest keeps http.client and the host in agreement)."""
+    return "/{}/functions/{}".format(API_VERSION, quote(address, safe=":$@!*'()+,;=-._~"))
+
+
+def _fast_outcome(endpoint: _endpoint.Endpoint, address: str, answer: "_fast.Answer"
                   ) -> GreengrassServiceCallOutput:
     """What the V1 exchange's call would give for the same answer, in the same words."""
     if answer.call == _fast.CALL_FRAME and answer.error_type == "UnsupportedVersion":
@@ -272,7 +278,7 @@ def _fast_outcome(endpoint: _endpoint.Endpoint, address: str, path: str, answer:
         return _outcome(address, answer.function_error, answer.payload)
     method = "GET" if answer.call == _fast.CALL_GET_WORK_RESULT else "POST"
     error = GreengrassRuntimeException("the Greengrass IPC at {}:{} answered {} {} to {} {}: {}".format(
-        endpoint.host, endpoint.port, answer.status, answer.reason, method, path,
+        endpoint.host, endpoint.port, answer.status, answer.reason, method, _path(address),
         error_message_of(answer.payload)))
     error.accepted = answer.call == _fast.CALL_GET_WORK_RESULT
     error.retry_after = _retry_seconds(answer.retry_after) if answer.status == 503 else None

@@ -199,7 +199,7 @@ def test_a_path_longer_than_a_socket_address_is_reached_through_its_directory(tm
         fast = _fast.offered(s.entry(), s.client_file)
         connection = _fast.connect(fast, 5.0)  # the SDK's way: through /proc/self/fd/<dir>
         try:
-            answer = _fast.exchange(connection, _fast.request(s.host.token, ARN, "", b"long"))
+            answer = _fast.exchange(connection, _fast.request_parts(s.host.token, ARN, "", b"long"))
         finally:
             connection.close()
         assert answer.status == 200 and json.loads(answer.payload)["Body"] == "LONG"
@@ -234,7 +234,7 @@ def test_the_frame_codec_agrees_with_the_sdks_copy():
         sent = frames.answer(frames.CALL_POST_WORK, 503, "Service Unavailable", b'{"x": 1}',
                              "ServiceStarting", "", "1", closing=True)
         a.sendall(sent)
-        got = _fast.exchange(b, b"")
+        got = _fast.exchange(b, [])
         assert tuple(got) == tuple(frames.parse_answer(sent))
         assert got.flags == frames.FLAG_CLOSING and got.retry_after == "1"
     finally:

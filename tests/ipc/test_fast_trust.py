@@ -255,7 +255,9 @@ def test_frames_share_the_body_budget_with_http_bodies(rig):
     r = rig(max_body_bytes=1000, max_reading_bytes=1500, body_timeout_s=30)
     stalled = r.fast()
     stalled.sock.sendall(frames.request(r.host.token.encode(), ARN.encode(), CONTEXT, b"s" * 1000)[:-1000])
-    time.sleep(0.3)  # its 1000 bytes are charged now, and it sends no more
+    deadline = time.monotonic() + 10
+    while r.host.guard.reading_bytes() < 1000 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until its 1000 bytes are charged; it sends no more
     try:
         with r.fast() as connection:
             answer = connection.invoke(r.host.token, ARN, b"y" * 900)
@@ -266,7 +268,8 @@ def test_frames_share_the_body_budget_with_http_bodies(rig):
             assert connection.invoke(r.host.token, ARN, b"z" * 300).status == 200  # what still fits
     finally:
         stalled.close()
-    time.sleep(0.5)
+    while r.host.guard.reading_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
     with r.fast() as connection:
         assert connection.invoke(r.host.token, ARN, b"y" * 900).status == 200  # released
 

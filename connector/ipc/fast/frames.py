@@ -92,10 +92,11 @@ def request(token: bytes, function_arn: bytes, client_context: bytes, payload: b
 def answer(call: int, status: int, reason: str, payload: bytes, error_type: str = "",
            function_error: str = "", retry_after: str = "", closing: bool = False) -> bytes:
     """A whole answer frame (the short text fields are cut at 255 bytes of ASCII)."""
-    texts = [_short(t) for t in (reason, error_type, function_error, retry_after)]
+    reason_, type_ = _short(reason), _short(error_type)
+    error_, retry_ = _short(function_error), _short(retry_after)
     head = ANSWER_HEADER.pack(ANSWER_MAGIC, VERSION, call, FLAG_CLOSING if closing else 0, status,
-                              *(len(t) for t in texts), len(payload))
-    return b"".join([head] + texts + [payload])
+                              len(reason_), len(type_), len(error_), len(retry_), len(payload))
+    return b"".join((head, reason_, type_, error_, retry_, payload))
 
 
 def parse_answer(data: bytes) -> Answer:
@@ -110,4 +111,4 @@ def parse_answer(data: bytes) -> Answer:
 
 
 def _short(text: str) -> bytes:
-    return text.encode("ascii", "replace")[:255]
+    return text.encode("ascii", "replace")[:255] if text else b""

@@ -15,7 +15,9 @@ TESTS=(tests/test_params.py tests/model/test_imaging.py tests/service/test_bad_i
        tests/model/test_dlr_backend.py tests/model/test_dlr_phone_home.py
        tests/supervision/test_supervisor.py tests/supervision/test_pool.py tests/supervision/test_sizing.py tests/ipc/test_host.py tests/ipc/test_local.py tests/ipc/test_runtime.py
        tests/sdk/test_ml_sdk.py tests/service/test_service.py tests/sdk/test_sdk_dist.py tests/tools/test_doctor.py
-       tests/tools/test_deploy.py tests/service/test_metrics.py tests/standalone/test_serve.py)
+       tests/tools/test_deploy.py tests/service/test_metrics.py tests/standalone/test_serve.py
+       tests/ipc/test_fast_path.py tests/ipc/test_fast_trust.py tests/ipc/test_fuzz_fast.py
+       tests/sdk/test_fast_sdk.py)
 find_python() {  # a python$1 that really runs (pyenv shims exist for versions not selected)
   local v="$1" p
   for p in "$(command -v "python$v" || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".*/bin/python"$v"; do

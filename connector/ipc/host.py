@@ -20,6 +20,10 @@ travels at all); in another process, the way a core hands it to its Lambda, in
 file (mode 0600, never group-readable; see :mod:`connector.ipc.clientfile`), which ``attach``
 reads.
 
+Beside the V1 exchange on its port, a host with a client file offers our SDK the fast path
+(:mod:`connector.ipc.fast`): a private Unix socket beside the client file, named in its entry,
+served by the same calls (:mod:`connector.ipc.calls`) under the same guard, bounds and shutdown.
+
 Which ARNs count as served is documented in :mod:`connector.ipc.workboard`; the routes, status
 codes and probes in :mod:`connector.ipc.routes`; the bounds on connections and bodies
 (:class:`HostLimits`) in :mod:`connector.ipc.http.guard`.

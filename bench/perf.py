@@ -9,12 +9,17 @@ For each model, on 640x480 and 1920x1080 JPEGs, interleaved request by request:
 * ``worker``  - the same through one supervised worker process (``WorkerSupervisor.infer``) called from
   this process: the worker hop without HTTP, to split the service's overhead;
 * ``svc wN``  - a real ``python -m connector serve`` with N inference workers, through the
-  unmodified ML SDK (one setting per ``--workers`` value);
+  bundled ML SDK, which takes the host's fast path (one setting per ``--workers`` value);
+* ``svc wN v1`` - the same service through the same SDK held to the V1 exchange
+  (``GG_ML_IPC_FAST=0``: POST the work, GET the result);
+* ``aws wN``  - the same service through a client written as the unmodified AWS SDK's IPC client
+  is (``greengrass_ipc_python_sdk``: urllib, a new connection for each of the two requests);
 * ``peer``    - bench/peer_fastapi.py: FastAPI + uvicorn around the same Engine (thread spinning
   off, as ours), when fastapi and uvicorn are installed;
-* ``protocol`` - bench/protocol_floor.py through the same SDK: the IPC host of ``serve`` with a
-  handler that returns the service's answer at once, so no model and no worker. What the
-  Greengrass protocol costs by itself; it has no pair with ``engine``.
+* ``protocol`` / ``protocol v1`` - bench/protocol_floor.py through the same SDK, on the fast path
+  and held to the V1 exchange: the IPC host of ``serve`` with a handler that returns the
+  service's answer at once, so no model and no worker. What each exchange costs by itself; they
+  have no pair with ``engine``.
 
 Printed: per image size the median and p90 of each, the paired median difference and ratio to
 ``engine`` (pairs are the same image in the same round); the decode and inference times of
@@ -92,6 +97,43 @@ def sdk_call(ctype: str, body: bytes, local=threading.local()) -> str:
     return response["Body"].read().decode("utf-8")
 
 
+def sdk_caller(ipc_file: str, fast: bool) -> Call:
+    """The SDK on the service of `ipc_file`, on its fast path or held to the V1 exchange."""
+    def call(ctype: str, body: bytes) -> str:
+        os.environ["GG_ML_IPC_FILE"] = ipc_file  # the SDK keeps one endpoint per client file
+        os.environ["GG_ML_IPC_FAST"] = "1" if fast else "0"
+        return sdk_call(ctype, body)
+    return call
+
+
+def aws_caller(ipc_file: str) -> Call:
+    """The service called as the unmodified AWS SDK calls it: greengrass_ipc_python_sdk's
+    IPCClient (urllib, no keep-alive) posts the work and GETs the result; the ML SDK then reads
+    the JSON answer's Body."""
+    import base64
+    import json
+    import urllib.request
+    from connector.ipc import clientfile, protocol
+    entry = clientfile.read(ipc_file, "objectDetection")
+    url = "http://{}:{}{}".format(entry["host"], entry["port"], protocol.function_path(
+        protocol.inference_function_arn(entry["region"], "object-detection", "objectDetection")))
+
+    def call(ctype: str, body: bytes) -> str:
+        context = base64.b64encode(json.dumps({"custom": {"Content-Type": ctype}}).encode()).decode()
+        post = urllib.request.Request(url, data=body, method="POST", headers={
+            "Authorization": entry["token"], "X-Amz-Client-Context": context,
+            "X-Amz-Invocation-Type": "RequestResponse"})
+        with urllib.request.urlopen(post, timeout=120) as response:
+            invocation_id = response.getheader("X-Amz-InvocationId")
+        get = urllib.request.Request(url, method="GET", headers={
+            "Authorization": entry["token"], "X-Amz-InvocationId": invocation_id})
+        with urllib.request.urlopen(get, timeout=120) as response:
+            if response.getheader("X-Amz-Function-Error"):
+                raise RuntimeError("function error: " + response.read().decode()[:200])
+            return json.loads(response.read().decode("utf-8"))["Body"]
+    return call
+
+
 class Peer:
     """bench/peer_fastapi.py in its own process; None from start() when FastAPI is missing."""
 
@@ -146,10 +188,11 @@ class ProtocolFloor:
         if self.proc.stdout.readline().strip() != b"ready":
             raise RuntimeError("bench/protocol_floor.py did not start")
 
-    def call(self, ctype: str, body: bytes) -> None:
-        """None: it answers every image with the first one's text, so nothing to compare."""
-        os.environ["GG_ML_IPC_FILE"] = self.ipc
-        sdk_call(ctype, body)
+    def caller(self, fast: bool) -> Call:
+        """None from each call: it answers every image with the first one's text, so nothing to
+        compare."""
+        call = sdk_caller(self.ipc, fast)
+        return lambda ctype, body: (call(ctype, body), None)[1]
 
     def stop(self) -> None:
         self.proc.stdin.close()
@@ -292,18 +335,15 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
             proc, info, env = start_serve(tmp, Path(model_dir), timeout=60, memory_limit_kb=args.memory_limit_kb,
                                           env_extra=dict(env_extra, CONNECTOR_INFERENCE_WORKERS=str(workers)))
             services.append(proc)
-            os.environ["GG_ML_IPC_FILE"] = env["GG_ML_IPC_FILE"]
-            sdk_call("image/jpeg", images[0][1])
-            cold["svc w{}".format(workers)] = time.perf_counter() - t0
-            os.environ.pop("GG_ML_IPC_FILE")
-
-            def call(ctype: str, body: bytes, ipc=env["GG_ML_IPC_FILE"]) -> str:
-                os.environ["GG_ML_IPC_FILE"] = ipc  # the SDK keeps one endpoint per client file
-                return sdk_call(ctype, body)
-
-            methods["svc w{}".format(workers)] = call
+            label = "svc w{}".format(workers)
+            methods[label] = sdk_caller(env["GG_ML_IPC_FILE"], fast=True)
+            methods[label]("image/jpeg", images[0][1])
+            cold[label] = time.perf_counter() - t0
+            methods[label + " v1"] = sdk_caller(env["GG_ML_IPC_FILE"], fast=False)
+            methods["aws w{}".format(workers)] = aws_caller(env["GG_ML_IPC_FILE"])
         floor = ProtocolFloor(work / "{}-protocol".format(name), reference[images[0][1]])
-        methods["protocol"] = floor.call
+        methods["protocol"] = floor.caller(fast=True)
+        methods["protocol v1"] = floor.caller(fast=False)
         peer = Peer(model_dir, args.device) if args.peer else None
         if peer is not None:
             methods["peer"] = peer.call
@@ -323,7 +363,7 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
                 t = times[(m, size)]
                 diffs = [a - b for a, b in zip(t, base)]
                 ratios = [a / b for a, b in zip(t, base)]
-                paired = m != "protocol"  # it runs no model: its time is the overhead itself
+                paired = not m.startswith("protocol")  # no model: its time is the overhead itself
                 rows.append([size, m, "{:.2f}".format(np.median(t)), "{:.2f}".format(percentile(t, 90)),
                              "{:+.2f}".format(np.median(diffs)) if paired else "-",
                              "{:.2f}x".format(np.median(ratios)) if paired else "-"])
@@ -342,7 +382,7 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
                      "{:.1f}".format(np.median(loop_lat)), "{:.1f}".format(percentile(loop_lat, 90)), 0])
         for clients in args.clients:
             for m in methods:
-                if m in ("raw", "engine", "worker", "protocol"):
+                if m in ("raw", "engine", "worker") or m.startswith("protocol"):
                     continue
                 rate, lat, errors = throughput(methods[m], images, clients, args.duration)
                 if errors:
@@ -364,6 +404,7 @@ def bench_model(model_dir: str, args: argparse.Namespace, work: Path, problems: 
             peer.stop()
         if "protocol" in methods:
             floor.stop()
+        os.environ.pop("GG_ML_IPC_FAST", None)
         pool.close()
         engine.close()
         floor_engine.close()

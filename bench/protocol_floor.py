@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """The Greengrass IPC protocol alone: the host of `serve` with a handler that answers at once.
 
-bench/perf.py calls it through the unmodified SDK, as it calls the service: a POST, the 202, a
-GET that waits for the result, the handler's answer relayed back, over keep-alive loopback
-connections. Whatever the service adds beyond this and the worker hop is ours to cut; this part
-is the price of the protocol that SPEC section 4 fixes (and the original SDK's callers speak).
+bench/perf.py calls it through the bundled SDK, as it calls the service, both ways the host
+offers: the fast path (one frame each way on its Unix socket) and the V1 exchange (a POST, the
+202, a GET that waits for the result, the handler's answer relayed back, over keep-alive loopback
+connections). Whatever the service adds beyond this and the worker hop is ours to cut; the V1
+part is the price of the protocol that SPEC section 4 fixes (and the original SDK's callers speak).
 
     protocol_floor.py CLIENT_FILE SERVICE_NAME ANSWER_FILE   (prints "ready" once it serves; ends
     when its stdin closes)

@@ -20,7 +20,9 @@ TESTS=(tests/test_params.py tests/model/test_imaging.py tests/service/test_bad_i
        tests/ipc/test_fuzz_ipc.py tests/ipc/test_trust.py tests/ipc/test_bounds.py tests/ipc/test_edges.py
        tests/ipc/test_admission.py tests/standalone/test_ggrouter.py tests/standalone/test_attach_trust.py
        tests/feedback/test_spool.py tests/feedback/test_config.py tests/feedback/test_gate.py
-       tests/feedback/test_sampling.py tests/feedback/test_feeder.py tests/feedback/test_hardening.py)
+       tests/feedback/test_sampling.py tests/feedback/test_feeder.py tests/feedback/test_hardening.py
+       tests/ipc/test_fast_path.py tests/ipc/test_fast_trust.py tests/ipc/test_fuzz_fast.py
+       tests/sdk/test_fast_sdk.py)
 find_python() {  # a python$1 that really runs (pyenv shims exist for versions not selected)
   local v="$1" p
   for p in "$(command -v "python$v" || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".*/bin/python"$v"; do

@@ -4,6 +4,8 @@
 * :mod:`.topics`      - AWS IoT topic names and MQTT filters: the one grammar GGRouter and migrate-v1 use
 * :mod:`.http`        - HTTP hardened for a host any local program may reach (no Greengrass in it)
 * :mod:`.routes`      - the host's Greengrass calls and probes, who may call what, its status codes
+* :mod:`.calls`       - a caller's calls without their transport (both transports run these)
+* :mod:`.fast`        - the fast path: our SDK to our host, one frame each way on a Unix socket
 * :mod:`.auth`        - tokens and principals: the callers' token and one token per function
 * :mod:`.invocations` - what the board holds (invocations) and refuses (its errors)
 * :mod:`.workboard`   - the host's queues, deadlines, bounds, admission and the served-ARN rule

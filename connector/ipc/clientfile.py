@@ -3,7 +3,8 @@
 The file is a JSON document ``{"version": 2, "services": {<name>: <entry>}}``; each running host
 keeps its own entry, named by its service (``serve``: LocalInferenceServiceName; ``host``:
 ``--name``, default ``ipc-host``), ``{"host", "port", "token", "region", "pid", "started",
-"timeout_s"}``. Starting or stopping one host rewrites only its own entry (read-modify-write under
+"timeout_s", "fast"}`` (``fast``: ``{"unix": <socket path>, "protocol": 1}`` where the host offers
+the fast path, :mod:`connector.ipc.fast`; absent otherwise). Starting or stopping one host rewrites only its own entry (read-modify-write under
 an ``flock`` on a lock file beside it, then an atomic rename). An entry whose process is gone
 (``pid`` not running, or running since another time: ``started`` is the process start time from
 ``/proc``) is stale: readers skip it, and a new host of that name takes it over; a host refuses to
@@ -44,7 +45,7 @@ import json
 import logging
 import os
 import stat
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 
 from .. import settings
 from ..errors import ClientFileError
@@ -82,7 +83,7 @@ def check_directory(path: str, group: Optional[str] = None) -> None:
     directory is taken as it is, group-readable or not); raise ClientFileError (one line, with
     the fix) otherwise."""
     directory = os.path.dirname(os.path.abspath(path))
-    gid = _group_id(group) if group else None
+    gid = group_id(group) if group else None
     try:
         os.makedirs(os.path.dirname(directory), exist_ok=True)
         try:
@@ -260,14 +261,18 @@ def function_token(path: str, function_arn: str) -> Optional[str]:
 # -- writing -----------------------------------------------------------------------------------
 
 def publish(path: str, name: str, host: str, port: int, token: str, region: str,
-            timeout_s: Optional[float] = None, group: Optional[str] = None) -> Dict[str, Any]:
-    """Write (or take over a stale) entry `name`; ClientFileError when a live host holds it."""
+            timeout_s: Optional[float] = None, group: Optional[str] = None,
+            fast: Optional[Callable[[], Optional[Dict[str, Any]]]] = None) -> Dict[str, Any]:
+    """Write (or take over a stale) entry `name`; ClientFileError when a live host holds it.
+
+    `fast` is called under the file's lock once the entry is known to be ours to write (so a live
+    host's fast-path socket is never replaced); what it returns is the entry's ``"fast"``."""
     check_directory(path, group)
     entry = {"host": host, "port": int(port), "token": token, "region": region, "pid": os.getpid(),
              "started": process_start(os.getpid())}
     if timeout_s is not None:
         entry["timeout_s"] = float(timeout_s)
-    gid = _group_id(group) if group else None
+    gid = group_id(group) if group else None
     with _locked(path):
         document = _load_for_update(path)
         current = document["services"].get(name)
@@ -277,6 +282,9 @@ def publish(path: str, name: str, host: str, port: int, token: str, region: str,
                 "another host named {!r} (pid {}, port {}) is running and owns its entry in the "
                 "client file {}; stop it first, or give this service another name".format(
                     name, current.get("pid"), current.get("port"), path))
+        offered = fast() if fast is not None else None
+        if offered:
+            entry["fast"] = offered
         document["services"][name] = entry
         _atomic_write(path, document, 0o640 if gid is not None else 0o600, gid)
     return entry
@@ -375,7 +383,7 @@ def _atomic_write(path: str, document: Dict[str, Any], mode: int, gid: Optional[
     write_atomic(path, json.dumps(document).encode("utf-8"), mode & 0o640, gid)
 
 
-def _group_id(group: str) -> int:
+def group_id(group: str) -> int:
     try:
         return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
     except KeyError:

@@ -20,6 +20,10 @@ travels at all); in another process, the way a core hands it to its Lambda, in
 file (mode 0600, never group-readable; see :mod:`connector.ipc.clientfile`), which ``attach``
 reads.
 
+Beside the V1 exchange on its port, a host with a client file offers our SDK the fast path
+(:mod:`connector.ipc.fast`): a private Unix socket beside the client file, named in its entry,
+served by the same calls (:mod:`connector.ipc.calls`) under the same guard, bounds and shutdown.
+
 Which ARNs count as served is documented in :mod:`connector.ipc.workboard`; the routes, status
 codes and probes in :mod:`connector.ipc.routes`; the bounds on connections and bodies
 (:class:`HostLimits`) in :mod:`connector.ipc.http.guard`.
@@ -39,6 +43,9 @@ from .auth import Credentials, Principal, new_token
 from .clientfile import DEFAULT_NAME
 from .http.guard import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEAD_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS,
                          DEFAULT_MAX_READING_BYTES, ConnectionGuard)
+from .fast import frames, socketfile
+from .fast.server import FastServer
+from .fast.socketfile import Bound, remove
 from .http.server import HardenedServer
 from .routes import GreengrassHandler
 from .invocations import AdmissionHook
@@ -93,7 +100,7 @@ class IPCHost(object):
                  client_file: Optional[str] = None, write_client_file: bool = True,
                  client_file_group: Optional[str] = None, result_timeout_s: float = 30.0,
                  attach_grace_s: float = 60.0, health: Optional[HealthCallback] = None,
-                 limits: HostLimits = HostLimits()) -> None:
+                 limits: HostLimits = HostLimits(), fast: bool = True) -> None:
         """
         :param host: address to bind; loopback unless you mean it (the tokens are the only guard).
         :param port: TCP port; 0 picks a free one (read it back from :attr:`port`).
@@ -112,6 +119,8 @@ class IPCHost(object):
         :param attach_grace_s: see the served-ARN rule in :mod:`connector.ipc.workboard`.
         :param health: returns the JSON document of ``GET /healthz`` once :meth:`set_ready`.
         :param limits: the connection, body and queue bounds.
+        :param fast: offer our SDK the fast path (:mod:`connector.ipc.fast`) beside the client
+            file; False: the V1 exchange only, as an older host.
         """
         self.bind_host = host
         self.requested_port = int(port)
@@ -134,6 +143,9 @@ class IPCHost(object):
         self._thread: Optional[threading.Thread] = None
         self._stopped = False
         self._published = False
+        self._offer_fast = fast
+        self._fast: Optional[FastServer] = None
+        self._fast_bound: Optional[Bound] = None
 
     @property
     def token(self) -> str:
@@ -164,13 +176,19 @@ class IPCHost(object):
             try:
                 clientfile.publish(self.client_file_path, self.name, self.connect_host, self.port,
                                    self.token, self.region, timeout_s=self.board.result_timeout_s,
-                                   group=self.client_file_group)
+                                   group=self.client_file_group,
+                                   fast=self._bind_fast if self._offer_fast else None)
                 self._published = True
                 self._publish_function_tokens()
             except Exception:
                 self._server.shutdown()
                 self._server.server_close()
+                if self._fast_bound is not None:
+                    remove(self._fast_bound)
                 raise
+            if self._fast_bound is not None:
+                self._fast = FastServer(self, self._fast_bound, self.guard, self._server.inflight,
+                                        self.limits.max_body_bytes, self.limits.idle_timeout_s).start()
         # debug: a start-up that fails after this must print one line, its error
         log.debug("IPC host listening on %s:%d%s", self.bind_host, self.port,
                  " (client file {})".format(self.client_file_path) if self.client_file_path else "")
@@ -191,6 +209,8 @@ class IPCHost(object):
             self._wait_idle(1.0)
         self._server.shutdown()
         self._server.server_close()
+        if self._fast is not None:
+            self._fast.close()  # no new connection; its socket file is removed
         self.guard.hang_up_all()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
@@ -341,6 +361,31 @@ class IPCHost(object):
             log.exception("readiness callback failed")
             ready = False
         return (200, {"status": "ready"}) if ready else (503, {"status": "not ready"})
+
+    def describe_connections(self) -> Dict[str, Any]:
+        """The health document's ``connections``: the guard's counters (both transports) and the
+        frames the fast path received (``fast_frames``; ``fast``: whether it is offered)."""
+        fast = self._fast
+        return dict(self.guard.describe(), fast=fast is not None,
+                    fast_frames=fast.frames if fast is not None else 0)
+
+    @property
+    def fast_path(self) -> Optional[str]:
+        """The fast path's socket while it is offered, else None."""
+        return self._fast_bound.path if self._fast_bound is not None and not self._stopped else None
+
+    def _bind_fast(self) -> Optional[Dict[str, Any]]:
+        """Called under the client file's lock (see clientfile.publish): the socket, made private
+        beside the client file, and the entry's "fast"; None (and a warning) when it cannot be."""
+        assert self.client_file_path
+        group = self.client_file_group
+        self._fast_bound, why = socketfile.bind(
+            socketfile.path_for(self.client_file_path, self.name), 0o660 if group else 0o600,
+            clientfile.group_id(group) if group else None)
+        if self._fast_bound is None:
+            log.warning("the fast path is off, callers use the V1 exchange: %s", why)
+            return None
+        return {"unix": self._fast_bound.path, "protocol": frames.VERSION}
 
     # -- function tokens for functions attaching from other processes --------------------------
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional, Tuple
 
-from . import invocations, protocol
+from . import calls, protocol
 from .auth import Principal
 from .http.handler import HardenedHandler, Refusal
 
@@ -53,19 +53,6 @@ _PROBES = {protocol.HEALTH_PATH: "health", "/livez": "live", "/readyz": "ready"}
 # Endpoints only the function's own token may use, and what they do (for the refusal).
 _FUNCTION_ONLY = {"_get_work": "take its work", "_post_work_result": "answer its work",
                   "_initialized": "report its initialization"}
-_BOARD_REFUSALS = {
-    invocations.NotServed: (404, "ResourceNotFoundException"),
-    invocations.UnknownInvocation: (404, "InvocationNotFound"),
-    invocations.NoResultKept: (400, "NoResultKept"),
-    invocations.AlreadyFinished: (409, "InvocationAlreadyFinished"),
-    invocations.NotDelivered: (409, "InvocationNotDelivered"),
-    invocations.Draining: (503, "ServiceUnavailable"),
-    invocations.Starting: (503, "ServiceStarting"),
-    invocations.Busy: (429, "TooManyRequestsException"),
-}
-
-
-RETRY_AFTER_S = 1
 
 
 def bearer_stripped(given: Optional[str]) -> Optional[str]:
@@ -122,33 +109,16 @@ class GreengrassHandler(HardenedHandler):
     def _authenticate(self, bearer: bool = False) -> Principal:
         """The principal of the request's token; with `bearer` also "Bearer <token>"."""
         given = self.headers.get(protocol.HEADER_AUTH_TOKEN)
-        if bearer:
-            given = bearer_stripped(given)
-        if given is None:
-            raise Refusal(401, "missing Authorization header (the raw IPC token)", "Unauthorized")
-        principal = self.server.ipc_host.principal(given)
-        if principal is None:
-            raise Refusal(403, "wrong Authorization token", "Forbidden")
-        return principal
+        return calls.authenticate(self.server.ipc_host, bearer_stripped(given) if bearer else given)
 
     # -- the protocol's calls -----------------------------------------------------------------
 
     def _post_work(self, function_arn: str, body: bytes) -> None:
-        client_context = self.headers.get(protocol.HEADER_CLIENT_CONTEXT, "").strip()
-        try:  # size, base64, depth and JSON: a bad one is the caller's 400, never the function's
-            protocol.decode_client_context(client_context)
-        except ValueError as exc:
-            raise Refusal(400, str(exc), "InvalidClientContext")
         invocation_type = self.headers.get(protocol.HEADER_INVOCATION_TYPE, "").strip() \
             or protocol.INVOCATION_REQUEST_RESPONSE
-        if invocation_type not in protocol.INVOCATION_TYPES:
-            raise Refusal(400, "{} must be one of {}, not {!r}".format(
-                protocol.HEADER_INVOCATION_TYPE, ", ".join(protocol.INVOCATION_TYPES),
-                invocation_type), "InvalidInvocationType")
-        principal = self._principal
-        invocation = self._board(lambda b: b.submit(function_arn, body, client_context,
-                                                    invocation_type, principal.name,
-                                                    principal=principal))
+        invocation = calls.post_work(self.server.ipc_host, self._principal, function_arn, body,
+                                     self.headers.get(protocol.HEADER_CLIENT_CONTEXT, "").strip(),
+                                     invocation_type)
         self.send(202, headers=[(protocol.HEADER_INVOCATION_ID, invocation.invocation_id)])
 
     def _get_work(self, function_arn: str, body: bytes) -> None:
@@ -182,9 +152,8 @@ class GreengrassHandler(HardenedHandler):
 
     def _get_work_result(self, function_arn: str, body: bytes) -> None:
         invocation_id = self._required_invocation_id()
-        principal = self._principal
-        invocation = self._board(lambda b: b.wait_result(
-            function_arn, invocation_id, principal.name, cancelled=self.client_gone))
+        invocation = calls.get_work_result(self.server.ipc_host, self._principal, function_arn,
+                                           invocation_id, self.client_gone)
         if invocation.function_error and self.client_gone():
             self.close_connection = True  # the caller left; nobody to answer
             return
@@ -223,15 +192,7 @@ class GreengrassHandler(HardenedHandler):
     # -- helpers ------------------------------------------------------------------------------
 
     def _board(self, call: Callable[[Any], Any]) -> Any:
-        try:
-            return call(self.server.ipc_host.board)
-        except invocations.NotAdmitted as exc:
-            raise Refusal(exc.status, str(exc), exc.error_type)
-        except invocations.WorkBoardError as exc:
-            status, error_type = _BOARD_REFUSALS[type(exc)]
-            # A function that is starting will serve in a moment: the caller may retry (the SDK does).
-            retry = [("Retry-After", str(RETRY_AFTER_S))] if isinstance(exc, invocations.Starting) else []
-            raise Refusal(status, str(exc), error_type, retry)
+        return calls.board_call(self.server.ipc_host.board, call)
 
     def _required_invocation_id(self) -> str:
         invocation_id = (self.headers.get(protocol.HEADER_INVOCATION_ID) or "").strip()

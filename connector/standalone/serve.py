@@ -129,7 +129,7 @@ def _describe(health: Health, host: IPCHost, arn: str, service: SupervisedServic
     health.add("requests", service.describe_requests)
     health.add("worker", service.describe_worker)
     health.add("board", lambda: host.board.describe(arn))
-    health.add("connections", host.guard.describe)
+    health.add("connections", host.describe_connections)
     companions.describe_into(health)
     host.set_health(health.document)
     host.set_readiness(lambda: service.pool.state == "ready")
@@ -158,7 +158,7 @@ def host_only(port: Optional[int] = None, bind: str = "127.0.0.1",
         for arn in functions:
             host.register_function(arn, served=False)  # served while its worker polls
         health = Health(state="ready")
-        health.add("connections", host.guard.describe)
+        health.add("connections", host.describe_connections)
         companions.describe_into(health)
         host.set_health(health.document)
         host.set_ready()

@@ -36,6 +36,11 @@ Beyond the original:
     (JSON with host, port, token, region) so that ``ml.client('inference')`` works with no setup.
     This names the file; default ``$XDG_RUNTIME_DIR/greengrass-ml/ipc.json``, else
     ``~/.config/greengrass-ml/ipc.json``. The file's region is used for the addresses.
+``GG_ML_IPC_FAST``
+    A standalone host of this package offers a faster way in than the Greengrass exchange (one
+    frame each way on a private Unix socket beside its client file); the SDK uses it when the
+    host's entry offers it, and the Greengrass exchange otherwise (inside Greengrass, an older
+    host), with the same answers and exceptions. ``0`` holds it to the Greengrass exchange.
 ``GG_ML_INFERENCE_FUNCTION_ARNS``
     Maps a ServiceName to the function ARN that serves it, for an inference service deployed as a
     user Lambda (which has its own ARN, not the GG-ML-INF address of AWS's connector). Either a

@@ -11,8 +11,9 @@ it must stay copyable alone into a Lambda):
 3. ``~/.config/greengrass-ml/ipc.json``;
 
 ``{"version": 2, "services": {<name>: {"host", "port", "token", "region", "pid", "started",
-"timeout_s"}}}``: the entry named like the ServiceName called, else the only entry whose process
-still runs (an entry of a dead process is stale and never used).
+"timeout_s", "fast"}}}``: the entry named like the ServiceName called, else the only entry whose
+process still runs (an entry of a dead process is stale and never used). ``fast`` is the host's
+offer of the fast path (see :mod:`._fast`).
 
 The file is refused when another unprivileged user could have replaced it (OpenSSH's rule: the
 file and every directory above it owned by root or the file's owner and writable by nobody else,
@@ -31,6 +32,7 @@ import stat
 import threading
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from . import _fast
 from .exception import GreengrassDependencyException
 
 ENV_AUTH_TOKEN = "AWS_CONTAINER_AUTHORIZATION_TOKEN"
@@ -41,10 +43,11 @@ ENV_CLIENT_FILE = "GG_ML_IPC_FILE"
 DEFAULT_DAEMON_PORT = 8000
 MAX_FILE_BYTES = 1024 * 1024
 
-# timeout_s: the service's own timeout where the client file says it (None inside Greengrass).
+# timeout_s: the service's own timeout where the client file says it (None inside Greengrass);
+# fast: the host's fast-path socket (_fast.FastSocket) where its entry offers one, else None.
 Endpoint = collections.namedtuple("Endpoint", ["host", "port", "token", "region", "source",
-                                               "timeout_s"])
-Endpoint.__new__.__defaults__ = (None,)
+                                               "timeout_s", "fast"])
+Endpoint.__new__.__defaults__ = (None, None)
 
 
 def client_file_path(environ: Optional[Mapping[str, str]] = None) -> str:
@@ -190,7 +193,8 @@ def resolve(environ: Optional[Mapping[str, str]] = None,
         raise GreengrassDependencyException(
             "cannot use the standalone host's client file {}: {}".format(path, exc))
     return Endpoint(str(document.get("host") or "127.0.0.1"), port, token,
-                    document.get("region") or env.get(ENV_REGION), "client file " + path, timeout)
+                    document.get("region") or env.get(ENV_REGION), "client file " + path, timeout,
+                    _fast.offered(document, path))
 
 
 # Reading and checking the client file costs about 0.45 ms (the safety walk up its directories and

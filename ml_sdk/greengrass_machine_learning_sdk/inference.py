@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from io import BytesIO
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ._args import body_bytes, required_arguments
 from ._service import (GreengrassRuntimeException, GreengrassServiceClient,
@@ -162,7 +162,7 @@ class Client(object):
             if not isinstance(value, str):
                 raise ValueError("{} must be a string, not {}".format(param, type(value).__name__))
             metadata[key] = value
-        context = base64.b64encode(json.dumps({"custom": metadata}).encode("utf-8"))
+        context = _client_context(metadata)
 
         try:
             output, address = self._gg_service_client.call_found(
@@ -174,6 +174,23 @@ class Client(object):
             payload = output.error_response.payload
             raise GreengrassInferenceException(error_message_of(payload), error_type_of(payload), payload)
         return _response(output.response.payload, address)
+
+
+# A program sends the same ContentType/Accept call after call: their client context is encoded
+# once (a few of them, bounded), not on every call.
+_CONTEXTS = {}  # type: Dict[Tuple[Tuple[str, str], ...], bytes]
+_MAX_CONTEXTS = 32
+
+
+def _client_context(metadata: Dict[str, str]) -> bytes:
+    """base64(JSON {"custom": metadata}), as the AWS SDK sends it."""
+    key = tuple(metadata.items())
+    context = _CONTEXTS.get(key)
+    if context is None:
+        context = base64.b64encode(json.dumps({"custom": metadata}).encode("utf-8"))
+        if len(_CONTEXTS) < _MAX_CONTEXTS and sum(len(k) + len(v) for k, v in key) <= 1024:
+            _CONTEXTS[key] = context
+    return context
 
 
 def _response(payload: bytes, address: str) -> Dict[str, Any]:

@@ -450,8 +450,10 @@ def test_client_file_is_private_complete_and_removed(tmp_path):
         assert document["port"] == h.port and document["token"] == h.token
         assert document["region"] == "eu-central-1" and document["host"] == "127.0.0.1"
         assert document["pid"] == os.getpid() and document["name"] == "ipc-host"
-        # no temporary left behind, only the lock file of the entries' read-modify-write
-        assert sorted(os.listdir(os.path.dirname(path))) == [".ipc.json.lock", "ipc.json"]
+        # no temporary left behind, only the lock file of the entries' read-modify-write and
+        # the fast path's socket (tests/ipc/test_fast_path.py)
+        assert sorted(os.listdir(os.path.dirname(path))) == [".ipc.json.lock", "ipc.json",
+                                                             "ipc.json.ipc-host.sock"]
     finally:
         h.shutdown(grace_s=0.5)
     assert not os.path.exists(path)

@@ -46,6 +46,13 @@ HANDLING = "handling"  # the request is being handled (a long poll may take its 
 
 BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                  b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
+BUSY_TYPE = "ServiceUnavailable"
+
+
+def busy_message(max_connections: int) -> str:
+    """What a connection refused at the cap is told (on every transport that shares the guard)."""
+    return "the IPC host is busy: {} connections are open and none is idle; retry later".format(
+        max_connections)
 
 
 def connection_cap(requested: int) -> int:

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Iterable, Optional, Tuple
 
 from ..protocol import error_body
+from .guard import ConnectionGuard
 
 log = logging.getLogger("connector.ipc.http")
 
@@ -46,6 +47,38 @@ class Refusal(Exception):
         self.message = message
         self.error_type = error_type
         self.headers = list(headers)
+
+
+def check_body_size(length: int, limit: int) -> None:
+    """413 PayloadTooLarge for a body declared over `limit` bytes (refused before it is read)."""
+    if length > limit:
+        raise Refusal(413, "body of {} bytes is over the limit of {} bytes".format(length, limit),
+                      "PayloadTooLarge")
+
+
+def budget_full(guard: ConnectionGuard) -> Refusal:
+    """The 429 of a body chunk that did not fit the guard's budget of bodies being read."""
+    return Refusal(429, "the IPC host is busy receiving other bodies ({} bytes at most at once, "
+                   "{} for bodies over {} bytes); retry later".format(
+                       guard.max_reading_bytes, guard.large_reading_bytes, guard.small_body_bytes),
+                   "TooManyRequestsException")
+
+
+def peer_gone(connection: socket.socket) -> bool:
+    """True once the peer of `connection` closed its end (a long-polling client that left)."""
+    try:
+        if _POLLRDHUP:
+            # Sees the client's FIN even behind bytes it sent after its request, which the
+            # peek below would return instead, taking the client for present forever.
+            poller = select.poll()
+            poller.register(connection, _POLLRDHUP)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([connection], [], [], 0)
+        if not readable:
+            return False
+        return connection.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 class HardenedHandler(BaseHTTPRequestHandler):
@@ -166,18 +199,12 @@ class HardenedHandler(BaseHTTPRequestHandler):
             raise Refusal(400, "Content-Length must be one non-negative integer, not {!r}".format(
                 ", ".join(lengths)), "InvalidContentLength")
         length = int(text)
-        limit = self.server.max_body_bytes
-        if length > limit:
-            raise Refusal(413, "body of {} bytes is over the limit of {} bytes".format(length, limit),
-                          "PayloadTooLarge")
+        check_body_size(length, self.server.max_body_bytes)
         guard = self.server.guard
         guard.reading(self.connection)  # the body's deadline starts now
         body = guard.read_body(self.rfile, length)
         if body is None:
-            raise Refusal(429, "the IPC host is busy receiving other bodies ({} bytes at most at "
-                          "once, {} for bodies over {} bytes); retry later".format(
-                              guard.max_reading_bytes, guard.large_reading_bytes,
-                              guard.small_body_bytes), "TooManyRequestsException")
+            raise budget_full(guard)
         if len(body) != length:
             raise Refusal(400, "body ended after {} of {} bytes".format(len(body), length),
                           "IncompleteBody")
@@ -187,19 +214,7 @@ class HardenedHandler(BaseHTTPRequestHandler):
 
     def client_gone(self) -> bool:
         """True once the long-polling client closed its end (so its work is not lost on it)."""
-        try:
-            if _POLLRDHUP:
-                # Sees the client's FIN even behind bytes it sent after its request, which the
-                # peek below would return instead, taking the client for present forever.
-                poller = select.poll()
-                poller.register(self.connection, _POLLRDHUP)
-                return bool(poller.poll(0))
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            if not readable:
-                return False
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
-            return True
+        return peer_gone(self.connection)
 
     # -- answering ----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any, Deque, Tuple, Type
 
 from ..protocol import error_body
-from .guard import BUSY_RESPONSE, ConnectionGuard
+from .guard import BUSY_RESPONSE, BUSY_TYPE, ConnectionGuard, busy_message
 
 log = logging.getLogger("connector.ipc.http")
 
@@ -91,8 +91,7 @@ class HardenedServer(ThreadingHTTPServer):
             self.shutdown_request(request)
 
     def _refuse_busy(self, request: socket.socket) -> None:
-        body = error_body("the IPC host is busy: {} connections are open and none is idle; retry "
-                          "later".format(self.guard.max_connections), "ServiceUnavailable")
+        body = error_body(busy_message(self.guard.max_connections), BUSY_TYPE)
         try:
             request.setblocking(False)
             request.send(BUSY_RESPONSE % (len(body), body))

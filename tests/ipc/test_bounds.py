@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import time
 
 import pytest
@@ -129,4 +130,48 @@ def test_connections_beyond_the_cap_evict_idle_ones_or_are_refused_at_once():
         assert e.value.status == 503 and "busy" in str(e.value)
         assert host.guard.counters["refused_busy"] >= 1
         for sock in polls:
+            sock.close()
+
+
+def test_refused_requests_trickling_their_bodies_cannot_hold_the_slots():
+    """A peer with no token: each POST is refused (401) before its body is read, and the host then
+    drains what the client still sends, for up to 2 s. Connections that trickle their bodies meanwhile
+    must not fill the cap: a drained connection is the first a new one evicts."""
+    limits = HostLimits(max_connections=4, head_timeout_s=30)
+    with IPCHost(write_client_file=False, limits=limits) as host:
+        host.set_ready()
+        host.register_function(ARN)
+        trickling = []
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", host.port))
+            sock.sendall("POST {} HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n".format(
+                protocol.function_path(ARN)).encode() + b"x" * 10)
+            trickling.append(sock)
+        for sock in trickling:  # each is answered 401 at once, then drained
+            sock.settimeout(5)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 401")
+        stop = threading.Event()
+
+        def trickle():  # faster than the drain's 0.25 s of allowed silence
+            while not stop.is_set():
+                for sock in trickling:
+                    try:
+                        sock.sendall(b"x" * 10)
+                    except OSError:
+                        pass
+                stop.wait(0.05)
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        try:
+            assert host.guard.describe()["open"] == 4
+            connection = http.client.HTTPConnection("127.0.0.1", host.port, timeout=5)
+            connection.request("GET", "/healthz", headers={"Authorization": host.token})
+            assert connection.getresponse().status == 200
+            assert host.guard.counters["evicted"] >= 1 and host.guard.counters["refused_busy"] == 0
+            connection.close()
+        finally:
+            stop.set()
+            thread.join(5)
+        for sock in trickling:
             sock.close()

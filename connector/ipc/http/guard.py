@@ -5,8 +5,11 @@ A thread serves each connection (``http.server``), so what bounds threads, file 
 memory is the number of connections and how long each may hold them without progress:
 
 * **cap** (``max_connections``, at most what ``RLIMIT_NOFILE`` leaves after a reserve): a new
-  connection beyond it evicts the oldest connection that is waiting for a request (a slow or idle
-  client: it has cost nothing yet); when none waits, the new one is answered ``503`` at once.
+  connection beyond it evicts a connection that is draining the body of a request already refused
+  (its answer is sent), else the oldest one waiting for a request (a slow or idle client: it has
+  cost nothing yet); when none drains or waits, the new one is answered ``503`` at once. So a
+  peer with no token, whose requests are refused before their bodies are read, cannot hold the
+  slots by trickling bodies.
 * **deadlines**: the request head (request line and headers) must arrive within
   ``head_timeout_s`` of the first wait on a fresh connection (``idle_timeout_s`` on a kept-alive
   one), the body within ``body_timeout_s`` of the head. A whole deadline, not an idle timer, so a
@@ -43,6 +46,7 @@ FD_RESERVE = 64
 WAITING = "waiting"    # for a request head
 READING = "reading"    # a request body
 HANDLING = "handling"  # the request is being handled (a long poll may take its time)
+DRAINING = "draining"  # the body of a request already answered is read and dropped
 
 BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                  b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
@@ -103,7 +107,7 @@ class ConnectionGuard(object):
         now = time.monotonic()
         with self._lock:
             if len(self._entries) >= self.max_connections:
-                victim = self._oldest_waiting()
+                victim = self._eviction_candidate()
                 if victim is None:
                     self.counters["refused_busy"] += 1
                     return False
@@ -141,6 +145,11 @@ class ConnectionGuard(object):
 
     def handling(self, connection: socket.socket) -> None:
         self._enter(connection, HANDLING, None)
+
+    def draining(self, connection: socket.socket, limit_s: float) -> None:
+        """The connection's request was refused and answered; what is left of its body is being
+        dropped for at most `limit_s`. Such a connection is the first to be evicted."""
+        self._enter(connection, DRAINING, limit_s)
 
     def _enter(self, connection: socket.socket, phase: str, limit: Optional[float]) -> None:
         now = time.monotonic()
@@ -212,7 +221,7 @@ class ConnectionGuard(object):
                 if now >= entry.deadline:
                     late.append(connection)
                     self._entries.pop(connection)
-                    self.counters["body_timeouts" if entry.phase == READING else "head_timeouts"] += 1
+                    self.counters["body_timeouts" if entry.phase in (READING, DRAINING) else "head_timeouts"] += 1
         for connection in late:
             _hang_up(connection)
 
@@ -222,9 +231,13 @@ class ConnectionGuard(object):
         for connection in connections:
             _hang_up(connection)
 
-    def _oldest_waiting(self) -> Optional[socket.socket]:
-        waiting = [(e.since, id(c), c) for c, e in self._entries.items() if e.phase == WAITING]
-        return min(waiting)[2] if waiting else None
+    def _eviction_candidate(self) -> Optional[socket.socket]:
+        """The connection to evict: one draining an answered request, else the oldest waiting."""
+        for phase in (DRAINING, WAITING):
+            idle = [(e.since, id(c), c) for c, e in self._entries.items() if e.phase == phase]
+            if idle:
+                return min(idle)[2]
+        return None
 
 
 def _hang_up(connection: socket.socket) -> None:

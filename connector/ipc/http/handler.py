@@ -245,6 +245,9 @@ class HardenedHandler(BaseHTTPRequestHandler):
         left = int(text) if text.isascii() and text.isdigit() else _DISCARD_MAX_BYTES
         left = min(left, _DISCARD_MAX_BYTES)
         deadline = time.monotonic() + _DISCARD_MAX_S
+        # The answer is sent: this connection now holds a slot only as a courtesy to the client,
+        # and a new connection at the cap takes it first.
+        self.server.guard.draining(self.connection, _DISCARD_MAX_S + 1.0)
         try:
             while left > 0:
                 remaining = deadline - time.monotonic()

@@ -51,8 +51,14 @@ def _unsafe(path: str, problem: str, rule: str) -> UnsafeFile:
 
 def unsafe_reason(path: str) -> Optional[str]:
     """Why the file at `path` (or, when it does not exist, its directory) could have been replaced
-    by another unprivileged user; None when it could not."""
+    by another unprivileged user; None when it could not.
+
+    The directories are judged where they really are (a link among them is resolved first). A
+    file that belongs to neither root nor this user (the service's own user, say) is trusted only
+    where no directory above it lets others create entries, sticky or not: under ``/tmp`` any user
+    could have made the directory and the file first."""
     path = os.path.abspath(path)
+    path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     try:
         st: Optional[os.stat_result] = os.lstat(path)
     except FileNotFoundError:
@@ -80,6 +86,10 @@ def unsafe_reason(path: str) -> Optional[str]:
         if dst.st_mode & 0o022 and (leaf or not sticky):
             return "{} is writable by {} (mode {:o})".format(directory, _who(dst.st_mode),
                                                              stat.S_IMODE(dst.st_mode))
+        if dst.st_mode & 0o022 and owner not in (0, os.geteuid()):
+            return ("{} belongs to uid {}, neither root nor this user (uid {}), under {}, where any "
+                    "user may create entries (mode {:o}): another user could have made it first"
+                    .format(path, owner, os.geteuid(), directory, stat.S_IMODE(dst.st_mode)))
         parent = os.path.dirname(directory)
         if parent == directory:
             return None

@@ -64,8 +64,12 @@ def client_file_path(environ: Optional[Mapping[str, str]] = None) -> str:
 
 
 def unsafe_reason(path: str) -> Optional[str]:
-    """Why the file at `path` could have been replaced by another unprivileged user, else None."""
+    """Why the file at `path` could have been replaced by another unprivileged user, else None.
+    The directories are judged where they really are (links resolved); a file of neither root
+    nor this user is trusted only where no directory above lets others create entries, sticky or
+    not (connector.files.unsafe_reason states the same rule)."""
     path = os.path.abspath(path)
+    path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         return "{} is a symbolic link".format(path)
@@ -83,6 +87,10 @@ def unsafe_reason(path: str) -> Optional[str]:
             return "{} is writable by {} (mode {:o})".format(
                 directory, "others" if dst.st_mode & 0o002 else "its group",
                 stat.S_IMODE(dst.st_mode))
+        if dst.st_mode & 0o022 and owner not in (0, os.geteuid()):
+            return ("{} belongs to uid {}, neither root nor this user (uid {}), under {}, where any "
+                    "user may create entries (mode {:o}): another user could have made it first"
+                    .format(path, owner, os.geteuid(), directory, stat.S_IMODE(dst.st_mode)))
         parent = os.path.dirname(directory)
         if parent == directory:
             return None

@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -87,9 +88,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_RUN_DIRS: List[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_run_dirs():
+    yield
+    for d in _RUN_DIRS:
+        shutil.rmtree(str(d), ignore_errors=True)
+
+
 def client_dir(tmp_path: Path) -> Path:
-    """A directory for the client file as docs/container.md says: the image's user owns it, 0700."""
-    d = tmp_path / "gg-ml"
+    """A directory for the client file as docs/container.md says: the image's user owns it, 0700,
+    under directories only root can write (/run: under /tmp a file of another user is refused)."""
+    base = tmp_path
+    if os.access("/run", os.W_OK):
+        base = Path(tempfile.mkdtemp(dir="/run", prefix="ggml-test-"))
+        base.chmod(0o755)
+        _RUN_DIRS.append(base)
+    d = base / "gg-ml"
     d.mkdir(mode=0o700)
     os.chown(str(d), UID, UID)
     return d

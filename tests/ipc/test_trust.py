@@ -13,7 +13,9 @@ import signal
 import socket
 import stat
 import subprocess
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -211,6 +213,67 @@ def test_sdk_refuses_a_client_file_another_user_could_have_replaced(tmp_path, mo
     finally:
         tmp_path.chmod(0o700)
         assert proc.stop() == 0, proc.log()
+
+
+def _verdicts(path):
+    """The SDK's and the host's verdict on a client file: they must always agree."""
+    sys.path.insert(0, os.path.join(str(ROOT), "ml_sdk"))
+    try:
+        from greengrass_machine_learning_sdk import _endpoint
+    finally:
+        sys.path.pop(0)
+    sdk, host = _endpoint.unsafe_reason(str(path)), clientfile.unsafe_reason(str(path))
+    assert sdk == host, (sdk, host)
+    return sdk
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
+def test_a_client_file_another_user_made_under_tmp_is_refused(tmp_path):
+    """Another user creates /tmp/<name>/ipc.json (both theirs, modes 0755/0644) before the
+    service: nothing is writable by anyone else, but /tmp let them make it. Refused; the same
+    files under directories only root can write (the service user's /run/<name>) are trusted."""
+    attic = tmp_path / "attic"
+    attic.mkdir(mode=0o755)
+    planted = attic / "ipc.json"
+    planted.write_text("{}")
+    planted.chmod(0o644)
+    os.chown(str(planted), NOBODY, NOBODY)
+    os.chown(str(attic), NOBODY, NOBODY)
+    reason = _verdicts(planted)
+    assert reason is not None and "another user could have made it first" in reason, reason
+    if not os.access("/run", os.W_OK):
+        pytest.skip("/run is not writable here")
+    run = Path(tempfile.mkdtemp(dir="/run"))
+    try:
+        run.chmod(0o755)
+        service = run / "svc"
+        service.mkdir(mode=0o755)
+        (service / "ipc.json").write_text("{}")
+        (service / "ipc.json").chmod(0o644)
+        os.chown(str(service / "ipc.json"), NOBODY, NOBODY)
+        os.chown(str(service), NOBODY, NOBODY)
+        assert _verdicts(service / "ipc.json") is None
+    finally:
+        shutil.rmtree(str(run))
+
+
+def test_the_directories_of_a_client_file_are_judged_where_they_really_are(tmp_path):
+    """A link among the directories leads elsewhere: what is judged is where it leads, so a
+    directory others can write behind a link is seen."""
+    tmp_path.chmod(0o700)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    wide.chmod(0o777)
+    (wide / "dir").mkdir(mode=0o700)
+    (wide / "dir" / "ipc.json").write_text("{}")
+    (wide / "dir" / "ipc.json").chmod(0o600)
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o700)
+    (safe / "alias").symlink_to(wide / "dir")
+    reason = _verdicts(safe / "alias" / "ipc.json")
+    assert reason is not None and "{} is writable by others".format(wide) in reason, reason
+    wide.chmod(0o700)
+    assert _verdicts(safe / "alias" / "ipc.json") is None
 
 
 def test_several_services_keep_their_own_entries(tmp_path, model_dir):

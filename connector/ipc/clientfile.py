@@ -285,8 +285,10 @@ def publish(path: str, name: str, host: str, port: int, token: str, region: str,
         offered = fast() if fast is not None else None
         if offered:
             entry["fast"] = offered
+        if gid is not None:
+            entry["group"] = gid
         document["services"][name] = entry
-        _atomic_write(path, document, 0o640 if gid is not None else 0o600, gid)
+        _write_client_file(path, document)
     return entry
 
 
@@ -305,7 +307,7 @@ def withdraw(path: str, name: str, token: str) -> bool:
                     del document["services"][name]
                     removed = True
                     if document["services"]:
-                        _atomic_write(path, document, stat.S_IMODE(os.stat(path).st_mode), None)
+                        _write_client_file(path, document)
                     else:
                         os.unlink(path)
             _withdraw_functions(path + FUNCTIONS_SUFFIX, name)
@@ -375,6 +377,23 @@ def _withdraw_functions(path: str, name: str) -> None:
     else:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+def _shared_group(document: Dict[str, Any]) -> Optional[int]:
+    """The group the client file is readable by: the one the services in it asked for (the
+    latest entry's, when they asked for different ones), else none. Kept per entry, so that one
+    service stopping or starting without --client-file-group does not shut another's group out."""
+    groups = [e["group"] for e in document["services"].values()
+              if isinstance(e, dict) and isinstance(e.get("group"), int) and not isinstance(e.get("group"), bool)]
+    if len(set(groups)) > 1:
+        log.warning("the services in one client file ask for different groups (%s); the file can "
+                    "have one: gid %d", ", ".join(str(g) for g in groups), groups[-1])
+    return groups[-1] if groups else None
+
+
+def _write_client_file(path: str, document: Dict[str, Any]) -> None:
+    gid = _shared_group(document)
+    _atomic_write(path, document, 0o640 if gid is not None else 0o600, gid)
 
 
 def _atomic_write(path: str, document: Dict[str, Any], mode: int, gid: Optional[int]) -> None:

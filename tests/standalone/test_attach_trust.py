@@ -216,6 +216,29 @@ def test_a_client_file_group_reaches_the_file_from_a_fresh_directory(gid, tmp_pa
         assert clientfile.read(str(ipc))["token"] == host.token
 
 
+def test_one_service_stopping_or_starting_without_a_group_keeps_anothers_group(tmp_path):
+    """Services sharing a client file: the group one of them lets in stays while it runs, whoever
+    else starts or stops; the file is private again once no service in it names a group."""
+    gid = _groups()[-1]
+    ipc = tmp_path / "run" / "ipc.json"
+
+    def looks():
+        st = ipc.stat()
+        return oct(stat.S_IMODE(st.st_mode)), st.st_gid
+
+    grouped = IPCHost(client_file=str(ipc), client_file_group=str(gid), name="a").start()
+    try:
+        with IPCHost(client_file=str(ipc), client_file_group=str(gid), name="b"):
+            assert looks() == (oct(0o640), gid)
+        assert looks() == (oct(0o640), gid)  # b stopped: a's group stays
+        with IPCHost(client_file=str(ipc), name="c"):
+            assert looks() == (oct(0o640), gid)  # c names no group: a's group stays
+    finally:
+        grouped.shutdown(0)
+    with IPCHost(client_file=str(ipc), name="d"):
+        assert looks()[0] == oct(0o600)  # nobody names a group any more
+
+
 def test_an_existing_group_readable_directory_is_accepted_as_it_is(tmp_path):
     directory = tmp_path / "run"
     directory.mkdir(mode=0o750)

@@ -38,9 +38,13 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional, Tuple
 
+from ..errors import shorten
 from . import calls, protocol
 from .auth import Principal
 from .http.handler import HardenedHandler, Refusal
+
+# What the host keeps of a function's initialization Response (callers and /healthz see it).
+MAX_INITIALIZATION_CHARS = 1000
 
 _ROUTES = {
     (protocol.ENDPOINT_BASE, "POST"): "_post_work",
@@ -165,17 +169,24 @@ class GreengrassHandler(HardenedHandler):
                   else "application/octet-stream")
 
     def _initialized(self, function_arn: str, body: bytes) -> None:
-        try:
-            document = json.loads(body.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            document = None
+        document = None
+        # Scanned first: json.loads on [[[[... deeper than the interpreter's stack is a
+        # RecursionError (a 500), not a refusal.
+        if not protocol.nesting_exceeds(body, protocol.MAX_CLIENT_CONTEXT_DEPTH):
+            try:
+                document = json.loads(body.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                pass
         if not isinstance(document, dict) or not isinstance(document.get("Success"), bool):
-            raise Refusal(400, 'initialized needs a JSON body {"Success": true|false, "Response": "..."}',
+            raise Refusal(400, 'initialized needs a JSON body {{"Success": true|false, "Response": "..."}}'
+                          " nested at most {} levels".format(protocol.MAX_CLIENT_CONTEXT_DEPTH),
                           "InvalidInitialization")
         response = document.get("Response", "")
         if not isinstance(response, str):
             response = json.dumps(response)
-        self.server.ipc_host.board.note_initialized(function_arn, document["Success"], response)
+        # Repeated to callers (NotServed) and in /healthz: its start is what they need.
+        self.server.ipc_host.board.note_initialized(function_arn, document["Success"],
+                                                    shorten(response, MAX_INITIALIZATION_CHARS))
         self.send(200)
 
     def _probe(self, which: str) -> None:

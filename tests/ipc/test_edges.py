@@ -277,3 +277,35 @@ def test_probes_without_a_token_carry_the_status_only(host):
     assert get(host, "/healthz") == (500, {"status": "error"})
     status, detailed = get(host, "/healthz", host.token)
     assert status == 500 and "/secret/path" in detailed["errorMessage"]
+
+
+def _put_initialized(host: IPCHost, token: str, body: bytes) -> "tuple[int, dict]":
+    connection = http.client.HTTPConnection("127.0.0.1", host.port, timeout=10)
+    try:
+        connection.request("PUT", protocol.function_path(ARN, protocol.ENDPOINT_INITIALIZED), body=body,
+                           headers={"Authorization": token})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+def test_a_deep_or_huge_initialization_report_is_refused_or_kept_short(caplog):
+    """A function's own token may report its initialization: a body nested deeper than the
+    interpreter's stack is a 400 naming the rule (not a 500 with a traceback in the log), and
+    the Response callers and /healthz are shown is kept to its start."""
+    with IPCHost(write_client_file=False) as host:
+        token = host.register_function(ARN, served=False)
+        with caplog.at_level("ERROR"):
+            status, document = _put_initialized(host, token, b"[" * 100000)
+        assert status == 400 and document.get("errorType") == "InvalidInitialization", document
+        assert "nested at most 32 levels" in document["errorMessage"]
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        status, _ = _put_initialized(host, token, json.dumps(
+            {"Success": False, "Response": "x" * 1000000}).encode())
+        assert status == 200
+        response = host.board.initialization(ARN)["Response"]
+        assert len(response) < 1100 and response.endswith("(999000 more characters)"), response[-60:]
+        status, _ = _put_initialized(host, token, json.dumps(
+            {"Success": True, "Response": {"a": [[1]]}}).encode())
+        assert status == 200 and host.board.initialization(ARN)["Response"] == '{"a": [[1]]}'

@@ -5,6 +5,7 @@ paths, byte for byte."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import socket
@@ -14,7 +15,7 @@ import time
 
 import pytest
 
-from connector.ipc import IPCHost, clientfile, run_lambda
+from connector.ipc import IPCHost, clientfile, protocol, run_lambda
 from connector.ipc.fast import frames
 from connector.ipc.host import HostLimits
 from connector.ipc.local import BoardClient
@@ -225,6 +226,40 @@ def test_a_starting_service_is_waited_for_on_the_fast_path_too(service):
     threading.Timer(1.3, service.host.register_function, args=(ARN,)).start()
     assert infer(b"late")["size"] == 4  # answered once it started, within the call's timeout
     assert service.fast_frames >= 2  # asked again after Retry-After, over the fast path
+
+
+def test_a_starting_service_is_waited_for_on_the_v1_exchange(service, monkeypatch):
+    """The host answers a post while the model loads with 503 ServiceStarting and Retry-After: 1;
+    the SDK, held to the V1 exchange, waits as asked and posts again within its timeout."""
+    monkeypatch.setenv("GG_ML_IPC_FAST", "0")
+    service.host.board.starting(ARN, "its model m is loading")
+    entry = clientfile.read(str(service.host.client_file_path))
+    connection = http.client.HTTPConnection("127.0.0.1", entry["port"], timeout=10)
+    connection.request("POST", protocol.function_path(ARN), body=b"x", headers={
+        "Authorization": entry["token"]})
+    response = connection.getresponse()
+    assert (response.status, response.getheader("Retry-After")) == (503, "1")
+    assert json.loads(response.read())["errorType"] == "ServiceStarting"
+    connection.close()
+    posts = []
+    real = _service.GreengrassServiceClient._post
+
+    def counted(self, *args, **kwargs):
+        posts.append(args)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(_service.GreengrassServiceClient, "_post", counted)
+    threading.Timer(1.3, service.host.register_function, args=(ARN,)).start()
+    assert infer(b"late")["size"] == 4
+    # refused, waited the second Retry-After asked for, posted again: a few posts, not a busy loop
+    assert 2 <= len(posts) <= 5 and service.fast_frames == 0, len(posts)
+
+
+@pytest.mark.parametrize("header,seconds", [("1", 1.0), ("0", 0.05), ("-3", 0.05), ("3600", 5.0),
+                                            ("0.2", 0.2), ("nan", None), ("inf", None), ("", None),
+                                            ("Wed, 21 Oct 2026 07:28:00 GMT", None)])
+def test_retry_after_is_clamped_and_a_date_is_not_waited_for(header, seconds):
+    assert _service._retry_seconds(header) == seconds
 
 
 def test_an_older_host_gets_the_v1_exchange_with_no_error(tmp_path, connects):

@@ -108,7 +108,7 @@ def settled(host: IPCHost, stalls: "list[Stall]") -> None:
         assert stall.sent.wait(60)
     last, deadline = None, time.monotonic() + 30
     while time.monotonic() < deadline:
-        now = (host.guard.reading_bytes(),
+        now = (host.guard.describe()["reading_bytes"],
                sum(1 for e in list(host.guard._entries.values()) if e.phase == READING))
         if now == last:
             return
@@ -128,7 +128,7 @@ def test_stalled_maximum_size_uploads_leave_a_normal_call_succeeding(host, count
         stalls = [Stall(host, DEFAULT_MAX_BODY_BYTES, send, release) for _ in range(count)]
         try:
             settled(host, stalls)
-            held = host.guard.reading_bytes()
+            held = host.guard.describe()["reading_bytes"]
             assert normal_call(host)["bytes"] == 100_000
             assert normal_call(host, DEFAULT_SMALL_BODY_BYTES)["bytes"] == DEFAULT_SMALL_BODY_BYTES
             assert serving.calls == 2
@@ -146,8 +146,8 @@ def test_stalled_maximum_size_uploads_leave_a_normal_call_succeeding(host, count
     fit = host.guard.large_reading_bytes // (min(send + BODY_CHUNK_BYTES, DEFAULT_MAX_BODY_BYTES) or 1)
     assert refused >= count - fit if send else refused == 0, (refused, fit)
     deadline = time.monotonic() + 10
-    while host.guard.reading_bytes() != 0:  # everything is given back once they are gone
-        assert time.monotonic() < deadline, host.guard.reading_bytes()
+    while host.guard.describe()["reading_bytes"] != 0:  # everything is given back once they are gone
+        assert time.monotonic() < deadline, host.guard.describe()["reading_bytes"]
         time.sleep(0.05)
 
 
@@ -159,7 +159,7 @@ def test_bodies_are_charged_as_they_arrive_with_a_reserve_for_small_ones():
     assert guard.charge(16 * MiB, small=True)  # small ones may use the reserve
     assert not guard.charge(1, small=True)  # and the budget is still the ceiling
     guard.uncharge(64 * MiB)
-    assert guard.reading_bytes() == 0
+    assert guard.describe()["reading_bytes"] == 0
     # a budget below the largest body plus the reserve grows, or large bodies could never fit
     guard = ConnectionGuard(max_reading_bytes=16 * MiB, largest_body_bytes=16 * MiB)
     assert guard.large_reading_bytes >= 16 * MiB

@@ -176,14 +176,14 @@ def test_the_connection_cap_counts_both_transports(rig):
         assert connection.invoke(r.host.token, ARN).status == 200
     release.clear()
     time.sleep(0.2)
-    assert r.host.guard.open_count() == 4
+    assert r.host.guard.describe()["open"] == 4
     status, _ = v1_post(r.host, r.host.token)  # an HTTP call evicts the oldest idle one
     assert status == 202 and r.host.guard.counters["evicted"] >= 1
     assert idle[0].closed()
     for connection in idle:
         connection.close()
     deadline = time.monotonic() + 10
-    while r.host.guard.open_count() and time.monotonic() < deadline:
+    while r.host.guard.describe()["open"] and time.monotonic() < deadline:
         time.sleep(0.02)
     busy, threads = [r.fast() for _ in range(4)], []
     for connection in busy:  # four calls in flight: no connection is idle
@@ -238,7 +238,7 @@ def test_a_kept_connection_may_idle_only_so_long(rig):
     with r.fast() as connection:
         assert connection.invoke(r.host.token, ARN).status == 200
         assert closed_within(connection, 10) < 5  # the guard's idle deadline or the socket's timeout
-    assert r.host.guard.open_count() == 0
+    assert r.host.guard.describe()["open"] == 0
 
 
 def test_the_rest_of_the_frame_has_the_body_deadline(rig):
@@ -256,7 +256,7 @@ def test_frames_share_the_body_budget_with_http_bodies(rig):
     stalled = r.fast()
     stalled.sock.sendall(frames.request(r.host.token.encode(), ARN.encode(), CONTEXT, b"s" * 1000)[:-1000])
     deadline = time.monotonic() + 10
-    while r.host.guard.reading_bytes() < 1000 and time.monotonic() < deadline:
+    while r.host.guard.describe()["reading_bytes"] < 1000 and time.monotonic() < deadline:
         time.sleep(0.01)  # until its 1000 bytes are charged; it sends no more
     try:
         with r.fast() as connection:
@@ -268,7 +268,7 @@ def test_frames_share_the_body_budget_with_http_bodies(rig):
             assert connection.invoke(r.host.token, ARN, b"z" * 300).status == 200  # what still fits
     finally:
         stalled.close()
-    while r.host.guard.reading_bytes() and time.monotonic() < deadline:
+    while r.host.guard.describe()["reading_bytes"] and time.monotonic() < deadline:
         time.sleep(0.01)
     with r.fast() as connection:
         assert connection.invoke(r.host.token, ARN, b"y" * 900).status == 200  # released

@@ -275,9 +275,9 @@ def test_random_bytes_are_refused_cleanly(rig, stream):
 def test_no_thread_is_left_behind_and_the_host_still_runs(rig):
     host, loop = rig
     deadline = time.monotonic() + 10
-    while host.guard.open_count() and time.monotonic() < deadline:
+    while host.guard.describe()["open"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert host.guard.open_count() == 0  # every connection thread ended with its connection
+    assert host.guard.describe()["open"] == 0  # every connection thread ended with its connection
     names = [t.name for t in threading.enumerate()]
     assert names.count("ipc-fast-connection") == 0 and "ipc-fast" in names
     assert loop.is_alive()

@@ -289,7 +289,7 @@ def test_the_queue_is_bounded_in_bytes_while_the_broker_is_away(routed, broker, 
     broker.start()
     for i in range(8):
         everything.wait_for("queued/{}".format(i), timeout=60)
-    wait(lambda: router.forwarder.unacknowledged_bytes == 0, timeout=30)
+    wait(lambda: router.forwarder.describe()["unacknowledged_bytes"] == 0, timeout=30)
     publish(caller, "queued/after")  # room again
     everything.wait_for("queued/after")
     assert "queued/one-too-many" not in everything.topics()

@@ -121,14 +121,11 @@ class ConnectionGuard(object):
         with self._lock:
             self._entries.pop(connection, None)
 
-    def open_count(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
     def describe(self) -> Dict[str, int]:
-        """The health document's ``connections`` section: open now, and what the bounds did."""
+        """The health document's ``connections`` section: open now, the bytes of bodies being
+        read (charged to the budget), and what the bounds did."""
         with self._lock:
-            return dict(self.counters, open=len(self._entries))
+            return dict(self.counters, open=len(self._entries), reading_bytes=self._reading_bytes)
 
     def open_connections(self) -> "list[socket.socket]":
         with self._lock:
@@ -179,11 +176,6 @@ class ConnectionGuard(object):
     def uncharge(self, size: int) -> None:
         with self._lock:
             self._reading_bytes -= size
-
-    def reading_bytes(self) -> int:
-        """Bytes of bodies being read now (charged)."""
-        with self._lock:
-            return self._reading_bytes
 
     def read_body(self, rfile: io.BufferedIOBase, length: int) -> Optional[bytes]:
         """Up to `length` bytes of a body from `rfile`, each chunk charged before it is read

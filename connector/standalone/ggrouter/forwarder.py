@@ -95,11 +95,6 @@ class MqttForwarder(object):
         with self._lock:
             return len(self._unacked)
 
-    @property
-    def unacknowledged_bytes(self) -> int:
-        with self._lock:
-            return self._unacked_bytes
-
     def count(self, refusal: PublishRefused) -> None:
         with self._lock:
             self.refused[refusal.rule] += 1

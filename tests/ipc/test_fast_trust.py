@@ -164,6 +164,22 @@ def test_the_principal_comes_from_the_token_on_both_paths(rig):
     assert seen == [None, OTHER, None]
 
 
+def test_a_failing_admission_hook_costs_one_call_not_the_host(rig):
+    def broken(principal, context, payload):
+        raise KeyError("a bug in the hook")
+
+    r = rig()
+    r.host.register_function(ARN, admit=broken)
+    with r.fast() as connection:
+        answer = connection.invoke(r.host.token, ARN)
+        assert (answer.call, answer.status, answer.error_type) == (1, 500, "InternalError")
+        assert answer.payload == v1_post(r.host, r.host.token)[1]  # as HTTP answers it
+        assert connection.closed()
+    r.host.register_function(ARN, admit=lambda principal, context, payload: None)
+    with r.fast() as connection:  # the host serves the next call
+        assert connection.invoke(r.host.token, ARN, b"next").payload == b"next"
+
+
 # -- the bounds ---------------------------------------------------------------------------------
 
 def test_the_connection_cap_counts_both_transports(rig):

@@ -135,6 +135,13 @@ class FastServer(object):
             self.frames += 1
         try:
             return self._answer(connection, rfile, frames.parse_request_header(head))
+        except OSError:
+            raise  # the connection failed: nobody to answer
+        except Exception:  # a bug (or a failing admission hook) costs one call, as on HTTP: 500
+            log.exception("fast path: internal error handling a frame")
+            _send_quietly(connection, _refusal(frames.CALL_POST_WORK, Refusal(
+                500, "internal error in the IPC host", "InternalError"), closing=True))
+            return False
         finally:
             self.inflight.leave()
 

@@ -12,6 +12,7 @@ import pytest
 
 from connector.ipc import IPCClient, IPCError, protocol
 from connector.ipc.host import HostLimits, IPCHost
+from tests.ipc.helpers import closed_within
 
 ARN = protocol.inference_function_arn("us-east-1", "object-detection", "bounds")
 
@@ -25,23 +26,6 @@ def post(host: IPCHost, body: bytes, kind: str = "RequestResponse") -> "tuple[in
         return response.status, response.read()
     finally:
         connection.close()
-
-
-def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> float:
-    """Seconds until the host closes `sock` (trickling a byte every 0.3 s meanwhile)."""
-    started = time.monotonic()
-    sock.settimeout(0.3)
-    while time.monotonic() - started < seconds:
-        try:
-            if trickle:
-                sock.sendall(trickle)
-            if sock.recv(4096) == b"":
-                return time.monotonic() - started
-        except socket.timeout:
-            continue
-        except OSError:
-            return time.monotonic() - started
-    raise AssertionError("still open after {} s".format(seconds))
 
 
 def test_the_request_head_has_a_whole_deadline_not_an_idle_timer():

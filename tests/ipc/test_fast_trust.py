@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import socket
 import threading
 import time
 
@@ -17,6 +16,7 @@ from connector.ipc.host import HostLimits
 from connector.ipc.invocations import NotAdmitted
 from connector.ipc.local import BoardClient
 from tests.fast_client import CONTEXT, FastConnection, error_of
+from tests.ipc.helpers import closed_within
 
 REGION = "us-east-1"
 ARN = protocol.inference_function_arn(REGION, "object-detection", "trust")
@@ -225,27 +225,11 @@ def test_the_connection_cap_counts_both_transports(rig):
             connection.close()
 
 
-def closed_within(connection, seconds, trickle=b""):
-    started = time.monotonic()
-    connection.sock.settimeout(0.3)
-    while time.monotonic() - started < seconds:
-        try:
-            if trickle:
-                connection.sock.sendall(trickle)
-            if connection.sock.recv(4096) == b"":
-                return time.monotonic() - started
-        except socket.timeout:
-            continue
-        except OSError:
-            return time.monotonic() - started
-    raise AssertionError("still open after {} s".format(seconds))
-
-
 def test_the_frame_header_has_a_whole_deadline_not_an_idle_timer(rig):
     r = rig(head_timeout_s=1.0)
     with r.fast() as connection:
         connection.sock.sendall(frames.REQUEST_MAGIC)
-        assert closed_within(connection, 10, trickle=b"\0") < 5  # a byte every 0.3 s gains nothing
+        assert closed_within(connection.sock, 10, trickle=b"\0") < 5  # a byte every 0.3 s gains nothing
     assert r.host.guard.counters["head_timeouts"] == 1
 
 
@@ -253,7 +237,7 @@ def test_a_kept_connection_may_idle_only_so_long(rig):
     r = rig(idle_timeout_s=1.0)
     with r.fast() as connection:
         assert connection.invoke(r.host.token, ARN).status == 200
-        assert closed_within(connection, 10) < 5  # the guard's idle deadline or the socket's timeout
+        assert closed_within(connection.sock, 10) < 5  # the guard's idle deadline or the socket's timeout
     assert r.host.guard.describe()["open"] == 0
 
 
@@ -262,7 +246,7 @@ def test_the_rest_of_the_frame_has_the_body_deadline(rig):
     frame = frames.request(r.host.token.encode(), ARN.encode(), CONTEXT, b"p" * 1000)
     with r.fast() as connection:
         connection.sock.sendall(frame[:-990])  # the header, the fields, 10 bytes of the payload
-        assert closed_within(connection, 10) < 5
+        assert closed_within(connection.sock, 10) < 5
     assert r.host.guard.counters["body_timeouts"] == 1
     assert r.host.board.pending_count() == 0
 

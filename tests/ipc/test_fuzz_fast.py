@@ -40,6 +40,7 @@ from connector.ipc.fast import frames
 from connector.ipc.host import HostLimits
 from connector.ipc.local import BoardClient
 from tests.fast_client import FastConnection
+from tests.ipc.helpers import json_depth
 
 TOKEN = "fuzz-token-0123456789abcdefABCDEF_-xyz"
 FN_TOKEN = "fuzz-function-token-of-the-served-arn"
@@ -85,18 +86,10 @@ def _custom(text: str):
         document = json.loads(base64.b64decode(text.encode("ascii"), validate=True).decode("utf-8"))
     except (ValueError, UnicodeError, RecursionError):
         return None
-    if not isinstance(document, dict) or _depth(document) > 32:
+    if not isinstance(document, dict) or json_depth(document) > 32:
         return None
     custom = document.get("custom")
     return custom if isinstance(custom, dict) else {}
-
-
-def _depth(value) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
 
 
 def simulate(stream: bytes):

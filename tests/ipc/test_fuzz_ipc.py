@@ -50,6 +50,7 @@ from hypothesis import strategies as st
 from connector.ipc import IPCClient, IPCError, protocol
 from connector.ipc.host import HostLimits, IPCHost
 from connector.ipc.runtime import run_lambda
+from tests.ipc.helpers import json_depth
 
 TOKEN = "fuzz-token-0123456789abcdefABCDEF_-xyz"  # the callers'
 FN_TOKEN = "fuzz-function-token-of-the-served-arn"  # ARN's own
@@ -131,14 +132,6 @@ def _http_version(word: str):
         return None
 
 
-def _depth(value) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
-
-
 def _context_custom(context: str):
     """custom of a base64 client context as the host decodes it; None when it refuses it (too
     long, not base64 of a JSON object, nested deeper than 32)."""
@@ -150,7 +143,7 @@ def _context_custom(context: str):
         document = json.loads(base64.b64decode(context.encode("ascii"), validate=True).decode("utf-8"))
     except (ValueError, UnicodeError, RecursionError):
         return None
-    if not isinstance(document, dict) or _depth(document) > 32:
+    if not isinstance(document, dict) or json_depth(document) > 32:
         return None
     custom = document.get("custom")
     return custom if isinstance(custom, dict) else {}

@@ -9,7 +9,6 @@ import http.client
 import json
 import os
 import socket
-import sys
 import threading
 import time
 
@@ -20,18 +19,10 @@ from connector.ipc.fast import frames
 from connector.ipc.host import HostLimits
 from connector.ipc.local import BoardClient
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "ml_sdk"))
+from tests.sdk.common import ARGS, ARN, FEEDBACK_ARN, GREENGRASS_VARIABLES, REGION
 import greengrass_machine_learning_sdk as ml  # noqa: E402
 from greengrass_machine_learning_sdk import _endpoint, _fast, _service  # noqa: E402
 
-REGION = "eu-west-1"
-ARN = "arn:aws:lambda:eu-west-1:aws:function:GG-ML-INF-object-detection-objectDetection"
-FEEDBACK_ARN = "arn:aws:lambda:eu-west-1:aws:function:MLFeedback"
-ARGS = dict(AlgoType="object-detection", ServiceName="objectDetection")
-GREENGRASS_VARIABLES = ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "MY_FUNCTION_ARN", "GG_DAEMON_PORT",
-                        "AWS_REGION", "GGC_MAX_INTERFACE_VERSION", "GG_ML_INFERENCE_FUNCTION_ARNS",
-                        "GG_ML_FEEDBACK_FUNCTION_ARN", "GG_ML_IPC_FILE", "GG_ML_IPC_FAST")
 NOBODY = 65534
 
 

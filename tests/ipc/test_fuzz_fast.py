@@ -40,7 +40,7 @@ from connector.ipc.fast import frames
 from connector.ipc.host import HostLimits
 from connector.ipc.local import BoardClient
 from tests.fast_client import FastConnection
-from tests.ipc.helpers import json_depth
+from tests.ipc.helpers import expected_custom
 
 TOKEN = "fuzz-token-0123456789abcdefABCDEF_-xyz"
 FN_TOKEN = "fuzz-function-token-of-the-served-arn"
@@ -78,20 +78,6 @@ def rig(tmp_path_factory):
 
 # -- the model of the documented rules -----------------------------------------------------------
 
-def _custom(text: str):
-    """custom of a client context as the host decodes it; None when it refuses it."""
-    if not text:
-        return {}
-    try:
-        document = json.loads(base64.b64decode(text.encode("ascii"), validate=True).decode("utf-8"))
-    except (ValueError, UnicodeError, RecursionError):
-        return None
-    if not isinstance(document, dict) or json_depth(document) > 32:
-        return None
-    custom = document.get("custom")
-    return custom if isinstance(custom, dict) else {}
-
-
 def simulate(stream: bytes):
     """The answers the host owes the stream, in order: (call, status, errorType, closing, result)."""
     answers, at = [], 0
@@ -126,7 +112,7 @@ def simulate(stream: bytes):
             return answers
         payload = stream[at:at + p]
         at += p
-        custom = _custom(context)
+        custom = expected_custom(context)
         if custom is None:
             answers.append((1, 400, "InvalidClientContext", False, None))
         elif arn != ARN:

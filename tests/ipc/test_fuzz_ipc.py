@@ -50,7 +50,7 @@ from hypothesis import strategies as st
 from connector.ipc import IPCClient, IPCError, protocol
 from connector.ipc.host import HostLimits, IPCHost
 from connector.ipc.runtime import run_lambda
-from tests.ipc.helpers import json_depth
+from tests.ipc.helpers import expected_custom
 
 TOKEN = "fuzz-token-0123456789abcdefABCDEF_-xyz"  # the callers'
 FN_TOKEN = "fuzz-function-token-of-the-served-arn"  # ARN's own
@@ -130,23 +130,6 @@ def _http_version(word: str):
         return int(parts[0]), int(parts[1])
     except ValueError:  # "²".isdigit() is True
         return None
-
-
-def _context_custom(context: str):
-    """custom of a base64 client context as the host decodes it; None when it refuses it (too
-    long, not base64 of a JSON object, nested deeper than 32)."""
-    if not context:
-        return {}
-    if len(context) > 64 * 1024:
-        return None
-    try:
-        document = json.loads(base64.b64decode(context.encode("ascii"), validate=True).decode("utf-8"))
-    except (ValueError, UnicodeError, RecursionError):
-        return None
-    if not isinstance(document, dict) or json_depth(document) > 32:
-        return None
-    custom = document.get("custom")
-    return custom if isinstance(custom, dict) else {}
 
 
 def simulate(stream: bytes, served_ok: bool = True) -> Expect:
@@ -247,7 +230,7 @@ def simulate(stream: bytes, served_ok: bool = True) -> Expect:
 
     if (endpoint, command) == ("", "POST"):
         context = headers.get(protocol.HEADER_CLIENT_CONTEXT, "").strip()
-        if _context_custom(context) is None:
+        if expected_custom(context) is None:
             return refuse(400, "InvalidClientContext")
         kind = headers.get(protocol.HEADER_INVOCATION_TYPE, "").strip() or "RequestResponse"
         if kind not in ("RequestResponse", "Event"):
@@ -433,7 +416,7 @@ def check_side_effects(rig, expect: Expect) -> None:
         else:
             out = client.get_work_result(ARN, post["id"])
             assert out.func_err is None, out.payload
-            assert json.loads(out.payload) == digest(post["body"], _context_custom(post["context"]))
+            assert json.loads(out.payload) == digest(post["body"], expected_custom(post["context"]))
     if expect.init is False:
         # Documented: a function that reports a failed initialization is not served any more.
         with pytest.raises(IPCError) as e:

@@ -30,39 +30,59 @@ find_python() {  # a python$1 that really runs (pyenv shims exist for versions n
   done
   return 0
 }
-status=0
-for v in "${versions[@]}"; do
+run_version() {  # $1: 3.7 or 3.8; returns non-zero when its tests fail
+  local v="$1" py venv start log t
   py=$(find_python "$v")
   if [ -z "$py" ]; then
     echo "Python $v: not found (PATH or pyenv); skipped"
-    [ "${REQUIRE_OLD_PYTHONS:-0}" = 1 ] && status=1
-    continue
+    [ "${REQUIRE_OLD_PYTHONS:-0}" = 1 ] && return 1
+    return 0
   fi
   venv=".venv-py${v/./}"
   start=$SECONDS
   if [ -x "$venv/bin/python" ]; then
-    echo "Python $v: checking $venv's test dependencies (seconds), then its tests (~2.5 min)..."
+    echo "Python $v: checking $venv's test dependencies (seconds), then its tests (~3 min)..."
   else
-    echo "Python $v: creating $venv and installing its test dependencies (~2 min, first run only), then its tests (~2.5 min)..."
+    echo "Python $v: creating $venv and installing its test dependencies (~1 min, first run only), then its tests (~3 min)..."
+    "$py" -m venv "$venv"
   fi
-  if [ ! -x "$venv/bin/python" ]; then "$py" -m venv "$venv"; fi
-  deps=(pytest pytest-timeout hypothesis pillow wheel "numpy>=1.16" "opencv-python-headless>=4.2" "pyyaml>=5.1" "dlr==1.6.0" "paho-mqtt>=1.6")
+  local deps=(pytest pytest-timeout hypothesis pillow wheel "numpy>=1.16" "opencv-python-headless>=4.2" "pyyaml>=5.1" "dlr==1.6.0" "paho-mqtt>=1.6")
   [ "$v" = 3.7 ] || deps+=("onnxruntime>=1.18,<1.33" onnx)
   log=$(mktemp)
   if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "${deps[@]}" >"$log" 2>&1; then
-    cat "$log" >&2; rm -f "$log"; echo "error: installing the test dependencies for Python $v failed" >&2; exit 1
+    cat "$log" >&2; rm -f "$log"; echo "error: installing the test dependencies for Python $v failed" >&2; return 1
   fi
   rm -f "$log"
-  existing=()
-  tests=("${TESTS[@]}")
+  local existing=() tests=("${TESTS[@]}")
   # These build ONNX models with the onnx package, which (like ONNX Runtime) has no 3.7 wheel here.
   [ "$v" = 3.7 ] || tests+=(tests/model/test_formats.py tests/model/test_engine.py)
   for t in "${tests[@]}"; do [ -e "$t" ] && existing+=("$t"); done
   echo "Python $v ($py): ${#existing[@]} test files"
   # The package is used from the checkout (PYTHONPATH), as the tests' service processes do.
-  if ! PYTHONPATH="$PWD:$PWD/ml_sdk" "$venv/bin/python" -m pytest -q -p no:cacheprovider -p no:randomly "${existing[@]}"; then
-    status=1
-  fi
+  local rc=0
+  PYTHONPATH="$PWD:$PWD/ml_sdk" "$venv/bin/python" -m pytest -q -p no:cacheprovider -p no:randomly \
+    "${existing[@]}" || rc=1
   echo "Python $v: done ($((SECONDS - start)) s)"
+  return $rc
+}
+
+status=0
+if [ ${#versions[@]} -eq 1 ]; then
+  run_version "${versions[0]}" || status=1
+  exit $status
+fi
+# Several versions run side by side: each test process waits on the service processes it starts
+# most of the time (about half a core each), so two of them take little longer than one. Each
+# version's output is kept apart and shown whole when it ends.
+echo "Python ${versions[*]}: run side by side; each one's output follows when it ends"
+logs=() pids=()
+for v in "${versions[@]}"; do
+  logs+=("$(mktemp)")
+  run_version "$v" >"${logs[-1]}" 2>&1 &
+  pids+=($!)
+done
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || status=1
+  cat "${logs[$i]}"; rm -f "${logs[$i]}"
 done
 exit $status

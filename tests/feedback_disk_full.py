@@ -84,7 +84,8 @@ def run(how, tmp):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     else:
         (samples / "filler").unlink()
-    wait(lambda: svc.counters["delivered"] >= 1)
+    # The status reaches the router's handler on its own thread: both are awaited.
+    wait(lambda: svc.counters["delivered"] >= 1 and snapshot(svc, published, samples)["statuses"])
     result["after"] = snapshot(svc, published, samples)
     svc.close()
     stop.set()

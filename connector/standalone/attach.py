@@ -13,6 +13,7 @@ no link, nothing another user could replace), and ``--function-token-file`` is r
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -51,19 +52,15 @@ def attach(config: Optional[str] = None, environ: Optional[Mapping[str, str]] = 
     stop = stop_on_signals()
     client, arn, region = _function_client(env, lambda r: service_arn(r, params), function_token_file,
                                            host_name)
-    service = SupervisedService.from_parameters(params, env)
-    try:
+    with contextlib.ExitStack() as undo:  # undone in reverse order, however the loop ends
+        service = undo.enter_context(contextlib.closing(SupervisedService.from_parameters(params, env)))
         reload_on_sighup(service)
         feeder = feeder_for(params, _core_client(env, timeout=30, host_name=host_name)[0], region, env)
-        try:
-            _report_initialized(client, arn, "model {} loaded".format(params.model_resource_id))
-            run_lambda(arn, ConnectorHandler(service, feeder), client, stop_event=stop,
-                       concurrency=concurrency)
-        finally:
-            if feeder is not None:
-                feeder.close()
-    finally:
-        service.close()
+        if feeder is not None:
+            undo.callback(feeder.close)
+        _report_initialized(client, arn, "model {} loaded".format(params.model_resource_id))
+        run_lambda(arn, ConnectorHandler(service, feeder), client, stop_event=stop,
+                   concurrency=concurrency)
     return 0
 
 
@@ -153,9 +150,7 @@ def attach_feedback(config: Optional[str] = None, environ: Optional[Mapping[str,
     if service is None:
         raise ParameterError("no feedback parameters: give --config FILE or set {}".format(
             FEEDBACK_MAP_PARAMETER))
-    try:  # as attach() does: the delivery thread is stopped however the loop ends
+    with contextlib.closing(service):  # as attach() does: the delivery thread is stopped however the loop ends
         _report_initialized(client, arn, "ML Feedback service started")
         run_lambda(arn, service.handler, client, stop_event=stop, concurrency=concurrency)
-    finally:
-        service.close()
     return 0

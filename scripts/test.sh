@@ -7,7 +7,7 @@ if [ $# -gt 0 ]; then
   echo "test: set up .venv (first run ~1 min, then seconds), then pytest $*"
 else
   # Rough durations on a 2-core x86_64 machine; each phase prints what it really took.
-  echo "test: set up .venv (first run ~1 min, then seconds), the main suite (~6 min), then the" \
+  echo "test: set up .venv (first run ~1 min, then seconds), the main suite (~7.5 min), then the" \
        "runtime tests under Python 3.7 and 3.8 side by side (~4 min; ~5 min the first time)"
 fi
 ./scripts/setup-venv.sh all

@@ -71,7 +71,7 @@ def test_setup_venv_says_what_it_does_first_and_when_it_is_ready(tmp_path):
 
 @pytest.mark.parametrize("script, args, first", [
     ("demo.sh", (), "demo: set up .venv (first run ~1 min, then seconds), start the inference service"),
-    ("test.sh", (), "test: set up .venv (first run ~1 min, then seconds), the main suite (~6 min), then"),
+    ("test.sh", (), "test: set up .venv (first run ~1 min, then seconds), the main suite (~7.5 min), then"),
     ("test.sh", ("tests/test_x.py",),
      "test: set up .venv (first run ~1 min, then seconds), then pytest tests/test_x.py"),
 ])

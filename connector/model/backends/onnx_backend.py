@@ -73,6 +73,9 @@ def create_session(ort: Any, path: str, providers: List[str]) -> Any:
     switched off (one log line says so). BackendError when the model cannot be loaded."""
     try:
         ort.set_default_logger_severity(ORT_QUIET)  # the environment's logger, before any session
+        # No telemetry at run time: ORT's builds for Linux send none, its Windows builds send
+        # events unless told not to; switched off before any session, wherever we run.
+        ort.disable_telemetry_events()
     except AttributeError:  # pragma: no cover - very old ORT
         pass
     try:

@@ -242,3 +242,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConnectorError as e:  # start-up errors: one clear line, no traceback
         print("error: {}".format(e), file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # a package the command needs is missing: say which, and how
+        from .tools.doctor import install_hint
+        hint = install_hint(e.name)
+        if hint is None:
+            raise
+        print("error: `{}` needs the Python module {}, not installed for {}: {}; "
+              "`python -m connector doctor` checks everything the service needs"
+              .format(args.command, e.name, sys.executable, hint), file=sys.stderr)
+        return 2

@@ -68,6 +68,14 @@ PACKAGES = (
 MODEL_CHECK_NEEDS = ("numpy", "cv2", "yaml")
 
 
+def install_hint(module: Optional[str]) -> Optional[str]:
+    """How to install what provides `module` (as ModuleNotFoundError names it); None: not ours."""
+    for name, _dist, _required, hint in PACKAGES:
+        if module and (module == name or name.startswith(module + ".") or module.startswith(name + ".")):
+            return hint
+    return None
+
+
 class Report:
     def __init__(self, out: TextIO) -> None:
         self.out, self.failures, self.warnings = out, [], []  # type: (TextIO, List[str], List[str])

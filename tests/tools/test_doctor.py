@@ -245,6 +245,33 @@ def test_doctor_runs_without_any_third_party_package(tmp_path):
         assert out.returncode == 0 and expected in out.stdout, out.stdout
 
 
+@pytest.mark.parametrize("args", [["infer", "MODEL", "x.jpg"], ["check-model", "MODEL"], ["serve"]])
+def test_a_command_whose_package_is_missing_says_which_and_how_to_install_it(tmp_path, args):
+    """Not a traceback: one line naming the command, the module, the interpreter and doctor's hint."""
+    python = bare_python(tmp_path)
+    model = str(ROOT / "connector" / "demos" / "demo-ssd")
+    out = subprocess.run([python, "-m", "connector"] + [model if a == "MODEL" else a for a in args],
+                         cwd=str(tmp_path), env=bare_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    [line] = out.stderr.splitlines()
+    assert re.fullmatch(r"error: `{}` needs the Python module (\w+), not installed for {}: (.*); "
+                        r"`python -m connector doctor` checks everything the service needs".format(
+                            args[0], re.escape(python)), line), line
+    module, hint = re.fullmatch(r".* module (\w+), .*?: (.*); `python.*", line).groups()
+    assert hints_of(module) == hint
+
+
+def test_only_the_packages_doctor_knows_get_the_one_line():
+    """Only the packages doctor knows get the one line; a bug of ours is not hidden behind one."""
+    assert doctor.install_hint("cv2") == hints_of("cv2") and doctor.install_hint("paho") == hints_of("paho.mqtt")
+    assert doctor.install_hint("connector.nothing") is None and doctor.install_hint(None) is None
+
+
+def hints_of(module):
+    return {name: hint for name, _, _, hint in doctor.PACKAGES}[module]
+
+
 def test_doctor_is_clean_on_a_healthy_machine():
     """Everything installed (the dev venv): the seed's rows that no runtime here needs (libgfortran.so.3,
     the x86_64 loader's GCC_4.0.0, libgomp on aarch64) are ok with their reason, not warnings."""

@@ -79,14 +79,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .standalone.serve import serve
     return serve(args.config, args.port, args.bind, max_body_bytes=args.max_body_bytes,
                  feedback_config=args.feedback_config, mqtt=_mqtt(args),
-                 client_file_group=args.client_file_group)
+                 client_file_group=args.client_file_group, fast_path=args.fast_path)
 
 
 def cmd_host(args: argparse.Namespace) -> int:
     from .standalone.serve import host_only
     return host_only(args.port, args.bind, max_body_bytes=args.max_body_bytes, mqtt=_mqtt(args),
                      functions=args.function, name=args.name,
-                     client_file_group=args.client_file_group)
+                     client_file_group=args.client_file_group, fast_path=args.fast_path)
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
@@ -126,6 +126,9 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client-file-group", metavar="GROUP",
                    help="let this group read the client file (the callers' token); default: "
                         "only this user")
+    p.add_argument("--no-fast-path", dest="fast_path", action="store_false",
+                   help="offer only the Greengrass V1 exchange: no Unix socket beside the client "
+                        "file, so the bundled SDK uses the V1 exchange too")
 
 
 def _add_mqtt(p: argparse.ArgumentParser) -> None:

@@ -55,20 +55,21 @@ def daemon_port(environ: Optional[Mapping[str, str]] = None) -> int:
 
 def start_host(port: Optional[int], bind: str, env: Mapping[str, str], result_timeout_s: float,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, name: str = clientfile.DEFAULT_NAME,
-               client_file_group: Optional[str] = None) -> IPCHost:
+               client_file_group: Optional[str] = None, fast_path: bool = True) -> IPCHost:
     # The callers' token is never taken from AWS_CONTAINER_AUTHORIZATION_TOKEN here: in a
     # Lambda-like environment that is a function's credential, which callers must not share.
     return IPCHost(host=bind, port=daemon_port(env) if port is None else port, token=new_token(),
                    region=settings.get(protocol.ENV_REGION, env), name=name,
                    client_file=clientfile.default_path(env), client_file_group=client_file_group,
                    result_timeout_s=result_timeout_s,
-                   limits=HostLimits(max_body_bytes=max_body_bytes)).start()
+                   limits=HostLimits(max_body_bytes=max_body_bytes), fast=fast_path).start()
 
 
 def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = "127.0.0.1",
           environ: Optional[Mapping[str, str]] = None, concurrency: int = 2,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, feedback_config: Optional[str] = None,
-          mqtt: Optional[MqttSettings] = None, client_file_group: Optional[str] = None) -> int:
+          mqtt: Optional[MqttSettings] = None, client_file_group: Optional[str] = None,
+          fast_path: bool = True) -> int:
     """Host and connector in one process until SIGTERM/SIGINT; returns the exit status.
 
     With `mqtt` the host serves GGRouter by forwarding to that broker; with feedback parameters
@@ -86,7 +87,7 @@ def serve(config: Optional[str] = None, port: Optional[int] = None, bind: str = 
     health = Health(state="starting", service=params.service_name, model=params.model_resource_id)
     with contextlib.ExitStack() as undo:
         host = start_host(port, bind, env, params.timeout_seconds, max_body_bytes,
-                          params.service_name, client_file_group)
+                          params.service_name, client_file_group, fast_path)
         undo.callback(host.shutdown, grace_s=0)  # a start that fails later: close at once
         arn = service_arn(host.region, params)
         # Callers that come while the model loads are told to retry (the SDK waits), not that
@@ -141,7 +142,7 @@ def host_only(port: Optional[int] = None, bind: str = "127.0.0.1",
               environ: Optional[Mapping[str, str]] = None, result_timeout_s: float = 30.0,
               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, mqtt: Optional[MqttSettings] = None,
               functions: Sequence[str] = (), name: str = clientfile.DEFAULT_NAME,
-              client_file_group: Optional[str] = None) -> int:
+              client_file_group: Optional[str] = None, fast_path: bool = True) -> int:
     """The IPC host alone (GGRouter too, with a broker) until SIGTERM/SIGINT; `functions` are
     the ARNs that may attach, each with its own token."""
     env = settings.environment(environ)
@@ -150,7 +151,8 @@ def host_only(port: Optional[int] = None, bind: str = "127.0.0.1",
     mqtt = mqtt if mqtt is not None else MqttSettings.from_options(environ=env)
     stop = stop_on_signals()
     with contextlib.ExitStack() as undo:
-        host = start_host(port, bind, env, result_timeout_s, max_body_bytes, name, client_file_group)
+        host = start_host(port, bind, env, result_timeout_s, max_body_bytes, name, client_file_group,
+                          fast_path)
         undo.callback(host.shutdown, grace_s=0)
         companions = Companions(host, {}, mqtt)
         undo.callback(companions.close)

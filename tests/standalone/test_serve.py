@@ -107,3 +107,26 @@ def test_a_wrong_service_name_is_told_which_services_run(tmp_path, model_dir, sd
             info["region"]) in text, text
     finally:
         proc.stop()
+
+
+def test_no_fast_path_offers_only_the_v1_exchange_and_the_sdk_uses_it(tmp_path, model_dir, sdk_env):
+    """`serve --no-fast-path`: no socket beside the client file, none advertised, and our SDK is
+    answered over the V1 exchange."""
+    import json
+
+    import greengrass_machine_learning_sdk as ml
+    from tests import images
+
+    proc, info, env = service_process.start_serve(tmp_path, model_dir, extra_args=["--no-fast-path"])
+    sdk_env.setenv("GG_ML_IPC_FILE", env["GG_ML_IPC_FILE"])
+    try:
+        assert "fast" not in info, info
+        assert not [n for n in os.listdir(str(tmp_path)) if n.endswith(".sock")]
+        answer = ml.client("inference").invoke_inference_service(
+            AlgoType="object-detection", ServiceName="objectDetection", ContentType="image/jpeg",
+            Body=images.jpeg())
+        assert "prediction" in json.loads(answer["Body"].read())
+        connections = service_process.healthz(info["port"], info["token"])[1]["connections"]
+        assert connections["fast"] is False and connections["fast_frames"] == 0
+    finally:
+        assert proc.stop() == 0, proc.log()

@@ -31,24 +31,11 @@ if not sys.platform.startswith("linux"):
     pytest.skip("the fixture is a Linux shared library", allow_module_level=True)
 
 from tests.dlr_fixture.build import build_dlr_model  # noqa: E402
+from tests.model.network_guard import GUARD  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CHILD = textwrap.dedent("""
-    import json, socket, sys
-
-    attempts = []
-
-    def guard(what):
-        def refuse(*args, **kwargs):
-            attempts.append({"call": what, "args": repr(args)[:300]})
-            raise OSError("network refused by the phone-home test guard")
-        return refuse
-
-    socket.socket.connect = guard("socket.connect")
-    socket.socket.connect_ex = guard("socket.connect_ex")
-    socket.create_connection = guard("socket.create_connection")
-    socket.getaddrinfo = guard("socket.getaddrinfo")
+CHILD = GUARD + textwrap.dedent("""
 
     mode, model_dir, report = sys.argv[1:4]
     import numpy as np

@@ -1,9 +1,8 @@
 """Loading and running an ONNX model makes no network attempt (no download, no telemetry).
 
-A child process replaces the socket entry points with a guard that records every attempt and
-refuses it before anything else is imported, then loads the bundled ONNX demo in the engine and
-runs it on an image. The control case connects to a loopback listener under the same guard, so an empty
-record from the backend case means the guard was watching.
+A child process starts with the guard of tests/model/network_guard.py on the socket entry points,
+then loads the bundled ONNX demo in the engine and runs it on an image. The control case connects
+under the same guard, so an empty record from the engine case means the guard was watching.
 """
 from __future__ import annotations
 
@@ -15,26 +14,14 @@ import textwrap
 
 import pytest
 
+from tests.model.network_guard import GUARD
+
 pytest.importorskip("onnxruntime")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(REPO, "connector", "demos", "demo-ssd")
 
-CHILD = textwrap.dedent("""
-    import json, socket, sys
-
-    attempts = []
-
-    def guard(what):
-        def refuse(*args, **kwargs):
-            attempts.append({"call": what, "args": repr(args)[:300]})
-            raise OSError("network refused by the test guard")
-        return refuse
-
-    socket.socket.connect = guard("socket.connect")
-    socket.socket.connect_ex = guard("socket.connect_ex")
-    socket.create_connection = guard("socket.create_connection")
-    socket.getaddrinfo = guard("socket.getaddrinfo")
+CHILD = GUARD + textwrap.dedent("""
 
     mode, model_dir, report = sys.argv[1:4]
     result = {}

@@ -42,3 +42,12 @@ def s3_server():
     server = S3Server()
     yield server
     server.stop()
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    """A real mosquitto on a free loopback port for one test (tests/feedback_servers.py)."""
+    from tests.feedback_servers import Broker
+    b = Broker(tmp_path).start()
+    yield b
+    b.close()

@@ -11,7 +11,7 @@ import pytest
 from connector.ipc import protocol
 from tests import images
 from tests.dlr_fixture.build import RED, blank_image, draw_box
-from tests.feedback_servers import Broker, Subscriber, free_port
+from tests.feedback_servers import Subscriber, free_port
 from tests.service_process import (ROOT, Proc, clean_env, healthz, params_file, start_serve,
                                    wait_for_client_file, wait_ready)
 
@@ -30,13 +30,6 @@ UUID_KEY = r"samples/cam-1/[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9
 def s3(s3_server):
     s3_server.client().create_bucket(Bucket=BUCKET)
     return s3_server
-
-
-@pytest.fixture()
-def broker(tmp_path):
-    b = Broker(tmp_path).start()
-    yield b
-    b.close()
 
 
 @pytest.fixture()

@@ -19,7 +19,6 @@ from connector.standalone.ggrouter.forwarder import RouterRunner
 from connector.standalone.ggrouter.settings import MqttSettings
 from connector.standalone.ggrouter.topics import MAX_MESSAGE_BYTES
 from tests.waiting import wait_until as wait
-from tests.feedback_servers import Broker
 from tests.service_process import ROOT, Proc, clean_env, healthz, wait_for_client_file, wait_ready
 
 REGION = "us-east-1"
@@ -66,13 +65,6 @@ class Everything:
     def close(self):
         self.client.loop_stop()
         self.client.disconnect()
-
-
-@pytest.fixture()
-def broker(tmp_path):
-    b = Broker(tmp_path).start()
-    yield b
-    b.close()
 
 
 @pytest.fixture()

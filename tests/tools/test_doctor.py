@@ -262,10 +262,23 @@ def test_a_command_whose_package_is_missing_says_which_and_how_to_install_it(tmp
     assert hints_of(module) == hint
 
 
-def test_only_the_packages_doctor_knows_get_the_one_line():
+def test_only_the_packages_doctor_knows_get_the_one_line(monkeypatch, capsys):
     """Only the packages doctor knows get the one line; a bug of ours is not hidden behind one."""
+    from connector import cli
     assert doctor.install_hint("cv2") == hints_of("cv2") and doctor.install_hint("paho") == hints_of("paho.mqtt")
     assert doctor.install_hint("connector.nothing") is None and doctor.install_hint(None) is None
+
+    def missing(name):
+        def command(args):
+            raise ModuleNotFoundError("No module named {!r}".format(name), name=name)
+        return command
+
+    monkeypatch.setattr(cli, "cmd_models", missing("paho"))
+    assert cli.main(["models"]) == 2
+    assert "`models` needs the Python module paho" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "cmd_models", missing("connector.nothing"))
+    with pytest.raises(ModuleNotFoundError, match="connector.nothing"):
+        cli.main(["models"])
 
 
 def hints_of(module):
